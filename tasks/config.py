@@ -1,0 +1,236 @@
+"""params.yaml -> typed, validated config: the one place YAML is read.
+
+Every setting lives in params.yaml (with a one-line comment); these models only give the values types
+and bounds, so they carry no defaults of their own. Errors name the key, e.g. ``train.learning_rate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """params.yaml or an override is invalid; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(min_length=1)
+    text_column: str = Field(min_length=1)
+    label_column: str = Field(min_length=1)
+    labels: list[str] = Field(min_length=2)
+    max_rows: int | None = Field(gt=0)
+    val_size: float = Field(gt=0, lt=1)
+    test_size: float = Field(gt=0, lt=1)
+    drop_duplicates: bool
+    seed: int
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: object) -> object:
+        # Data columns are normalised to strings, so `labels: [0, 1]` must mean "0" and "1".
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels must be unique, got {self.labels}")
+        if self.text_column == self.label_column:
+            raise ValueError("text_column and label_column must differ")
+        if self.val_size + self.test_size >= 0.9:
+            raise ValueError(
+                f"val_size + test_size = {self.val_size + self.test_size:g} leaves too little to train on"
+                " (must be < 0.9)"
+            )
+        return self
+
+
+class ValidateConfig(_Section):
+    min_text_chars: int = Field(ge=1)
+    max_text_chars: int = Field(ge=1)
+    max_duplicate_rate: float = Field(ge=0, lt=1)
+    min_rows_per_class: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidateConfig:
+        if self.max_text_chars < self.min_text_chars:
+            raise ValueError("max_text_chars must be >= min_text_chars")
+        return self
+
+
+class ModelConfig(_Section):
+    source: str = Field(min_length=1)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(ge=1, le=100)
+    batch_size: int = Field(ge=1, le=4096)
+    learning_rate: float = Field(gt=0, le=1)
+    weight_decay: float = Field(ge=0, le=1)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    max_length: int = Field(ge=8, le=512)
+    freeze_embeddings: bool
+    freeze_layers: int = Field(ge=0)
+    precision: Literal["auto", "fp32", "bf16"]
+    device: Literal["auto", "cpu", "cuda"]
+    num_threads: int = Field(ge=0)
+    seed: int
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(ge=1, le=4096)
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(ge=0, le=1)
+    min_improvement: float = Field(ge=-1, le=1)
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    experiment: str = Field(min_length=1)
+
+
+class Config(_Section):
+    """The whole of params.yaml. Each stage receives only the sections it reads."""
+
+    data: DataConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    gate: GateConfig
+    registry: RegistryConfig
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self, *sections: str) -> str:
+        """sha256 of the named sections (all when none named): the params hash recorded on versions."""
+        full = self.to_dict()
+        picked = {k: full[k] for k in (sections or tuple(full))}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["train.epochs=1", "data.labels=[a, b]"]`` -> ``{"train.epochs": 1, ...}``.
+
+    Values are read as YAML, so numbers, booleans, null and lists keep their types; ``1e-4`` (which YAML
+    1.1 reads as a string) is accepted as a float.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str) and any(c in value.lower() for c in ".e"):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        out[key] = value
+    return out
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = merged
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                known = sorted(k for k, v in node.items() if isinstance(v, dict))
+                raise ConfigError(_unknown(".".join(parts[: depth + 1]), part, known))
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(_unknown(dotted, parts[-1], sorted(node)))
+        node[parts[-1]] = value
+    return merged
+
+
+def _unknown(dotted: str, name: str, known: list[str]) -> str:
+    hint = difflib.get_close_matches(name, known, n=1)
+    suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return f"{dotted}: unknown key{suggestion}; known keys here: {', '.join(known)}"
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names (as written in params.yaml) of the section that holds the key at loc."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _format(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {_unknown(key, str(e['loc'][-1]), _known_keys(e['loc']))}")
+        elif e["type"] == "missing":
+            lines.append(f"  {key}: missing (every key must be set in params.yaml)")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid parameters in {origin}:\n" + "\n".join(lines)
+
+
+def config_from_dict(
+    raw: dict[str, Any], overrides: dict[str, Any] | None = None, origin: str = "params"
+) -> Config:
+    """Validate plain params data (plus dotted-key overrides) into a Config, or raise ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        merged = _apply_overrides(raw, overrides or {})
+    except ConfigError as err:
+        raise ConfigError(f"invalid override for {origin}:\n  {err}") from None
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format(err, origin)) from None
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read params.yaml once and validate it, with optional ``section.key`` overrides."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file (run from the project folder or pass --project)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return config_from_dict(raw, overrides, origin=str(path))
+
+
+def describe_params(path: Path) -> list[tuple[str, str, str]]:
+    """(dotted key, value, comment) for every setting of params.yaml, for ``transferline params``."""
+    rows: list[tuple[str, str, str]] = []
+    section = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        body, _, comment = line.partition("  #")
+        if not line.startswith(" "):
+            section = body.strip().rstrip(":")
+            continue
+        key, _, value = body.strip().partition(":")
+        rows.append((f"{section}.{key}", value.strip(), comment.strip()))
+    return rows

@@ -1,0 +1,100 @@
+"""Every file and folder transferline reads or writes, relative to one project root.
+
+dvc.yaml names the same paths; tests/unit/test_layout.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path) -> ProjectPaths:
+        return cls(Path(root).resolve())
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    # -- data: prepared snapshot (a DVC output) -------------------------------------------------------
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    def split_file(self, split: str) -> Path:
+        return self.prepared_dir / f"{split}.parquet"
+
+    @property
+    def prepared_manifest(self) -> Path:
+        return self.prepared_dir / "manifest.json"
+
+    @property
+    def raw_dir(self) -> Path:
+        """Where users put their own source files (each `dvc add`-ed); a dependency of prepare."""
+        return self.root / "data" / "raw"
+
+    # -- reports ---------------------------------------------------------------------------------------
+    @property
+    def validation_dir(self) -> Path:
+        return self.root / "reports" / "validation"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.root / "reports" / "evaluation"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.evaluation_dir / "metrics.json"
+
+    @property
+    def predictions_file(self) -> Path:
+        """actual,predicted per test row: DVC's confusion-matrix plot reads it."""
+        return self.evaluation_dir / "predictions.csv"
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.evaluation_dir / "confusion_matrix.png"
+
+    @property
+    def gate_report(self) -> Path:
+        return self.root / "reports" / "gate.md"
+
+    # -- models ----------------------------------------------------------------------------------------
+    @property
+    def base_manifest(self) -> Path:
+        return self.root / "models" / "base.json"
+
+    @property
+    def challenger_dir(self) -> Path:
+        return self.root / "models" / "challenger"
+
+    # -- local state, never versioned ------------------------------------------------------------------
+    @property
+    def model_cache(self) -> Path:
+        return self.root / ".cache" / "models"
+
+    @property
+    def registry_cache(self) -> Path:
+        return self.root / ".cache" / "registry"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def default_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"

@@ -1,0 +1,558 @@
+"""Thin MLflow adapter: log and register a model version, read versions, move aliases.
+
+Aliases only, never stages: ``challenger`` is the newest logged version, ``champion`` the one that
+serves, ``previous`` the champion it replaced. mlflow is imported inside functions because it costs
+seconds at import, and nothing here touches global state at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from tasks.paths import ProjectPaths
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous"
+
+# What the registered pyfunc model is asked to predict when it is logged: MLflow runs it once through
+# the serving path, so a model that cannot predict is never registered.
+_INPUT_EXAMPLE = ["a great movie", "a dull and lifeless film"]
+# Packages the served model needs; exact versions are read at run time. An explicit list also
+# avoids mlflow.transformers' default requirements, which import torchvision (not installed).
+_PIP_PACKAGES = ("mlflow", "transformers", "torch", "accelerate")
+# Registry calls over HTTP: MLflow's defaults (7 retries with exponential backoff, 120 s timeout)
+# turn a dead server into minutes of silence. Worst case here: 3 attempts x 5 s + ~3 s backoff.
+_FAST_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_COMPLETE_MARKER = ".registry-download.json"
+
+_ENV_LOCK = threading.RLock()  # os.environ and mlflow's fluent URIs are process-wide
+_ALIAS_LOCK = threading.Lock()
+
+T = TypeVar("T")
+
+
+class RegistryError(RuntimeError):
+    """The registry is unreachable or refused an operation; the message names the URI and a fix."""
+
+
+class PromotionConflict(RegistryError):
+    """An alias moved between the decision and the write (compare-and-set refused)."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    run_id: str | None
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    metrics: dict[str, float]  # the latest value of each metric of the version's run
+    created_ms: int
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["aliases"] = list(self.aliases)
+        return d
+
+
+@dataclass(frozen=True)
+class Registry:
+    tracking_uri: str  # also used as the registry URI, e.g. sqlite:////abs/mlflow.db
+    artifact_root: Path | None  # artifact location of experiments created here; None = MLflow default
+
+    @classmethod
+    def for_project(cls, paths: ProjectPaths) -> Registry:
+        """The project's registry: MLFLOW_TRACKING_URI when set, else SQLite beside the project; new
+        experiments keep their artifacts in the project's mlartifacts/."""
+        return cls(
+            os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri, paths.mlflow_artifacts
+        )
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    @cached_property
+    def _client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        # For SQLite the first client on a new file runs the schema migrations (~5 s).
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def client(self) -> MlflowClient:
+        """The MlflowClient for this registry (created once per instance)."""
+        return self._client
+
+    def _call(self, what: str, fn: Callable[[], T], *, fast: bool = True) -> T:
+        """Run fn, turning store/connection failures into a RegistryError that says what to do."""
+        from mlflow.exceptions import MlflowException
+        from requests import RequestException
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            if fast:
+                with _fast_http(self.tracking_uri):
+                    return fn()
+            return fn()
+        except RegistryError:
+            raise
+        except (MlflowException, OSError, SQLAlchemyError, RequestException) as e:
+            raise RegistryError(self._explain(what, e)) from e
+
+    def _explain(self, what: str, e: Exception) -> str:
+        code = getattr(e, "error_code", None)
+        msg = f"MLflow registry at {self.tracking_uri}: {what} failed: {e}"
+        if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS"):
+            return msg  # the registry answered; the request itself was wrong
+        scheme = urlparse(self.tracking_uri).scheme
+        if scheme == "sqlite":
+            hint = "check that the database's folder exists and is writable, or pass another tracking URI"
+        elif scheme in ("http", "https"):
+            hint = (
+                "check that the MLflow server is running and reachable from here (`mlflow server ...`),"
+                " or use a local sqlite:/// tracking URI"
+            )
+        else:
+            hint = "check the tracking URI"
+        return f"{msg}\n-> {hint}"
+
+    # -- reads -----------------------------------------------------------------------------------------
+    def _alias_map(self, model_name: str) -> dict[str, str] | None:
+        """alias -> version of a registered model; None when the model does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            rm = self.client().get_registered_model(model_name)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return {alias: str(version) for alias, version in (rm.aliases or {}).items()}
+
+    def _info(self, mv: ModelVersion, alias_map: dict[str, str]) -> VersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        metrics: dict[str, float] = {}
+        if mv.run_id:
+            try:
+                metrics = dict(self.client().get_run(mv.run_id).data.metrics)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # a deleted run leaves the version usable
+                    raise
+        version = str(mv.version)
+        return VersionInfo(
+            name=mv.name,
+            version=version,
+            run_id=mv.run_id or None,
+            aliases=tuple(sorted(a for a, v in alias_map.items() if v == version)),
+            tags=dict(mv.tags or {}),
+            metrics=metrics,
+            created_ms=int(mv.creation_timestamp or 0),
+        )
+
+    def _get_alias(self, model_name: str, alias: str) -> VersionInfo | None:
+        # Read the alias map rather than get_model_version_by_alias: a missing alias comes back as
+        # INVALID_PARAMETER_VALUE there, indistinguishable from other bad input without parsing text.
+        alias_map = self._alias_map(model_name)
+        if alias_map is None or alias not in alias_map:
+            return None
+        return self._info(self.client().get_model_version(model_name, alias_map[alias]), alias_map)
+
+    def get_alias(self, model_name: str, alias: str) -> VersionInfo | None:
+        """The version `alias` points at; None when the model or the alias does not exist."""
+        return self._call(f"reading alias {model_name}@{alias}", lambda: self._get_alias(model_name, alias))
+
+    def _list_versions(self, model_name: str) -> list[VersionInfo]:
+        alias_map = self._alias_map(model_name)
+        if alias_map is None:
+            return []
+        # Search results leave aliases empty (mlflow#16734), hence the alias map from the model.
+        found: list[ModelVersion] = []
+        token = None
+        while True:
+            page = self.client().search_model_versions(
+                f"name = {_literal(model_name)}", max_results=1000, page_token=token
+            )
+            found.extend(page)
+            token = page.token
+            if not token:
+                break
+        return sorted((self._info(mv, alias_map) for mv in found), key=lambda v: int(v.version))
+
+    def list_versions(self, model_name: str) -> list[VersionInfo]:
+        """Every version of model_name, ascending by number; [] when the model does not exist."""
+        return self._call(f"listing versions of {model_name}", lambda: self._list_versions(model_name))
+
+    def status(self, model_name: str) -> dict:
+        """A JSON-ready summary: the three aliases and every version."""
+
+        def read() -> dict:
+            versions = self._list_versions(model_name)
+
+            def holder(alias: str) -> dict | None:
+                return next((v.to_dict() for v in versions if alias in v.aliases), None)
+
+            return {
+                "model": model_name,
+                "tracking_uri": self.tracking_uri,
+                CHAMPION: holder(CHAMPION),
+                CHALLENGER: holder(CHALLENGER),
+                PREVIOUS: holder(PREVIOUS),
+                "versions": [v.to_dict() for v in versions],
+            }
+
+        return self._call(f"reading the status of {model_name}", read)
+
+    # -- model files -----------------------------------------------------------------------------------
+    def download_model_dir(self, model_name: str, version: str, dest: Path) -> Path:
+        """Download a version's logged model as one folder that transformers' from_pretrained loads.
+
+        The transformers flavor stores weights + config under ``model/`` and the tokenizer under
+        ``components/tokenizer/``; the tokenizer files are copied beside the weights. ``dest`` is
+        reused when it already holds a complete copy of the same version.
+        """
+        from mlflow.models import Model
+
+        dest = Path(dest)
+        mv = self._call(
+            f"reading {model_name} v{version}", lambda: self.client().get_model_version(model_name, version)
+        )
+        stamp = {"model": model_name, "version": str(version), "source": mv.source}
+        if _read_marker(dest) == stamp and (dest / "config.json").is_file():
+            return dest
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+            download = self._call(
+                f"downloading {model_name} v{version}",
+                lambda: self._download(model_name, str(version), Path(tmp) / "download"),
+                fast=False,
+            )
+            flavor = Model.load(str(download / "MLmodel")).flavors.get("transformers")
+            if flavor is None:
+                raise RegistryError(f"{model_name} v{version} was not logged with mlflow.transformers")
+            staged = Path(tmp) / "hf"
+            shutil.copytree(download / flavor.get("model_binary", "model"), staged)
+            for component in flavor.get("components", []):
+                for f in (download / "components" / component).iterdir():
+                    if not (staged / f.name).exists():  # the model folder's own files win
+                        shutil.copy2(f, staged / f.name)
+            # The marker is written last, so an interrupted download is never taken as complete.
+            (staged / _COMPLETE_MARKER).write_text(json.dumps(stamp))
+            if dest.exists():
+                shutil.rmtree(dest)
+            staged.rename(dest)
+        return dest
+
+    def _download(self, model_name: str, version: str, into: Path) -> Path:
+        """Download the model's artifacts below `into`; returns the folder holding MLmodel."""
+        import mlflow
+
+        # Not "models:/name/version": that resolves through mlflow's *global* registry URI whatever
+        # registry_uri says, and silently creates an empty ./mlflow.db when none is set.
+        source = self.client().get_model_version_download_uri(model_name, version)
+        into.mkdir(parents=True)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=str(into), tracking_uri=self.tracking_uri
+        )
+        return Path(local)
+
+    # -- writes ----------------------------------------------------------------------------------------
+    def log_and_register(
+        self,
+        *,
+        model_name: str,
+        experiment: str,
+        model_dir: Path,
+        params: dict[str, str | int | float | bool | None],
+        metrics: dict[str, float],
+        artifacts: list[Path],
+        tags: dict[str, str],
+        run_name: str | None = None,
+    ) -> VersionInfo:
+        """Log one run (params, metrics, tags, artifacts, the HF model) and register it as `challenger`.
+
+        Args:
+            model_dir: a save_pretrained folder (config.json with id2label, weights, tokenizer files).
+            tags: set on the run and on the new model version.
+        Returns:
+            The new version, as read back from the registry.
+        """
+        model_dir = Path(model_dir).resolve()
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{model_dir} is not a save_pretrained folder (no config.json)")
+        missing = [str(p) for p in artifacts if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"artifacts to log do not exist: {', '.join(missing)}")
+
+        # Fail fast on a dead registry before spending seconds loading the model.
+        experiment_id = self._call(
+            f"opening experiment {experiment!r}", lambda: self._experiment_id(experiment)
+        )
+        pipeline_parts = _load_hf(model_dir)
+
+        def log() -> str:
+            import mlflow
+            from huggingface_hub import ModelCard
+
+            with (
+                _fluent_uris(self.tracking_uri),
+                mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run,
+            ):
+                mlflow.log_params(_stringify_params(params))
+                if metrics:
+                    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                for path in map(Path, artifacts):
+                    if path.is_dir():
+                        mlflow.log_artifacts(str(path), artifact_path=path.name)
+                    else:
+                        mlflow.log_artifact(str(path))
+                info = mlflow.transformers.log_model(
+                    pipeline_parts,
+                    name="model",
+                    task="text-classification",
+                    pip_requirements=_pip_requirements(),
+                    input_example=_INPUT_EXAMPLE,
+                    signature=_signature(),
+                    registered_model_name=model_name,
+                    # An explicit card stops MLflow from looking the model up on the Hugging Face Hub.
+                    model_card=ModelCard(
+                        "---\nlibrary_name: transformers\npipeline_tag: text-classification\n---\n"
+                        f"# {model_name}\n\nFine-tuned by transferline in MLflow run {run.info.run_id}.\n"
+                    ),
+                )
+            version = str(info.registered_model_version)
+            client = self.client()
+            for key, value in tags.items():
+                client.set_model_version_tag(model_name, version, key, str(value))
+            client.set_registered_model_alias(model_name, CHALLENGER, version)
+            return version
+
+        version = self._call(f"logging and registering {model_name}", log, fast=False)
+        return self._call(
+            f"reading {model_name} v{version}",
+            lambda: self._info(
+                self.client().get_model_version(model_name, version), self._alias_map(model_name)
+            ),
+        )
+
+    def _experiment_id(self, name: str) -> str:
+        client = self.client()
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":  # runs cannot start in a deleted experiment
+                client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+        return client.create_experiment(name, artifact_location=location)
+
+    def set_alias_checked(
+        self, model_name: str, alias: str, version: str, expected_current: str | None
+    ) -> str | None:
+        """Compare-and-set: point `alias` at `version` only if it still points at expected_current.
+
+        Returns the version the alias pointed at before. Raises PromotionConflict if it moved.
+        """
+        version = str(version)
+        expected = None if expected_current is None else str(expected_current)
+
+        def swap() -> str | None:
+            client = self.client()
+            client.get_model_version(model_name, version)  # a clear "not found" before anything moves
+            with _alias_lock(self.tracking_uri, model_name):
+                current = (self._alias_map(model_name) or {}).get(alias)
+                if current != expected:
+                    raise PromotionConflict(
+                        f"{alias} moved from {_v(expected)} to {_v(current)} since the gate evaluated "
+                        f"against {_v(expected)}; re-run to evaluate against the new {alias} "
+                        f"(model {model_name}, registry {self.tracking_uri})"
+                    )
+                client.set_registered_model_alias(model_name, alias, version)
+                # Aliases are last-writer-wins; a writer outside our lock (another host) shows up here.
+                after = (self._alias_map(model_name) or {}).get(alias)
+                if after != version:
+                    raise PromotionConflict(
+                        f"{alias} of {model_name} was set to {_v(version)} but now points at {_v(after)}:"
+                        " another promotion ran concurrently; re-run to evaluate against it"
+                    )
+                return current
+
+        return self._call(f"moving {model_name}@{alias} to v{version}", swap)
+
+    def promote(self, model_name: str, version: str, expected_champion: str | None) -> None:
+        """Make `version` the champion (compare-and-set) and keep the one it replaces as `previous`."""
+        version = str(version)
+        before = self.set_alias_checked(model_name, CHAMPION, version, expected_champion)
+
+        def record() -> None:
+            client = self.client()
+            if before is not None and before != version:
+                client.set_registered_model_alias(model_name, PREVIOUS, before)
+            client.set_model_version_tag(
+                model_name, version, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds")
+            )
+
+        self._call(f"recording the promotion of {model_name} v{version}", record)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _v(version: str | None) -> str:
+    return "nothing" if version is None else f"v{version}"
+
+
+def _literal(name: str) -> str:
+    """A string literal for an MLflow search filter (both quote styles are accepted)."""
+    return f'"{name}"' if "'" in name else f"'{name}'"
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / _COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stringify_params(params: dict[str, Any]) -> dict[str, str]:
+    """MLflow params are strings with a length limit (6000 in 3.17); longer values are cut and marked."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    out = {}
+    for key, value in params.items():
+        text = str(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            text = text[: MAX_PARAM_VAL_LENGTH - 3] + "..."
+        out[key] = text
+    return out
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    reqs = []
+    for package in _PIP_PACKAGES:
+        try:
+            # Drop local labels (torch "2.13.0+cpu"): PyPI cannot resolve them, as MLflow itself does.
+            reqs.append(f"{package}=={Version(version(package)).public}")
+        except PackageNotFoundError:
+            continue  # accelerate is optional for inference
+    return reqs
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    # A list of strings in; the text-classification pyfunc answers one (label, score) row per text.
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+    )
+
+
+def _load_hf(model_dir: Path) -> dict[str, Any]:
+    """Model + tokenizer for mlflow.transformers.
+
+    Logging the folder path itself fails with transformers 5 (mlflow 3.17's local-checkpoint branch
+    expects pipeline classes where transformers now keeps names), so the components are loaded.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return {
+        "model": AutoModelForSequenceClassification.from_pretrained(model_dir),
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+    }
+
+
+@contextmanager
+def _fast_http(uri: str) -> Iterator[None]:
+    """Short HTTP timeouts/retries for registry metadata calls; values the user set are kept."""
+    if urlparse(uri).scheme not in ("http", "https"):
+        yield
+        return
+    with _ENV_LOCK:
+        added = [k for k in _FAST_HTTP_ENV if k not in os.environ]
+        for key in added:
+            os.environ[key] = _FAST_HTTP_ENV[key]
+        try:
+            yield
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
+
+
+@contextmanager
+def _fluent_uris(uri: str) -> Iterator[None]:
+    """Point mlflow's fluent API (start_run, log_model) at uri, then restore the caller's settings."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    with _ENV_LOCK:
+        # set_tracking_uri(None) also unsets MLFLOW_TRACKING_URI, so the env is saved separately.
+        saved_env = {k: os.environ.get(k) for k in _URI_ENV}
+        saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            mlflow.set_registry_uri(saved[1])
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@contextmanager
+def _alias_lock(uri: str, model_name: str) -> Iterator[None]:
+    """Serialise alias compare-and-set: across processes for a SQLite store, within this one otherwise."""
+    with _ALIAS_LOCK:
+        parsed = urlparse(uri)
+        if parsed.scheme != "sqlite":
+            yield
+            return
+        # A lock file outside the project keyed by the DB path: every process on this host that uses the
+        # same SQLite file agrees on it, and nothing new appears next to the database.
+        key = hashlib.sha256(f"{parsed.path}\0{model_name}".encode()).hexdigest()[:16]
+        lock_path = Path(tempfile.gettempdir()) / f"transferline-registry-{key}.lock"
+        with lock_path.open("a") as fh:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(f"timed out waiting for the alias lock {lock_path}") from None
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)

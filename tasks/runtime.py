@@ -1,0 +1,24 @@
+"""Process-wide settings applied at the entry points (CLI, DVC stage commands, tests), never at import."""
+
+from __future__ import annotations
+
+import os
+
+# Offline-safe defaults; a user's own environment always wins.
+_ENV_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # telemetry fails (slowly) without internet
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "transferline",  # core functions' logs reach the Prefect UI
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # DVC stage commands run the cores outside flows
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DISABLE_MLFLOW_INTEGRATION": "TRUE",  # transformers must not open MLflow runs of its own
+    "TOKENIZERS_PARALLELISM": "false",  # avoid fork warnings from the Rust tokenizer
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def configure_environment() -> None:
+    for key, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)

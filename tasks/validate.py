@@ -1,0 +1,657 @@
+"""validate stage: a Great Expectations suite over the prepared train/validation/test splits.
+
+Every check is a real GX 1.x expectation, so it shows up in the GX result and in Data Docs. Checks that GX
+cannot express per value (rows per class, texts shared between splits) run on small derived frames:
+
+* ``train`` / ``validation`` / ``test``: each split has the ``text`` and ``label`` columns.
+* ``dataset`` (all splits concatenated, plus a ``split`` column): text and label non-null, text length in
+  ``[validate.min_text_chars, validate.max_text_chars]``, labels within ``data.labels``, duplicate rate.
+* ``class_counts`` (one row per *declared* class, with its count of train rows, 0 included): every class
+  has at least ``validate.min_rows_per_class`` train rows.
+* ``train_test_overlap`` / ``validation_test_overlap`` (one row per shared text): must be empty.
+
+Duplicate rate: the fraction of rows whose text repeats an earlier row's text exactly, i.e.
+``(n - n_distinct) / n`` over the non-null texts of all splits. GX's proportion of unique values is
+``n_distinct / n`` (distinct values, not values occurring once), so ``rate <= max`` is exactly
+``proportion >= 1 - max``.
+
+great_expectations is imported inside the functions: it costs ~4 s and most callers of this module (flow
+definitions, the CLI) never run a validation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import Config, ConfigError, ValidateConfig, load_config
+from tasks.paths import SPLITS, ProjectPaths
+from tasks.runtime import configure_environment
+
+logger = logging.getLogger("transferline.validate")
+
+TEXT = "text"
+LABEL = "label"
+REQUIRED_COLUMNS = (TEXT, LABEL)
+MAX_EXAMPLES = 3
+_EXAMPLE_CHARS = 80
+# Pairs checked for leakage: test is what the gate scores, so nothing seen in training or model selection
+# may reappear there.
+OVERLAP_PAIRS = (("train", "test"), ("validation", "test"))
+# Lets a duplicate rate exactly at the limit pass despite float rounding of 1 - max_duplicate_rate.
+_RATE_EPSILON = 1e-12
+
+
+# -- report ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One GX expectation's verdict, reduced to what a person needs to act on it."""
+
+    expectation: str  # GX expectation type, e.g. "expect_column_values_to_be_in_set"
+    table: str  # "train"/"validation"/"test", "dataset", "class_counts", "<a>_<b>_overlap"
+    column: str | None
+    success: bool
+    unexpected_count: int | None  # offending rows / classes / shared texts; None when not applicable
+    examples: list[str]  # up to MAX_EXAMPLES offending values, truncated
+    detail: str  # one human sentence
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """The verdict of the whole suite; ``gx_results`` keeps GX's raw result JSON per table."""
+
+    success: bool
+    outcomes: tuple[ExpectationOutcome, ...]
+    rows: dict[str, int]
+    gx_results: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def failures(self) -> tuple[ExpectationOutcome, ...]:
+        return tuple(o for o in self.outcomes if not o.success)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (without the raw GX results)."""
+        return {
+            "success": self.success,
+            "rows": dict(self.rows),
+            "expectations": len(self.outcomes),
+            "failed": len(self.failures),
+            "outcomes": [asdict(o) for o in self.outcomes],
+        }
+
+    def summary_markdown(self) -> str:
+        """Short markdown report: verdict, rows per split and one table row per expectation."""
+        verdict = "PASSED" if self.success else "FAILED"
+        total = sum(self.rows.values())
+        lines = [
+            f"# Data validation: {verdict}",
+            "",
+            f"Rows: {_rows_text(self.rows)} ({total:,} in all).  ",
+            f"{len(self.outcomes) - len(self.failures)} of {len(self.outcomes)} expectations passed.",
+            "",
+            "| Expectation | Table | Column | Verdict | Offending | Examples |",
+            "|---|---|---|---|---|---|",
+        ]
+        for o in self.outcomes:
+            count = "" if o.unexpected_count is None else f"{o.unexpected_count:,}"
+            examples = ", ".join(_md_cell(repr(e)) for e in o.examples)
+            lines.append(
+                f"| `{o.expectation}` | {o.table} | {o.column or ''} | {'pass' if o.success else '**FAIL**'}"
+                f" | {count} | {examples} |"
+            )
+        if self.failures:
+            lines += ["", "## Failures", ""]
+            lines += [f"- **{o.expectation}** ({_where(o)}): {_md_cell(o.detail)}" for o in self.failures]
+        return "\n".join(lines) + "\n"
+
+    def error_message(self, report_dir: Path | None = None) -> str:
+        """What failed (each expectation with its count and examples), what to do, where the report is."""
+        if self.success:
+            return (
+                f"data validation passed: {len(self.outcomes)} expectations on {_rows_text(self.rows)} rows"
+            )
+        lines = [
+            f"data validation failed: {len(self.failures)} of {len(self.outcomes)} expectations failed on the"
+            f" prepared data ({_rows_text(self.rows)} rows):"
+        ]
+        hints: list[str] = []
+        for o in self.failures:
+            count = "" if o.unexpected_count is None else f" [{o.unexpected_count:,} offending]"
+            lines.append(f"  - {o.expectation} on {_where(o)}{count}: {o.detail}")
+            hint = _hint(o)
+            if hint not in hints:
+                hints.append(hint)
+        lines.append("What to do:")
+        lines += [f"  - {h}" for h in hints]
+        lines.append("  - then re-run prepare and validate (`dvc repro validate` or `transferline run`).")
+        where = f"{Path(report_dir).as_posix()}/" if report_dir is not None else "reports/validation/"
+        lines.append(f"Full report: {where} (summary.md, result.json, data_docs/index.html).")
+        return "\n".join(lines)
+
+
+class DataValidationError(RuntimeError):
+    """The prepared data failed the validation suite; ``str(err)`` says what failed and what to do."""
+
+    def __init__(self, report: ValidationReport, report_dir: Path | None = None) -> None:
+        super().__init__(report.error_message(report_dir))
+        self.report = report
+        self.report_dir = report_dir
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect pickles task exceptions; the default reduce would call __init__ with the message only.
+        return (type(self), (self.report, self.report_dir))
+
+
+# -- core -----------------------------------------------------------------------------------------------
+@dataclass
+class _Check:
+    table: str
+    column: str | None
+    expectation: Any  # a great_expectations.expectations.Expectation
+    # GX result dict -> (offending count, examples, sentence); only called when GX evaluated it.
+    explain: Callable[[dict[str, Any], bool], tuple[int | None, list[str], str]]
+
+
+@dataclass(frozen=True)
+class _GxVerdict:
+    type: str  # expectation type as GX reports it
+    success: bool
+    result: dict[str, Any]
+    error: str | None  # set when GX could not evaluate the expectation
+
+
+def validate_splits(
+    splits: dict[str, pd.DataFrame],
+    labels: Sequence[str],
+    cfg: ValidateConfig,
+    docs_dir: Path | None = None,
+) -> ValidationReport:
+    """Build the suite from ``cfg`` and ``labels``, run it on the split frames, optionally build Data Docs.
+
+    ``splits`` maps split name to frame and must contain ``train`` and ``test``. When ``docs_dir`` is
+    given, GX Data Docs HTML is written there (``docs_dir / "index.html"``); nothing else touches disk.
+    """
+    missing = [s for s in ("train", "test") if s not in splits]
+    if missing:
+        raise ValueError(f"validate_splits needs the {' and '.join(missing)} split(s); got {sorted(splits)}")
+    names = [s for s in SPLITS if s in splits] + [s for s in splits if s not in SPLITS]
+    frames = {s: splits[s] for s in names}
+    labels = list(labels)
+
+    tables: dict[str, pd.DataFrame] = dict(frames)
+    checks: list[_Check] = []
+    for name, frame in frames.items():
+        checks += [_column_exists_check(name, frame, col) for col in REQUIRED_COLUMNS]
+    tables["dataset"], locate = _combine(frames)
+    checks += _dataset_checks(tables["dataset"], labels, cfg, locate)
+    tables["class_counts"] = _class_counts(frames["train"], labels)
+    has_labels = LABEL in frames["train"].columns
+    checks.append(_class_count_check(tables["class_counts"], cfg.min_rows_per_class, has_labels))
+    for left, right in OVERLAP_PAIRS:
+        if left in frames and right in frames:
+            table = f"{left}_{right}_overlap"
+            tables[table] = _overlap(frames[left], frames[right])
+            checks.append(_overlap_check(table, left, right, tables[table]))
+
+    verdicts, raw = _run_gx(tables, checks, docs_dir)
+    order = {id(check): i for i, check in enumerate(checks)}
+    outcomes = tuple(_outcome(c, v) for c, v in sorted(verdicts, key=lambda cv: order[id(cv[0])]))
+    report = ValidationReport(
+        success=all(o.success for o in outcomes),
+        outcomes=outcomes,
+        rows={name: len(frame) for name, frame in frames.items()},
+        gx_results=raw,
+    )
+    logger.info(
+        "validation %s: %d of %d expectations failed",
+        "passed" if report.success else "FAILED",
+        len(report.failures),
+        len(outcomes),
+    )
+    return report
+
+
+def _run_gx(
+    tables: dict[str, pd.DataFrame], checks: list[_Check], docs_dir: Path | None
+) -> tuple[list[tuple[_Check, _GxVerdict]], dict[str, Any]]:
+    """One ephemeral GX context; one asset, suite and validation definition per table."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    docs_sites: dict[str, Any] = {}
+    if docs_dir is not None:
+        docs_sites["local_site"] = {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            # Absolute: a relative base_directory would resolve against GX's (absent) project root.
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(Path(docs_dir).resolve()),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        }
+    # In-memory stores and an explicit docs site: nothing is written to a gx/ folder or a temp dir, and
+    # without progress_bars GX prints a tqdm "Calculating Metrics" bar per validation.
+    context = gx.get_context(
+        mode="ephemeral",
+        project_config=DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            data_docs_sites=docs_sites,
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        ),
+    )
+    source = context.data_sources.add_pandas(name="transferline")
+    verdicts: list[tuple[_Check, _GxVerdict]] = []
+    raw: dict[str, Any] = {}
+    for table, frame in tables.items():
+        table_checks = [c for c in checks if c.table == table]
+        if not table_checks:
+            continue
+        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"transferline.{table}"))
+        ids = [suite.add_expectation(c.expectation).id for c in table_checks]
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate.{table}", data=batch, suite=suite)
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            # SUMMARY keeps the stored JSON small (no full unexpected lists) but gives examples and indices.
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
+        )
+        # GX returns the results in its own order, not the suite's: pair them by expectation id.
+        by_id = {r.expectation_config.id: r for r in result.results}
+        raw[table] = _json_safe(result.to_json_dict())
+        for check, expectation_id in zip(table_checks, ids, strict=True):
+            r = by_id[expectation_id]
+            verdicts.append(
+                (
+                    check,
+                    _GxVerdict(
+                        r.expectation_config.type,
+                        bool(r.success),
+                        dict(r.result or {}),
+                        _exception_message(r.exception_info),
+                    ),
+                )
+            )
+    if docs_dir is not None:
+        context.build_data_docs()
+    return verdicts, raw
+
+
+def _outcome(check: _Check, verdict: _GxVerdict) -> ExpectationOutcome:
+    if verdict.error is not None:
+        # GX records an expectation it could not compute (e.g. on a missing column) as failed with an
+        # exception; report that instead of crashing.
+        return ExpectationOutcome(verdict.type, check.table, check.column, False, None, [], verdict.error)
+    count, examples, detail = check.explain(verdict.result, verdict.success)
+    return ExpectationOutcome(
+        verdict.type, check.table, check.column, verdict.success, count, examples, detail
+    )
+
+
+# -- checks ---------------------------------------------------------------------------------------------
+def _column_exists_check(split: str, frame: pd.DataFrame, column: str) -> _Check:
+    import great_expectations.expectations as gxe
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        if success:
+            return None, [], f"the {split} split has a '{column}' column"
+        have = ", ".join(map(str, frame.columns)) or "none"
+        return None, [], f"the {split} split has no '{column}' column (its columns: {have})"
+
+    return _Check(split, column, gxe.ExpectColumnToExist(column=column), explain)
+
+
+def _combine(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, Callable[[int], str]]:
+    """All splits stacked with a ``split`` column, and a map from its row index to ``split[row]``."""
+    parts = [frame.assign(split=name) for name, frame in frames.items()]
+    combined = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    names = list(frames)
+    starts = [0]
+    for frame in frames.values():
+        starts.append(starts[-1] + len(frame))
+
+    def locate(index: int) -> str:
+        k = bisect.bisect_right(starts, index) - 1
+        return f"{names[k]}[{index - starts[k]}]" if 0 <= k < len(names) else f"row {index}"
+
+    return combined, locate
+
+
+def _dataset_checks(
+    data: pd.DataFrame, labels: list[str], cfg: ValidateConfig, locate: Callable[[int], str]
+) -> list[_Check]:
+    import great_expectations.expectations as gxe
+
+    def not_null(column: str) -> _Check:
+        def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+            n = int(result.get("unexpected_count") or 0)
+            rows = [locate(int(i)) for i in result.get("partial_unexpected_index_list") or []]
+            if success:
+                return n, [], f"all {len(data):,} rows have a {column}"
+            return n, rows[:MAX_EXAMPLES], f"{_n(n, 'row')} {_have(n)} a null {column}: {', '.join(rows[:5])}"
+
+        return _Check("dataset", column, gxe.ExpectColumnValuesToNotBeNull(column=column), explain)
+
+    def lengths(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        n = int(result.get("unexpected_count") or 0)
+        bounds = f"[{cfg.min_text_chars}, {cfg.max_text_chars}] characters"
+        if success:
+            return n, [], f"every text is {bounds} long"
+        values = [str(v["value"]) for v in result.get("partial_unexpected_counts") or []]
+        shown = ", ".join(f"{_quote(v)} ({len(v)} chars{', empty' if not v else ''})" for v in values[:3])
+        return n, _examples(values), f"{_n(n, 'text')} {_have(n)} a length outside {bounds}: {shown}"
+
+    def in_set(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        n = int(result.get("unexpected_count") or 0)
+        declared = "{" + ", ".join(labels) + "}"
+        if success:
+            return n, [], f"every non-null label is one of {declared}"
+        counts = result.get("partial_unexpected_counts") or []
+        shown = ", ".join(f"{_quote(str(c['value']))} ×{c['count']}" for c in counts[:5])
+        examples = _examples([str(c["value"]) for c in counts])
+        return n, examples, f"{_n(n, 'row')} {_have(n)} a label outside {declared}: {shown}"
+
+    def duplicates(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        texts = data[TEXT].dropna()
+        counts = texts.value_counts()
+        repeated = counts[counts > 1]
+        n = int(len(texts) - len(counts))
+        rate = n / len(texts) if len(texts) else 0.0
+        verb = "repeats" if n == 1 else "repeat"
+        head = f"duplicate rate {rate:.4%} ({_n(n, 'row')} of {len(texts):,} {verb} an earlier text)"
+        if success:
+            return n, [], f"{head} is within max_duplicate_rate {cfg.max_duplicate_rate:g}"
+        shown = ", ".join(f"{_quote(str(t))} ×{c}" for t, c in repeated.head(3).items())
+        examples = _examples([str(t) for t in repeated.index])
+        return n, examples, f"{head} exceeds max_duplicate_rate {cfg.max_duplicate_rate:g}: {shown}"
+
+    return [
+        not_null(TEXT),
+        not_null(LABEL),
+        _Check(
+            "dataset",
+            TEXT,
+            gxe.ExpectColumnValueLengthsToBeBetween(
+                column=TEXT, min_value=cfg.min_text_chars, max_value=cfg.max_text_chars
+            ),
+            lengths,
+        ),
+        _Check("dataset", LABEL, gxe.ExpectColumnValuesToBeInSet(column=LABEL, value_set=labels), in_set),
+        _Check(
+            "dataset",
+            TEXT,
+            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
+                column=TEXT,
+                min_value=max(0.0, 1.0 - cfg.max_duplicate_rate - _RATE_EPSILON),
+                max_value=None,
+                description=(
+                    f"Duplicate rate of text over all splits (rows repeating an earlier row's text)"
+                    f" is at most {cfg.max_duplicate_rate:g}, i.e. the proportion of distinct texts is"
+                    f" at least {1 - cfg.max_duplicate_rate:g}."
+                ),
+            ),
+            duplicates,
+        ),
+    ]
+
+
+def _class_counts(train: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """Train rows per declared class, 0 for a class with no rows (value_counts alone would omit it)."""
+    counts = train[LABEL].value_counts() if LABEL in train.columns else pd.Series(dtype="int64")
+    return pd.DataFrame({LABEL: labels, "rows": [int(counts.get(label, 0)) for label in labels]})
+
+
+def _class_count_check(counts: pd.DataFrame, minimum: int, has_labels: bool) -> _Check:
+    import great_expectations.expectations as gxe
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        if success:
+            fewest = int(counts["rows"].min()) if len(counts) else 0
+            return 0, [], f"every declared class has at least {minimum} train rows (fewest: {fewest})"
+        low = list(counts.loc[counts["rows"] < minimum, [LABEL, "rows"]].itertuples(index=False, name=None))
+        note = "" if has_labels else " (the train split has no 'label' column)"
+        shown = ", ".join(f"{label} ({rows})" for label, rows in low)
+        detail = f"{_n(len(low), 'declared class', 'declared classes')} {_have(len(low))} fewer than"
+        detail += f" {minimum} train rows: {shown}{note}"
+        return len(low), [f"{label}: {rows} rows" for label, rows in low[:MAX_EXAMPLES]], detail
+
+    expectation = gxe.ExpectColumnValuesToBeBetween(
+        column="rows",
+        min_value=minimum,
+        description=f"Every declared class has at least {minimum} rows in the train split.",
+    )
+    return _Check("class_counts", "rows", expectation, explain)
+
+
+def _normalise(text: Any) -> str:
+    # prepare's dedup key (lower case, whitespace collapsed): what it calls a duplicate counts as shared.
+    return " ".join(str(text).lower().split())
+
+
+def _overlap(left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
+    """One row per text (normalised) present in both frames, shown as the left frame's text."""
+    if TEXT not in left.columns or TEXT not in right.columns:
+        return pd.DataFrame({TEXT: pd.Series([], dtype="object")})
+    right_keys = {_normalise(t) for t in right[TEXT].dropna()}
+    shared: dict[str, str] = {}
+    for text in left[TEXT].dropna():
+        key = _normalise(text)
+        if key in right_keys:
+            shared.setdefault(key, str(text))
+    return pd.DataFrame({TEXT: pd.Series(list(shared.values()), dtype="object")})
+
+
+def _overlap_check(table: str, left: str, right: str, shared: pd.DataFrame) -> _Check:
+    import great_expectations.expectations as gxe
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        n = int(result.get("observed_value", len(shared)) or 0)
+        if success:
+            return n, [], f"no text of the {left} split appears in the {right} split"
+        texts = [str(t) for t in shared[TEXT]]
+        shown = ", ".join(_quote(t) for t in texts[:3])
+        return (
+            n,
+            _examples(texts),
+            f"{_n(n, 'text')} of the {left} split also {'appears' if n == 1 else 'appear'} in the {right}"
+            f" split (compared case- and whitespace-insensitively): {shown}",
+        )
+
+    expectation = gxe.ExpectTableRowCountToEqual(
+        value=0,
+        description=(
+            f"No text of the {left} split appears in the {right} split (this table has a row per shared text)"
+        ),
+    )
+    return _Check(table, None, expectation, explain)
+
+
+# -- formatting helpers ---------------------------------------------------------------------------------
+def _short(value: str) -> str:
+    value = " ".join(value.split()) if value.strip() else value
+    return value if len(value) <= _EXAMPLE_CHARS else value[: _EXAMPLE_CHARS - 1] + "…"
+
+
+def _quote(value: str) -> str:
+    return repr(_short(value))
+
+
+def _examples(values: list[str]) -> list[str]:
+    return [_short(v) for v in values[:MAX_EXAMPLES]]
+
+
+def _n(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count:,} {singular if count == 1 else (plural or singular + 's')}"
+
+
+def _have(count: int) -> str:
+    return "has" if count == 1 else "have"
+
+
+def _rows_text(rows: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count:,}" for name, count in rows.items())
+
+
+def _where(outcome: ExpectationOutcome) -> str:
+    return f"{outcome.table}.{outcome.column}" if outcome.column else outcome.table
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _hint(outcome: ExpectationOutcome) -> str:
+    """What the user can change to make this expectation pass."""
+    if outcome.expectation == "expect_column_to_exist" or outcome.detail.startswith("not evaluated"):
+        return (
+            "the prepared splits must have 'text' and 'label' columns: check data.text_column and"
+            " data.label_column in params.yaml and re-run the prepare stage"
+        )
+    if outcome.expectation == "expect_column_values_to_be_in_set":
+        return "fix the labels in the source data or the declared labels in params.yaml (data.labels)"
+    if outcome.table == "class_counts":
+        return (
+            "add training data for the listed classes, remove them from data.labels, or lower"
+            " validate.min_rows_per_class in params.yaml"
+        )
+    if outcome.table.endswith("_overlap"):
+        return "texts must not cross splits: set data.drop_duplicates: true in params.yaml (prepare dedups)"
+    if outcome.expectation == "expect_column_proportion_of_unique_values_to_be_between":
+        return "set data.drop_duplicates: true or raise validate.max_duplicate_rate in params.yaml"
+    if outcome.expectation == "expect_column_value_lengths_to_be_between":
+        return (
+            "fix or remove those rows in the source data, or adjust validate.min_text_chars /"
+            " validate.max_text_chars in params.yaml"
+        )
+    return "fix or remove the offending rows in the source data (data.source)"
+
+
+def _exception_message(info: Any) -> str | None:
+    """GX's exception_info is flat for expectation errors but keyed by metric id for metric errors."""
+    if not isinstance(info, dict):
+        return None
+    candidates = [info] + [v for v in info.values() if isinstance(v, dict)]
+    for item in candidates:
+        if item.get("raised_exception"):
+            message = str(item.get("exception_message") or "unknown error").removeprefix("Error: ")
+            return f"not evaluated: {message}"
+    return None
+
+
+def _json_safe(value: Any) -> Any:
+    # GX's JSON dicts can carry NaN (null cells in partial_unexpected_list), which strict JSON forbids.
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+# -- stage shell ----------------------------------------------------------------------------------------
+def read_splits(paths: ProjectPaths) -> dict[str, pd.DataFrame]:
+    """The prepared split files, or FileNotFoundError naming every missing one."""
+    missing = [paths.split_file(s) for s in SPLITS if not paths.split_file(s).is_file()]
+    if missing:
+        names = ", ".join(str(p) for p in missing)
+        raise FileNotFoundError(
+            f"prepared split file(s) missing: {names}; run the prepare stage first"
+            " (`dvc repro prepare` or `transferline run`)"
+        )
+    return {s: pd.read_parquet(paths.split_file(s)) for s in SPLITS}
+
+
+def run_validate(paths: ProjectPaths, cfg: Config) -> ValidationReport:
+    """Validate the prepared splits and write reports/validation/; raise DataValidationError if they fail.
+
+    Writes result.json (the report), gx_result.json (GX's raw results per table), summary.md and
+    data_docs/index.html, replacing the folder's previous contents, before raising.
+    """
+    splits = read_splits(paths)
+    out = paths.validation_dir
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    report = validate_splits(splits, cfg.data.labels, cfg.validate_, docs_dir=out / "data_docs")
+    result = {
+        **report.to_dict(),
+        "labels": list(cfg.data.labels),
+        "thresholds": cfg.validate_.model_dump(mode="json"),
+    }
+    (out / "result.json").write_text(
+        json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out / "gx_result.json").write_text(
+        json.dumps(report.gx_results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out / "summary.md").write_text(report.summary_markdown(), encoding="utf-8")
+    if not report.success:
+        raise DataValidationError(report, _display_path(paths, out))
+    return report
+
+
+def _display_path(paths: ProjectPaths, path: Path) -> Path:
+    try:
+        return Path(paths.rel(path))
+    except ValueError:
+        return path
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_task(paths: ProjectPaths, cfg: Config) -> ValidationReport:
+    """Prefect task: run_validate, publishing the summary as the "validation-summary" markdown artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        report = run_validate(paths, cfg)
+    except DataValidationError as err:
+        create_markdown_artifact(
+            markdown=err.report.summary_markdown(), key="validation-summary", description="data validation"
+        )
+        raise
+    create_markdown_artifact(
+        markdown=report.summary_markdown(), key="validation-summary", description="data validation"
+    )
+    return report
+
+
+def main() -> None:
+    """DVC stage entry point: ``python -m tasks.validate`` from the project root."""
+    configure_environment()
+    paths = ProjectPaths.at(".")
+    try:
+        cfg = load_config(paths.params)
+        report = run_validate(paths, cfg)
+    except (DataValidationError, ConfigError, FileNotFoundError) as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(1) from None
+    print(
+        f"validate: OK, {len(report.outcomes)} expectations passed on {_rows_text(report.rows)} rows;"
+        f" report in {paths.rel(paths.validation_dir)}/"
+    )
+
+
+if __name__ == "__main__":
+    main()

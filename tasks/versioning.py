@@ -1,0 +1,147 @@
+"""Thin DVC and git adapter: record what a flow run produced, exactly as `dvc repro` would have.
+
+The Prefect flow runs the same stage functions as dvc.yaml, in-process; afterwards ``commit_stages``
+stores their outputs in the DVC cache and writes dvc.lock, so `dvc status` is clean and `dvc push`
+sends the dataset snapshot and the weights to the remote. A run with overrides (`--set`, UI parameters)
+must not record params it did not use: while DVC reads them, params.yaml temporarily holds the
+effective values, so dvc.lock tells the truth and `dvc status` then reports that params.yaml differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import Config, load_config
+from tasks.paths import ProjectPaths
+
+log = logging.getLogger("transferline.versioning")
+
+PIPELINE_STAGES = ("prepare", "validate", "download", "train", "evaluate")
+
+
+class VersioningError(RuntimeError):
+    """DVC could not record or push the run's outputs; the message says what to check."""
+
+
+@contextlib.contextmanager
+def effective_params(paths: ProjectPaths, cfg: Config) -> Iterator[None]:
+    """Make params.yaml show `cfg` for the duration of the block, restoring its exact bytes after."""
+    original = paths.params.read_bytes()
+    if load_config(paths.params) == cfg:
+        yield
+        return
+    fd, tmp = tempfile.mkstemp(dir=paths.root, prefix=".params-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    os.replace(tmp, paths.params)
+    try:
+        yield
+    finally:
+        paths.params.write_bytes(original)
+
+
+class DvcLockBusy(VersioningError):
+    """Another DVC command holds the repository lock (DVC has no wait option); worth retrying."""
+
+
+def dvc(paths: ProjectPaths, *args: str, timeout: float = 900) -> str:
+    """Run a DVC command in the project; DVC's Python API resolves targets against the process's cwd,
+    so a subprocess with cwd=root is the reliable way to address a project that is not the cwd."""
+    if not (paths.root / ".dvc").is_dir():
+        raise VersioningError(
+            f"{paths.root} is not a DVC repository: run `git init && dvc init` there (a clone of "
+            "transferline already is one)"
+        )
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=paths.root, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip()
+        if "Unable to acquire lock" in message:
+            raise DvcLockBusy(f"dvc {args[0]}: repository busy: {message}")
+        raise VersioningError(f"dvc {' '.join(args)} failed: {message}")
+    return result.stdout
+
+
+def commit_stages(paths: ProjectPaths, cfg: Config, stages: tuple[str, ...]) -> dict[str, str]:
+    """`dvc commit --force` the given stages; returns {output path: DVC md5} from dvc.lock."""
+    with effective_params(paths, cfg):
+        dvc(paths, "commit", "--force", "--quiet", *stages)
+    return output_hashes(paths)
+
+
+def output_hashes(paths: ProjectPaths) -> dict[str, str]:
+    """{output path: md5} of every stage output recorded in dvc.lock (directories end in '.dir')."""
+    lock = paths.root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    data = yaml.safe_load(lock.read_text()) or {}
+    hashes = {}
+    for stage in (data.get("stages") or {}).values():
+        for out in stage.get("outs", []):
+            hashes[out["path"]] = out.get("md5", "")
+    return hashes
+
+
+def push(paths: ProjectPaths) -> str:
+    """Push cached outputs to the default remote; returns DVC's summary line."""
+    remote = dvc(paths, "remote", "default").strip()
+    if not remote:
+        raise VersioningError(
+            "no default DVC remote: add one with `dvc remote add -d NAME URL` so data and weights "
+            "are stored outside this machine"
+        )
+    out = dvc(paths, "push")
+    return out.strip().splitlines()[-1] if out.strip() else "nothing to push"
+
+
+def git_commit(root: Path) -> str:
+    """HEAD's SHA, with '-dirty' when tracked files have uncommitted changes; 'unknown' outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def _retry_if_busy(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except DvcLockBusy:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="dvc-commit", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15],
+    retry_condition_fn=_retry_if_busy,
+)  # fmt: skip
+def commit_task(paths: ProjectPaths, cfg: Config, stages: tuple[str, ...]) -> dict[str, str]:
+    return commit_stages(paths, cfg, stages)
+
+
+@task(name="dvc-push", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+def push_task(paths: ProjectPaths) -> str:
+    summary = push(paths)
+    log.info("dvc push: %s", summary)
+    return summary

@@ -1,0 +1,89 @@
+"""Shared fixtures: real Prefect (test harness), DVC repos and MLflow stores in temp dirs, offline Hub."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a clone of the project holds that the pipeline needs (code is a dvc.yaml dependency).
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "tasks", "data/raw/README.md")
+
+# The tiny configuration: a few hundred real reviews, short sequences, seconds per run.
+TINY = {
+    "data.max_rows": 400,
+    "data.test_size": 0.25,
+    "validate.min_rows_per_class": 5,
+    "train.epochs": 3,
+    "train.max_length": 48,
+    "train.batch_size": 16,
+    "gate.min_accuracy": 0.5,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tasks.runtime import configure_environment
+
+    base = Path(
+        os.environ.get("TRANSFERLINE_TEST_TMP") or (Path("/tmp") / f"transferline-tests-{os.getpid()}")
+    )
+    base.mkdir(parents=True, exist_ok=True)
+    # Never reach the network and never share Prefect's result cache with other runs.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["PREFECT_HOME"] = str(base / "prefect-home")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("PREFECT_API_URL", None)
+    configure_environment()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def set_params(project: Path, updates: dict) -> None:
+    """Write dotted-key updates into the project's params.yaml (a user editing the file)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in updates.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, **kw)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh transferline project: git + DVC repo with a local remote, tiny params."""
+    proj = tmp_path / "project"
+    for rel in PROJECT_FILES:
+        src, dst = ROOT / rel, proj / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    dvc = [sys.executable, "-m", "dvc"]
+    for cmd in (
+        ["git", "init", "-q"],
+        [*dvc, "init", "-q"],
+        [*dvc, "config", "core.analytics", "false"],
+        [*dvc, "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")],
+        [*dvc, "remote", "modify", "local", "verify", "true"],
+    ):
+        result = run(cmd, proj)
+        assert result.returncode == 0, result.stderr
+    set_params(proj, TINY)
+    return proj

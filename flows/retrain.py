@@ -19,7 +19,14 @@ from tasks.evaluate import evaluate_task
 from tasks.gate import gate_task
 from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_task
-from tasks.promote import champion_task, lineage_tags, promote_task, register_task
+from tasks.promote import (
+    champion_task,
+    lineage_tags,
+    model_card_task,
+    promote_task,
+    register_task,
+    request_approval,
+)
 from tasks.registry import Registry
 from tasks.train import train_task
 from tasks.validate import validate_task
@@ -51,23 +58,30 @@ def retrain(project_dir: str = ".", overrides: dict[str, Any] | None = None) -> 
 
     prepare_task(paths, cfg.data)
     commit_task(paths, cfg, ("prepare",))  # the snapshot is versioned even if validation rejects it
-    validate_task(paths, cfg)
+    validation = validate_task(paths, cfg)
     base = download_task(paths, cfg.model)
     champion = champion_task(registry, cfg, paths)
     trained = train_task(paths, cfg, base)
     evaluation = evaluate_task(
-        paths, cfg, champion.model_dir if champion else None, champion.version if champion else None
+        paths,
+        cfg,
+        champion.model_dir if champion else None,
+        champion.version if champion else None,
+        champion.retention_file if champion else None,
     )
     decision = gate_task(paths, evaluation, cfg.gate)
     hashes = commit_task(paths, cfg, PIPELINE_STAGES)
     push_task(paths)  # data and weights reach the remote before any version points at them
-    tags = lineage_tags(
-        cfg, hashes, base, trained, git_commit(paths.root), str(runtime.flow_run.id or "local")
-    )
+    flow_run_id = str(runtime.flow_run.id or "")
+    tags = lineage_tags(cfg, hashes, base, trained, git_commit(paths.root), flow_run_id or "local")
     version = register_task(registry, cfg, paths, evaluation, decision, trained, tags)
+    model_card_task(registry, cfg, version, tags, evaluation, decision, validation, trained)
     report = _summary_markdown(cfg.registry.model_name, version.version, decision.passed, evaluation, tags)
     create_markdown_artifact(markdown=report, key="retrain-summary", description="Retraining run summary")
-    promote_task(registry, cfg, version, decision)  # raises GateRejected when the gate failed
+    approval = None
+    if decision.passed and cfg.promote.require_approval:
+        approval = request_approval(cfg, version, decision)  # pauses this flow run
+    promote_task(registry, cfg, version, decision, flow_run_id, approval)  # raises when not promoted
     return RunSummary(
         model_name=cfg.registry.model_name,
         version=version.version,

@@ -96,7 +96,21 @@ class EvaluateConfig(_Section):
 
 class GateConfig(_Section):
     min_accuracy: float = Field(ge=0, le=1)
+    mode: Literal["superiority", "non_inferiority"]
     min_improvement: float = Field(ge=-1, le=1)
+    margin: float = Field(ge=0, le=1)
+    alpha: float = Field(gt=0, le=0.5)
+    bootstrap_samples: int = Field(ge=100, le=100_000)
+    seed: int
+    max_class_drop: float = Field(ge=0, le=1)
+    max_forgetting: float = Field(ge=0, le=1)
+    max_latency_ms: float = Field(gt=0)
+    max_weights_mb: float = Field(gt=0)
+
+
+class PromoteConfig(_Section):
+    require_approval: bool
+    approval_timeout_s: int = Field(ge=1, le=7 * 24 * 3600)
 
 
 class RegistryConfig(_Section):
@@ -113,6 +127,7 @@ class Config(_Section):
     train: TrainConfig
     evaluate: EvaluateConfig
     gate: GateConfig
+    promote: PromoteConfig
     registry: RegistryConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Config, ConfigError, load_config
 from tasks.paths import ProjectPaths
-from tasks.prepare import LABEL, TEXT
+from tasks.prepare import LABEL, TEXT, file_sha256
 from tasks.runtime import configure_environment
 from tasks.train import METADATA_FILE, choose_device, choose_precision, encode, predict_logits, read_split
 
@@ -43,7 +44,11 @@ class EvalResult:
     macro_f1: float
     per_class: dict[str, ClassMetrics]
     confusion: list[list[int]]
+    truth: list[str]  # per test row, in row order: the paired tests of the gate need them
     predictions: list[str]
+
+    def correct(self) -> list[bool]:
+        return [t == p for t, p in zip(self.truth, self.predictions, strict=True)]
 
     def metrics(self, prefix: str = "test_") -> dict[str, float]:
         """Flat metrics for MLflow, e.g. test_accuracy, test_recall_fresh."""
@@ -57,7 +62,24 @@ class EvalResult:
     def summary(self) -> dict:
         data = asdict(self)
         data.pop("predictions")
+        data.pop("truth")
         return data
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Serving costs of the challenger, measured on this machine."""
+
+    latency_p95_ms: float  # single-example inference, warm, on CPU
+    weights_mb: float  # size of model.safetensors
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Both models on the retention set (by default the champion's own test split): forgetting check."""
+
+    challenger: EvalResult
+    champion: EvalResult
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,8 @@ class Evaluation:
     challenger: EvalResult
     champion: EvalResult | None
     champion_version: str | None
+    budgets: Budgets | None = None
+    retention: Retention | None = None
 
 
 def compute_metrics(y_true: list[str], y_pred: list[str], labels: list[str], name: str) -> EvalResult:
@@ -96,39 +120,60 @@ def compute_metrics(y_true: list[str], y_pred: list[str], labels: list[str], nam
         macro_f1=sum(m.f1 for m in per_class.values()) / len(per_class),
         per_class=per_class,
         confusion=confusion,
+        truth=list(y_true),
         predictions=list(y_pred),
     )
 
 
-def predict_labels(model_dir: Path, texts: list[str], batch_size: int, max_length: int) -> list[str]:
-    """Label names predicted by the saved model in model_dir (safetensors only)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+class Predictor:
+    """A saved model loaded once (safetensors only) for batch scoring and latency measurement."""
 
-    hf_logging.disable_progress_bar()
-    meta_file = model_dir / METADATA_FILE
-    if meta_file.is_file():  # score with the length the model was trained with
-        max_length = json.loads(meta_file.read_text()).get("max_length", max_length)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-    device = choose_device("auto")
-    model.to(device)
-    logits = predict_logits(
-        model, encode(tokenizer, texts, max_length), tokenizer.pad_token_id or 0, batch_size, device,
-        choose_precision("auto", device),
-    )  # fmt: skip
-    id2label = model.config.id2label
-    return [id2label[i] for i in logits.argmax(-1).tolist()]
+    def __init__(self, model_dir: Path, max_length: int) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        meta_file = model_dir / METADATA_FILE
+        if meta_file.is_file():  # score with the length the model was trained with
+            max_length = json.loads(meta_file.read_text()).get("max_length", max_length)
+        self.model_dir = model_dir
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        self.device = choose_device("auto")
+        self.precision = choose_precision("auto", self.device)
+        self.model.to(self.device).eval()
+
+    def predict(self, texts: list[str], batch_size: int) -> list[str]:
+        """Label names, in input order."""
+        encoded = encode(self.tokenizer, texts, self.max_length)
+        pad = self.tokenizer.pad_token_id or 0
+        logits = predict_logits(self.model, encoded, pad, batch_size, self.device, self.precision)
+        id2label = self.model.config.id2label
+        return [id2label[i] for i in logits.argmax(-1).tolist()]
+
+    def latency_p95_ms(self, texts: list[str], runs: int = 60, warmup: int = 5) -> float:
+        """p95 wall time of one text -> label (tokenising included), the way a request is served."""
+        import numpy as np
+
+        sample = [texts[i % len(texts)] for i in range(runs + warmup)]
+        times = []
+        for i, text in enumerate(sample):
+            started = time.perf_counter()
+            self.predict([text], batch_size=1)
+            if i >= warmup:
+                times.append((time.perf_counter() - started) * 1000)
+        return float(np.percentile(times, 95))
+
+    def budgets(self, texts: list[str]) -> Budgets:
+        weights = sum(p.stat().st_size for p in self.model_dir.glob("*.safetensors"))
+        return Budgets(latency_p95_ms=self.latency_p95_ms(texts), weights_mb=weights / 1e6)
 
 
-def evaluate_model(model_dir: Path, test: pd.DataFrame, cfg: Config, name: str) -> EvalResult:
-    predictions = predict_labels(
-        model_dir, test[TEXT].tolist(), cfg.evaluate.batch_size, cfg.train.max_length
-    )
-    result = compute_metrics(test[LABEL].tolist(), predictions, cfg.data.labels, name)
-    log.info(
-        "%s: test accuracy %.4f, macro-F1 %.4f on %d rows", name, result.accuracy, result.macro_f1, result.n
-    )
+def score(predictor: Predictor, frame: pd.DataFrame, cfg: Config, name: str) -> EvalResult:
+    predictions = predictor.predict(frame[TEXT].tolist(), cfg.evaluate.batch_size)
+    result = compute_metrics(frame[LABEL].tolist(), predictions, cfg.data.labels, name)
+    log.info("%s: accuracy %.4f, macro-F1 %.4f on %d rows", name, result.accuracy, result.macro_f1, result.n)
     return result
 
 
@@ -167,27 +212,54 @@ def plot_confusion(result: EvalResult, path: Path) -> None:
     plt.close(fig)
 
 
-def run_evaluate(paths: ProjectPaths, cfg: Config) -> EvalResult:
+def run_evaluate(paths: ProjectPaths, cfg: Config) -> tuple[EvalResult, Predictor]:
     """Score models/challenger on the test split and write the evaluation reports."""
     if not paths.challenger_dir.is_dir():
         raise FileNotFoundError(f"{paths.challenger_dir} is missing: run the train stage first")
     test = read_split(paths, "test")
-    result = evaluate_model(paths.challenger_dir, test, cfg, "challenger")
+    predictor = Predictor(paths.challenger_dir, cfg.train.max_length)
+    result = score(predictor, test, cfg, "challenger")
     write_reports(paths, result, test)
-    return result
+    return result, predictor
+
+
+def _retention(
+    challenger: Predictor, champion: Predictor, frame: pd.DataFrame, cfg: Config, version: str
+) -> Retention:
+    return Retention(
+        challenger=score(challenger, frame, cfg, "challenger on the retention set"),
+        champion=score(champion, frame, cfg, f"champion v{version} on the retention set"),
+    )
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
-    paths: ProjectPaths, cfg: Config, champion_dir: Path | None, champion_version: str | None
+    paths: ProjectPaths,
+    cfg: Config,
+    champion_dir: Path | None,
+    champion_version: str | None,
+    retention_file: Path | None = None,
 ) -> Evaluation:
-    challenger = run_evaluate(paths, cfg)
-    champion = None
-    if champion_dir is not None:
-        champion = evaluate_model(
-            champion_dir, read_split(paths, "test"), cfg, f"champion v{champion_version}"
-        )
-    return Evaluation(challenger, champion, champion_version)
+    """Challenger and champion on this run's test rows, both on the retention set, and serving budgets.
+
+    The retention set is the champion's own test split (logged with its MLflow run): a challenger trained
+    on new data must not forget what the champion was judged on.
+    """
+    challenger, predictor = run_evaluate(paths, cfg)
+    test = read_split(paths, "test")
+    budgets = predictor.budgets(test[TEXT].tolist())
+    log.info("budgets: p95 latency %.1f ms, weights %.1f MB", budgets.latency_p95_ms, budgets.weights_mb)
+    champion = retention = None
+    if champion_dir is not None and champion_version is not None:
+        champ = Predictor(champion_dir, cfg.train.max_length)
+        champion = score(champ, test, cfg, f"champion v{champion_version}")
+        if retention_file is not None and retention_file.is_file():
+            frame = pd.read_parquet(retention_file)
+            if file_sha256(retention_file) == file_sha256(paths.split_file("test")):
+                retention = Retention(challenger, champion)  # same rows: no need to score twice
+            else:
+                retention = _retention(predictor, champ, frame, cfg, champion_version)
+    return Evaluation(challenger, champion, champion_version, budgets, retention)
 
 
 def main() -> None:
@@ -196,7 +268,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = ProjectPaths.at(".")
     try:
-        result = run_evaluate(paths, load_config(paths.params))
+        result, _ = run_evaluate(paths, load_config(paths.params))
     except ConfigError as err:
         print(f"evaluate: {err}", file=sys.stderr)
         raise SystemExit(1) from None

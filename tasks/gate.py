@@ -1,29 +1,40 @@
 """gate stage: decide whether the challenger may replace the champion.
 
-``decide`` is pure: metrics in, a Decision with every check's value, threshold and verdict out. The
-rules: the metric must exist and be a number (NaN fails); the absolute floor ``gate.min_accuracy``
-always applies; when a champion exists, the challenger must beat it on the same test rows by at least
-``gate.min_improvement``. With no champion yet, the floor alone decides (the first-model rule).
+``decide`` is pure: evaluation results in, a Decision with every check's value, threshold and verdict
+out. The policy (``gate`` in params.yaml):
+
+- the challenger's accuracy must exist and be a finite number, and reach ``gate.min_accuracy``;
+- the serving budgets always apply: p95 latency <= ``gate.max_latency_ms`` and weights size <=
+  ``gate.max_weights_mb``; unmeasured budgets fail (a gate must not pass blindly);
+- with a champion, both models must have been scored on the same test rows, and then
+    * ``superiority``: the paired-bootstrap interval of the accuracy gain lies above
+      ``gate.min_improvement`` and McNemar's exact test finds the challenger significantly better
+      (p < ``gate.alpha``, b > c);
+    * ``non_inferiority``: the interval's lower end lies above ``-gate.margin``;
+    * no class loses more than ``gate.max_class_drop`` recall;
+    * on the retention set (when measured) the challenger loses at most ``gate.max_forgetting`` accuracy;
+    * an unusable champion metric fails (never promote blindly);
+- with no champion yet, the floor and the budgets alone decide (the first-model rule).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import GateConfig
-from tasks.evaluate import Evaluation
+from tasks.evaluate import Budgets, EvalResult, Evaluation, Retention
 from tasks.paths import ProjectPaths
+from tasks.stats import Interval, McNemar, mcnemar, paired_bootstrap_ci, recall_drops
 
-
-class Scored(Protocol):
-    @property
-    def accuracy(self) -> float: ...
+FIRST_MODEL = "first model: no champion yet — floor and budgets only"
+_EPS = 1e-12  # float noise tolerated at an exact "<=" threshold
 
 
 class GateRejected(RuntimeError):
@@ -37,6 +48,8 @@ class Check:
     threshold: float | None
     passed: bool
     detail: str
+    interval: tuple[float, float] | None = None  # confidence interval behind `value`, when there is one
+    param: str | None = None  # the params.yaml key that sets `threshold`
 
 
 @dataclass(frozen=True)
@@ -46,94 +59,353 @@ class Decision:
     challenger_accuracy: float
     champion_accuracy: float | None
     champion_version: str | None
+    mode: str = "superiority"
+    first_model: bool = True
+    interval: Interval | None = None  # paired bootstrap CI of challenger - champion accuracy
+    mcnemar: McNemar | None = None
+    policy: GateConfig | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if not c.passed)
 
     def summary(self) -> str:
-        if self.passed:
-            return f"gate passed: challenger accuracy {self.challenger_accuracy:.4f}"
-        return "gate failed: " + "; ".join(c.detail for c in self.failed)
+        if not self.passed:
+            return "gate failed: " + "; ".join(c.detail for c in self.failed)
+        text = f"gate passed: challenger accuracy {self.challenger_accuracy:.4f}"
+        if self.first_model:
+            return f"{text} (first model: floor and budgets only)"
+        if self.interval is not None:
+            text += f", {_gain(self.interval)} vs champion {_v(self.champion_version)}"
+        return text
+
+    def comparison_lines(self) -> list[str]:
+        """The confidence interval and McNemar lines of the report (empty without a paired comparison)."""
+        lines = []
+        if self.interval is not None:
+            how = (
+                f"paired bootstrap, {self.policy.bootstrap_samples} resamples of the shared test rows, "
+                f"seed {self.policy.seed}"
+                if self.policy is not None
+                else "paired bootstrap over the shared test rows"
+            )
+            lines.append(f"Accuracy {_gain(self.interval)} ({how}).")
+        if self.mcnemar is not None:
+            m = self.mcnemar
+            lines.append(
+                f"McNemar ({m.method}): p={m.p_value:.3g}; b={m.b} rows only the challenger gets right, "
+                f"c={m.c} rows only the champion gets right."
+            )
+        return lines
 
     def report_markdown(self) -> str:
-        def fmt(x: float | None) -> str:
-            return "—" if x is None else f"{x:.4f}"
-
         verdict = "**PASSED**: the challenger may be promoted" if self.passed else "**FAILED**: not promoted"
-        against = (
-            f"champion v{self.champion_version} (accuracy {fmt(self.champion_accuracy)})"
-            if self.champion_version
-            else "no champion yet: the first-model rule applies (floor only)"
-        )
+        if self.first_model:
+            against = "no champion yet, so the first-model rule applies (floor and budgets only)"
+        else:
+            against = f"champion {_v(self.champion_version)} (accuracy {_fmt(self.champion_accuracy)})"
+        mode = f"Mode: `{self.mode}`.\n\n" if not self.first_model else ""
+        comparison = "".join(f"{line}\n\n" for line in self.comparison_lines())
         rows = "\n".join(
-            f"| {c.name} | {fmt(c.value)} | {fmt(c.threshold)} | {'pass' if c.passed else 'FAIL'} "
+            f"| {c.name} | {_fmt(c.value)} | {_fmt(c.threshold)} | {'pass' if c.passed else 'FAIL'} "
             f"| {c.detail} |"
             for c in self.checks
         )
         return (
-            f"# Evaluation gate\n\n{verdict}\n\nCompared against: {against}.\n\n"
+            f"# Evaluation gate\n\n{verdict}\n\nCompared against: {against}.\n\n{mode}{comparison}"
             "| check | value | threshold | verdict | detail |\n|---|---|---|---|---|\n"
             f"{rows}\n"
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (non-finite numbers become null) for logging, e.g. mlflow.log_dict."""
+        return _jsonable(
+            {
+                "passed": self.passed,
+                "mode": self.mode,
+                "first_model": self.first_model,
+                "challenger_accuracy": self.challenger_accuracy,
+                "champion_accuracy": self.champion_accuracy,
+                "champion_version": self.champion_version,
+                "interval": asdict(self.interval) if self.interval is not None else None,
+                "mcnemar": asdict(self.mcnemar) if self.mcnemar is not None else None,
+                "checks": [asdict(c) for c in self.checks],
+                "failed": [c.name for c in self.failed],
+                "policy": self.policy.model_dump(mode="json") if self.policy is not None else None,
+            }
+        )
 
-def _number(x: float | None) -> bool:
-    return x is not None and isinstance(x, int | float) and math.isfinite(x)
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.2e}" if 0 < abs(x) < 1e-4 else f"{x:.4f}"  # small p-values stay visible
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "(unversioned)"
+
+
+def _level(interval: Interval) -> str:
+    return f"{interval.level * 100:g}%"
+
+
+def _gain(interval: Interval) -> str:
+    return f"gain {interval.estimate:+.4f} [{_level(interval)} CI {interval.low:+.4f}, {interval.high:+.4f}]"
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _same_rows(challenger: EvalResult, champion: EvalResult) -> str | None:
+    """None when both were scored on the same rows, else why not."""
+    if len(challenger.truth) != len(champion.truth):
+        return f"challenger scored {len(challenger.truth)} rows, champion {len(champion.truth)}"
+    if len(challenger.predictions) != len(challenger.truth) or len(champion.predictions) != len(
+        champion.truth
+    ):
+        return "predictions and labels differ in length"
+    differ = sum(t != u for t, u in zip(challenger.truth, champion.truth, strict=True))
+    if differ:
+        return f"the true labels differ on {differ} of {len(challenger.truth)} rows"
+    if not challenger.truth:
+        return "no rows to compare"
+    return None
+
+
+def _budget_checks(budgets: Budgets | None, policy: GateConfig) -> list[Check]:
+    if budgets is None:
+        return [
+            Check(
+                "budgets",
+                None,
+                None,
+                False,
+                "budgets not measured (p95 latency, weights size): a gate must not pass blindly",
+            )
+        ]
+    checks = []
+    for name, value, limit, unit, param in (
+        ("latency budget", budgets.latency_p95_ms, policy.max_latency_ms, "ms", "gate.max_latency_ms"),
+        ("weights budget", budgets.weights_mb, policy.max_weights_mb, "MB", "gate.max_weights_mb"),
+    ):
+        what = "p95 latency" if unit == "ms" else "weights size"
+        if not _number(value):
+            checks.append(Check(name, None, limit, False, f"{what} not measured ({value!r})"))
+            continue
+        ok = value <= limit + _EPS
+        checks.append(
+            Check(
+                name,
+                float(value),
+                limit,
+                ok,
+                f"{what} {value:.1f} {unit} {'<=' if ok else '>'} {limit:g} {unit} ({param})",
+                param=param,
+            )
+        )
+    return checks
+
+
+def _comparison_checks(
+    challenger: EvalResult, champion: EvalResult, policy: GateConfig, version: str
+) -> tuple[list[Check], Interval | None, McNemar | None]:
+    reason = _same_rows(challenger, champion)
+    if reason is not None:
+        return [Check("same rows", None, None, False, f"not the same rows: {reason}")], None, None
+    n = len(challenger.truth)
+    checks = [Check("same rows", n, None, True, f"both models scored on the same {n} test rows")]
+    a, b = challenger.correct(), champion.correct()
+    ci = paired_bootstrap_ci(a, b, samples=policy.bootstrap_samples, alpha=policy.alpha, seed=policy.seed)
+    test = mcnemar(a, b)
+    gain = f"{_gain(ci)} over champion {version}"
+    mc = f"McNemar p={test.p_value:.3g} (b={test.b}, c={test.c})"
+    bounds = (ci.low, ci.high)
+    if policy.mode == "superiority":
+        ok = ci.low > policy.min_improvement
+        checks.append(
+            Check(
+                "improvement over champion",
+                ci.low,
+                policy.min_improvement,
+                ok,
+                f"{gain}: CI low {'>' if ok else '<='} {policy.min_improvement:+.4f} (gate.min_improvement)",
+                interval=bounds,
+                param="gate.min_improvement",
+            )
+        )
+        significant = test.p_value < policy.alpha
+        ok = significant and test.b > test.c
+        if not significant:
+            why = f">= {policy.alpha:g}, not significant"
+        elif ok:
+            why = f"< {policy.alpha:g}, challenger better"
+        else:
+            why = f"< {policy.alpha:g} but the champion is better"
+        checks.append(
+            Check("McNemar", test.p_value, policy.alpha, ok, f"{mc} {why} (gate.alpha)", param="gate.alpha")
+        )
+    else:
+        ok = ci.low > -policy.margin
+        checks.append(
+            Check(
+                "non-inferiority",
+                ci.low,
+                -policy.margin,
+                ok,
+                f"{gain}: CI low {'>' if ok else '<='} {-policy.margin:+.4f} (-gate.margin)",
+                interval=bounds,
+                param="gate.margin",
+            )
+        )
+        checks.append(
+            Check(
+                "McNemar",
+                test.p_value,
+                None,
+                True,
+                f"{mc} (for information; not required in non_inferiority)",
+            )
+        )
+    drops = recall_drops(challenger, champion)
+    worst = max(drops, key=lambda k: drops[k])
+    drop = drops[worst]
+    ok = drop <= policy.max_class_drop + _EPS
+    checks.append(
+        Check(
+            "class recall",
+            drop,
+            policy.max_class_drop,
+            ok,
+            f"worst class {worst!r}: recall {champion.per_class[worst].recall:.4f} -> "
+            f"{champion.per_class[worst].recall - drop:.4f} (drop {drop:+.4f}) "
+            f"{'<=' if ok else '>'} {policy.max_class_drop:.4f} (gate.max_class_drop)",
+            param="gate.max_class_drop",
+        )
+    )
+    return checks, ci, test
+
+
+def _retention_check(retention: Retention | None, policy: GateConfig) -> Check:
+    param = "gate.max_forgetting"
+    if retention is None:
+        return Check(
+            "retention",
+            None,
+            policy.max_forgetting,
+            True,
+            "no retention set available: forgetting not checked",
+        )
+    old, new = retention.champion.accuracy, retention.challenger.accuracy
+    if not (_number(old) and _number(new)):
+        return Check(
+            "retention",
+            None,
+            policy.max_forgetting,
+            False,
+            f"retention accuracy not measured (challenger {new!r}, champion {old!r})",
+            param=param,
+        )
+    reason = _same_rows(retention.challenger, retention.champion)
+    if reason is not None:
+        return Check(
+            "retention", None, policy.max_forgetting, False, f"retention set: not the same rows: {reason}"
+        )
+    forgetting = old - new
+    ok = forgetting <= policy.max_forgetting + _EPS
+    return Check(
+        "retention",
+        forgetting,
+        policy.max_forgetting,
+        ok,
+        f"retention accuracy {old:.4f} -> {new:.4f} on {retention.challenger.n} rows (forgetting "
+        f"{forgetting:+.4f}) {'<=' if ok else '>'} {policy.max_forgetting:.4f} ({param})",
+        param=param,
+    )
 
 
 def decide(
-    challenger: Scored, champion: Scored | None, policy: GateConfig, champion_version: str | None = None
+    challenger: EvalResult,
+    champion: EvalResult | None,
+    policy: GateConfig,
+    *,
+    champion_version: str | None = None,
+    retention: Retention | None = None,
+    budgets: Budgets | None = None,
 ) -> Decision:
-    """Apply the gate policy to test accuracy measured on the same rows for both models."""
+    """Apply the gate policy; the champion (when any) must have been scored on the challenger's rows."""
     acc = getattr(challenger, "accuracy", None)
+    has_acc = _number(acc)
     checks = [
         Check(
             "metric present",
-            acc if _number(acc) else None,
+            float(acc) if has_acc else None,
             None,
-            _number(acc),
-            "challenger test accuracy is a number" if _number(acc) else f"challenger accuracy is {acc!r}",
+            has_acc,
+            "challenger test accuracy is a number"
+            if has_acc
+            else f"challenger accuracy is {acc!r}: nothing else can be judged",
         )
     ]
-    if _number(acc):
+    if has_acc:
         ok = acc >= policy.min_accuracy
         checks.append(
             Check(
                 "accuracy floor",
-                acc,
+                float(acc),
                 policy.min_accuracy,
                 ok,
                 f"accuracy {acc:.4f} {'>=' if ok else '<'} floor {policy.min_accuracy:.4f}"
                 " (gate.min_accuracy)",
+                param="gate.min_accuracy",
             )
         )
+    checks += _budget_checks(budgets, policy)
+
     champ_acc = getattr(champion, "accuracy", None) if champion is not None else None
+    interval = test = None
+    version = _v(champion_version)
     if champion is None:
-        checks.append(Check("first model", None, None, True, "no champion yet: the floor alone decides"))
-    elif not _number(champ_acc):
-        checks.append(
-            Check("improvement", None, policy.min_improvement, False, f"champion accuracy is {champ_acc!r}")
-        )
-    elif _number(acc):
-        gain = acc - champ_acc
-        ok = gain >= policy.min_improvement - 1e-12  # tolerate float noise at an exact threshold
-        checks.append(
-            Check(
-                "improvement over champion",
-                gain,
-                policy.min_improvement,
-                ok,
-                f"gain {gain:+.4f} over champion v{champion_version} ({champ_acc:.4f}) "
-                f"{'>=' if ok else '<'} {policy.min_improvement:+.4f} (gate.min_improvement)",
+        checks.append(Check("first model", None, None, True, FIRST_MODEL))
+    else:
+        if not _number(champ_acc):
+            checks.append(
+                Check(
+                    "champion metric",
+                    None,
+                    None,
+                    False,
+                    f"champion {version} accuracy is {champ_acc!r}: never promote blindly",
+                )
             )
-        )
+        elif has_acc:
+            more, interval, test = _comparison_checks(challenger, champion, policy, version)
+            checks += more
+        checks.append(_retention_check(retention, policy))
     return Decision(
         passed=all(c.passed for c in checks),
         checks=tuple(checks),
-        challenger_accuracy=acc if _number(acc) else float("nan"),
-        champion_accuracy=champ_acc if _number(champ_acc) else None,
+        challenger_accuracy=float(acc) if has_acc else float("nan"),
+        champion_accuracy=float(champ_acc) if _number(champ_acc) else None,
         champion_version=champion_version,
+        mode=policy.mode,
+        first_model=champion is None,
+        interval=interval,
+        mcnemar=test,
+        policy=policy,
     )
 
 
@@ -144,9 +416,11 @@ def rejection_message(decision: Decision, version: str | None) -> str:
         if decision.champion_version
         else "there is still no 'champion'."
     )
+    params = list(dict.fromkeys(c.param for c in decision.failed if c.param))
+    relax = f"or relax {', '.join(params)} in params.yaml deliberately" if params else "or fix the evaluation"
     return (
         f"{decision.summary()}. {registered}{champion} To promote anyway, improve the data or training "
-        "parameters, or relax gate.min_accuracy / gate.min_improvement in params.yaml deliberately."
+        f"parameters, {relax}."
     )
 
 
@@ -154,9 +428,17 @@ def rejection_message(decision: Decision, version: str | None) -> str:
 def gate_task(paths: ProjectPaths, evaluation: Evaluation, policy: GateConfig) -> Decision:
     """Decide, write reports/gate.md and publish it as a Prefect artifact; never raises on a failed gate
     (the version is registered as a challenger first; promote_task raises)."""
-    decision = decide(evaluation.challenger, evaluation.champion, policy, evaluation.champion_version)
+    decision = decide(
+        evaluation.challenger,
+        evaluation.champion,
+        policy,
+        champion_version=evaluation.champion_version,
+        retention=evaluation.retention,
+        budgets=evaluation.budgets,
+    )
     paths.gate_report.parent.mkdir(parents=True, exist_ok=True)
     paths.gate_report.write_text(decision.report_markdown())
+    paths.gate_json.write_text(json.dumps(decision.to_dict(), indent=2, sort_keys=True) + "\n")
     create_markdown_artifact(
         markdown=decision.report_markdown(), key="gate-report", description="Evaluation gate"
     )

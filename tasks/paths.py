@@ -69,6 +69,10 @@ class ProjectPaths:
     def gate_report(self) -> Path:
         return self.root / "reports" / "gate.md"
 
+    @property
+    def gate_json(self) -> Path:
+        return self.root / "reports" / "gate.json"
+
     # -- models ----------------------------------------------------------------------------------------
     @property
     def base_manifest(self) -> Path:

@@ -1,36 +1,68 @@
 """promote stage: register every challenger in MLflow, and move `champion` only when the gate passed.
 
 Order matters for "nothing lost, nothing wrongly promoted": the version is registered only after its
-data and weights are in DVC's remote, it gets the `challenger` alias at once, and `champion` moves to
-it only after a passing gate and a compare-and-set check that the champion did not change meanwhile.
+data and weights are in DVC's remote and after it was evaluated; it gets the `challenger` alias at once;
+`champion` moves to it only after a passing gate (and, if configured, a person's approval), through a
+compare-and-set against the champion the gate evaluated. Registration is idempotent: a re-run with the
+same inputs and weights (e.g. after a crash between creating the version and aliasing it) reuses the
+version instead of registering a duplicate.
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import json
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
 
 from tasks.config import Config
 from tasks.download import BaseModelRef
 from tasks.evaluate import Evaluation
 from tasks.gate import Decision, GateRejected, rejection_message
 from tasks.paths import ProjectPaths
+from tasks.prepare import file_sha256
 from tasks.registry import Registry, VersionInfo
 from tasks.train import METADATA_FILE, TrainResult
+from tasks.validate import ValidationReport
 
 log = logging.getLogger("transferline.promote")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+RETENTION_ARTIFACT = "prepared/test.parquet"  # the run's test split, logged with the run
+
+
+class ApprovalRejected(GateRejected):
+    """A person rejected the promotion, or nobody approved it in time."""
+
+
+class Approval(RunInput):
+    """What the Prefect UI (or `transferline approve`) asks the approver."""
+
+    approve: bool
+    comment: str = ""
+    approver: str = ""
 
 
 @dataclass(frozen=True)
 class Champion:
     version: str
     model_dir: Path
+    retention_file: Path | None  # the champion's own test split, when its run logged it
+
+
+def actor(flow_run_id: str | None = None) -> str:
+    """Who moves an alias: the flow run when there is one, else the user on this host."""
+    if flow_run_id:
+        return f"prefect-flow-run:{flow_run_id}"
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str | int | float | bool | None]:
@@ -48,13 +80,13 @@ def lineage_tags(
     cfg: Config, hashes: dict[str, str], base: BaseModelRef, trained: TrainResult, git: str, flow_run: str
 ) -> dict[str, str]:
     """What a version must carry to be reproduced: data, params, code and base-model identity."""
-    import json
-
     meta = json.loads((trained.model_dir / METADATA_FILE).read_text())
-    return {
+    weights_sha256 = file_sha256(trained.model_dir / "model.safetensors")
+    tags = {
         "data_hash": hashes.get("data/prepared", ""),  # DVC md5 of the prepared snapshot (dataset version)
         "data_sha256": meta["data_sha256"],
         "weights_hash": hashes.get("models/challenger", ""),
+        "weights_sha256": weights_sha256,
         "params_hash": cfg.digest(),
         "git_commit": git,
         "base_model_id": base.model_id,
@@ -63,17 +95,92 @@ def lineage_tags(
         "data_source": cfg.data.source,
         "prefect_flow_run_id": flow_run,
     }
+    # Same data, params, base model and weights => the same version, whatever run produced it.
+    key = "|".join(tags[k] for k in ("data_sha256", "params_hash", "base_model_sha256", "weights_sha256"))
+    tags["run_key"] = hashlib.sha256(key.encode()).hexdigest()
+    return tags
+
+
+def model_card(
+    cfg: Config,
+    version: str,
+    tags: dict[str, str],
+    evaluation: Evaluation,
+    decision: Decision,
+    validation: ValidationReport | None,
+    trained: TrainResult,
+) -> str:
+    """A model card (markdown) built from the promotion record."""
+    ch = evaluation.challenger
+    per_class = "\n".join(
+        f"| {label} | {m.precision:.4f} | {m.recall:.4f} | {m.f1:.4f} | {m.support} |"
+        for label, m in ch.per_class.items()
+    )
+    frozen = (
+        f"embeddings {'frozen' if cfg.train.freeze_embeddings else 'trained'}, "
+        f"lowest {cfg.train.freeze_layers} encoder layer(s) frozen"
+    )
+    validation_line = (
+        f"{'passed' if validation.success else 'FAILED'}: "
+        f"{sum(o.success for o in validation.outcomes)}/{len(validation.outcomes)} expectations, "
+        f"rows {validation.rows}"
+        if validation is not None
+        else "not available"
+    )
+    return f"""# Model card: {cfg.registry.model_name} v{version}
+
+## Model
+- Base model: `{tags["base_model_id"]}` at `{tags["base_model_revision"]}`
+  (files sha256 `{tags["base_model_sha256"]}`)
+- Task: text classification into {", ".join(f"`{label}`" for label in cfg.data.labels)}
+- Training: fine-tuning with a new classification head; {frozen}; {cfg.train.epochs} epoch(s), batch
+  {cfg.train.batch_size}, learning rate {cfg.train.learning_rate:g}, max length {cfg.train.max_length},
+  {trained.precision} on {trained.device}; best epoch {trained.best_epoch} of {len(trained.history)} by
+  validation accuracy ({trained.best_val_accuracy:.4f}); {trained.trainable_params:,} of
+  {trained.total_params:,} parameters trained in {trained.seconds:.0f} s.
+- Weights: `model.safetensors` sha256 `{tags["weights_sha256"]}`; params hash `{tags["params_hash"]}`;
+  code `{tags["git_commit"]}`.
+
+## Data
+- Source: `{cfg.data.source}`; dataset version (DVC md5) `{tags["data_hash"]}`.
+- Validation (Great Expectations): {validation_line}.
+
+## Evaluation (held-out test split, {ch.n} rows)
+- Accuracy {ch.accuracy:.4f}, macro-F1 {ch.macro_f1:.4f}.
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+
+## Gate decision
+{decision.report_markdown().split(chr(10), 2)[2]}
+
+## Intended use and limitations
+- Intended use: classifying short English texts like those of the training source (`{cfg.data.source}`)
+  into the labels above, as one signal among others.
+- Not intended for: texts in other languages or domains, long documents (only the first
+  {cfg.train.max_length} tokens are read), or decisions about people without human review.
+- Limitations: the accuracy above holds for data that look like the test split; the model inherits the
+  biases of its base model and of the training source. Check the drift and validation reports of new data.
+"""
 
 
 @task(name="find-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
 def champion_task(registry: Registry, cfg: Config, paths: ProjectPaths) -> Champion | None:
-    """The current champion's weights, downloaded for scoring on this run's test rows (None if none)."""
+    """The current champion's weights and retention set, downloaded for scoring on this run's rows."""
     info = registry.get_alias(cfg.registry.model_name, CHAMPION)
     if info is None:
         log.info("no champion for %s yet: the first-model rule applies", cfg.registry.model_name)
         return None
     dest = paths.registry_cache / cfg.registry.model_name / f"v{info.version}"
-    return Champion(info.version, registry.download_model_dir(cfg.registry.model_name, info.version, dest))
+    model_dir = registry.download_model_dir(cfg.registry.model_name, info.version, dest / "model")
+    retention = None
+    if info.run_id:
+        try:
+            retention = registry.download_run_artifact(info.run_id, RETENTION_ARTIFACT, dest / "retention")
+        except Exception as err:  # an older champion without the artifact: the gate says so
+            log.warning("champion v%s has no retention set (%s)", info.version, err)
+    return Champion(info.version, model_dir, retention)
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
@@ -86,18 +193,33 @@ def register_task(
     trained: TrainResult,
     tags: dict[str, str],
 ) -> VersionInfo:
-    """One MLflow run (params, metrics, reports) and a new model version aliased `challenger`."""
+    """One MLflow run (params, metrics, reports, data) and a version aliased `challenger` (idempotent)."""
+    name, who = cfg.registry.model_name, actor(tags.get("prefect_flow_run_id"))
+    existing = registry.find_version(name, "run_key", tags["run_key"])
+    if existing is not None:
+        log.info("v%s already holds these exact inputs and weights: reusing it", existing.version)
+        if CHALLENGER not in existing.aliases:
+            registry.set_challenger(name, existing.version, actor=who, reason="re-run of identical inputs")
+        return registry.get_alias(name, CHALLENGER) or existing
     metrics = {**evaluation.challenger.metrics(), **trained.metrics()}
     if evaluation.champion is not None:
         metrics["champion_test_accuracy"] = evaluation.champion.accuracy
+    if evaluation.budgets is not None:
+        metrics["latency_p95_ms"] = evaluation.budgets.latency_p95_ms
+        metrics["weights_mb"] = evaluation.budgets.weights_mb
     metrics["gate_passed"] = float(decision.passed)
+    if decision.interval is not None:  # paired bootstrap CI of the accuracy gain over the champion
+        metrics["gain_ci_low"], metrics["gain_ci_high"] = decision.interval.low, decision.interval.high
+    if decision.mcnemar is not None:
+        metrics["mcnemar_p_value"] = decision.mcnemar.p_value
     artifacts = [
         p
         for p in (
             paths.validation_dir,
             paths.evaluation_dir,
             paths.gate_report,
-            paths.prepared_manifest,
+            paths.gate_json,
+            paths.prepared_dir,  # the test split doubles as the retention set of later challengers
             trained.model_dir / METADATA_FILE,
         )
         if p.exists()
@@ -109,7 +231,7 @@ def register_task(
         "compared_with_champion": decision.champion_version or "none",
     }
     info = registry.log_and_register(
-        model_name=cfg.registry.model_name,
+        model_name=name,
         experiment=cfg.registry.experiment,
         model_dir=trained.model_dir,
         params=flatten(cfg.to_dict()),
@@ -117,17 +239,86 @@ def register_task(
         artifacts=artifacts,
         tags=version_tags,
         run_name=f"retrain-{tags.get('prefect_flow_run_id', '')[:8]}",
+        actor=who,
     )
-    log.info("registered %s version %s as %r", cfg.registry.model_name, info.version, CHALLENGER)
+    log.info("registered %s version %s as %r", name, info.version, CHALLENGER)
     return info
 
 
+@task(name="model-card", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def model_card_task(
+    registry: Registry,
+    cfg: Config,
+    version: VersionInfo,
+    tags: dict[str, str],
+    evaluation: Evaluation,
+    decision: Decision,
+    validation: ValidationReport | None,
+    trained: TrainResult,
+) -> str:
+    """Write the model card, attach it to the model version and publish it as a Prefect artifact."""
+    card = model_card(cfg, version.version, tags, evaluation, decision, validation, trained)
+    registry.attach_model_card(cfg.registry.model_name, version.version, card)
+    create_markdown_artifact(markdown=card, key="model-card", description=f"Model card v{version.version}")
+    return card
+
+
+def request_approval(cfg: Config, version: VersionInfo, decision: Decision) -> Approval:
+    """Pause the flow run until a person approves or rejects (Prefect UI or `transferline approve`).
+
+    Must be called from the flow itself. A timeout counts as a rejection.
+    """
+    from prefect import runtime
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    timeout = cfg.promote.approval_timeout_s
+    log.warning(
+        "v%s passed the gate (%s) and waits for approval: approve or reject it in the Prefect UI, or run "
+        "`transferline approve %s [--reject] --comment ...` within %d s",
+        version.version, decision.summary(), runtime.flow_run.id, timeout,
+    )  # fmt: skip
+    try:
+        return pause_flow_run(
+            wait_for_input=Approval.with_initial_data(
+                description=f"Promote {cfg.registry.model_name} v{version.version} to champion? "
+                f"{decision.summary()}",
+                approve=False,
+            ),
+            timeout=timeout,
+            poll_interval=max(1, min(10, timeout // 10)),
+        )
+    except FlowPauseTimeout:
+        return Approval(approve=False, comment=f"no decision within {timeout} s", approver="timeout")
+
+
 @task(name="promote", cache_policy=NO_CACHE)
-def promote_task(registry: Registry, cfg: Config, version: VersionInfo, decision: Decision) -> str:
+def promote_task(
+    registry: Registry,
+    cfg: Config,
+    version: VersionInfo,
+    decision: Decision,
+    flow_run_id: str | None = None,
+    approval: Approval | None = None,
+) -> str:
     """Move `champion` to the new version, or raise GateRejected saying why and what stays in place."""
     if not decision.passed:
         raise GateRejected(rejection_message(decision, version.version))
+    approval_record = approval.model_dump() if approval is not None else None
+    if approval is not None and not approval.approve:
+        raise ApprovalRejected(
+            f"promotion of v{version.version} rejected by {approval.approver or 'an approver'}"
+            f"{': ' + approval.comment if approval.comment else ''}. It stays registered as 'challenger'."
+        )
     # Compare-and-set against the champion the gate evaluated: a concurrent promotion is refused.
-    registry.promote(cfg.registry.model_name, version.version, expected_champion=decision.champion_version)
+    registry.promote(
+        cfg.registry.model_name,
+        version.version,
+        expected_champion=decision.champion_version,
+        actor=actor(flow_run_id),
+        reason=decision.summary(),
+        gate={"passed": decision.passed, "failed": [c.name for c in decision.failed]},
+        approval=approval_record,
+    )
     log.info("promoted %s version %s to %r", cfg.registry.model_name, version.version, CHAMPION)
     return version.version

@@ -7,15 +7,19 @@ seconds at import, and nothing here touches global state at import time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
+import getpass
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,11 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
+from tasks import faults
+from tasks.paths import ProjectPaths
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
-
-    from tasks.paths import ProjectPaths
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -50,6 +55,19 @@ _FAST_HTTP_ENV = {
 }
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _COMPLETE_MARKER = ".registry-download.json"
+
+# The alias ledger lives with the registered model as tags ``ledger.<epoch ms, 15 digits>.<8 hex>`` whose
+# values are one JSON entry each; keys sort in write order (ms are kept strictly increasing under the
+# alias lock). MLflow validates registered-model tag values up to 100,000 characters, but the SQL
+# schema's column is VARCHAR(5000), which PostgreSQL/MySQL enforce: entries are kept below that.
+LEDGER_PREFIX = "ledger."
+_LEDGER_VALUE_LIMIT = 5000
+_REASON_LIMIT = 500
+_ACTOR_LIMIT = 200
+_DETAIL_LIMIT = 1500  # gate / approval dicts, as compact JSON
+# Model-version descriptions are VARCHAR(5000) in the SQL schema as well.
+_DESCRIPTION_LIMIT = 5000
+MODEL_CARD_ARTIFACT = "model_card.md"
 
 _ENV_LOCK = threading.RLock()  # os.environ and mlflow's fluent URIs are process-wide
 _ALIAS_LOCK = threading.Lock()
@@ -79,6 +97,49 @@ class VersionInfo:
         d = dataclasses.asdict(self)
         d["aliases"] = list(self.aliases)
         return d
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One alias move, as recorded with the registered model."""
+
+    at: str  # ISO 8601, UTC
+    actor: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    reason: str
+    gate: dict | None = None
+    approval: dict | None = None
+    key: str = ""  # the registered-model tag that holds the entry
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunDetails:
+    """What a version's MLflow run recorded: params, metrics, tags and its artifact files."""
+
+    run_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    artifacts: tuple[str, ...]  # file paths relative to the run's artifact root
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["artifacts"] = list(self.artifacts)
+        return d
+
+
+def default_actor() -> str:
+    """``user@host`` of this process: who moved an alias when no actor is given."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
 
 
 @dataclass(frozen=True)
@@ -292,12 +353,14 @@ class Registry:
         artifacts: list[Path],
         tags: dict[str, str],
         run_name: str | None = None,
+        actor: str | None = None,
     ) -> VersionInfo:
         """Log one run (params, metrics, tags, artifacts, the HF model) and register it as `challenger`.
 
         Args:
             model_dir: a save_pretrained folder (config.json with id2label, weights, tokenizer files).
             tags: set on the run and on the new model version.
+            actor: who registers, for the alias ledger (default: user@host).
         Returns:
             The new version, as read back from the registry.
         """
@@ -338,6 +401,9 @@ class Registry:
                     input_example=_INPUT_EXAMPLE,
                     signature=_signature(),
                     registered_model_name=model_name,
+                    # Tags given here are on the version from its creation, so a version orphaned by a
+                    # crash still carries them (find_version(run_key) lets a re-run reuse it).
+                    tags={key: str(value) for key, value in tags.items()},
                     # An explicit card stops MLflow from looking the model up on the Hugging Face Hub.
                     model_card=ModelCard(
                         "---\nlibrary_name: transformers\npipeline_tag: text-classification\n---\n"
@@ -345,10 +411,15 @@ class Registry:
                     ),
                 )
             version = str(info.registered_model_version)
-            client = self.client()
-            for key, value in tags.items():
-                client.set_model_version_tag(model_name, version, key, str(value))
-            client.set_registered_model_alias(model_name, CHALLENGER, version)
+            # Reliability tests kill the process here: the version exists, no alias points at it yet.
+            faults.point("registry.version-created")
+            gate = None
+            if "gate" in tags:
+                gate = {"result": tags["gate"], "summary": str(tags.get("gate_summary", ""))}
+            meta = _meta(actor, f"registered v{version} from run {run.info.run_id}", gate, None)
+            with _alias_lock(self.tracking_uri, model_name):
+                current = (self._alias_map(model_name) or {}).get(CHALLENGER)
+                self._apply_moves(model_name, [(CHALLENGER, current, version)], meta)
             return version
 
         version = self._call(f"logging and registering {model_name}", log, fast=False)
@@ -369,58 +440,438 @@ class Registry:
         location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
         return client.create_experiment(name, artifact_location=location)
 
+    # -- alias moves (compare-and-set + ledger, one critical section) ----------------------------------
     def set_alias_checked(
-        self, model_name: str, alias: str, version: str, expected_current: str | None
+        self,
+        model_name: str,
+        alias: str,
+        version: str,
+        expected_current: str | None,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+        gate: dict | None = None,
+        approval: dict | None = None,
     ) -> str | None:
         """Compare-and-set: point `alias` at `version` only if it still points at expected_current.
 
-        Returns the version the alias pointed at before. Raises PromotionConflict if it moved.
+        The move and its ledger entry are written under one lock, so the ledger always agrees with the
+        alias. Returns the version the alias pointed at before. Raises PromotionConflict if it moved
+        (and records nothing).
         """
         version = str(version)
         expected = None if expected_current is None else str(expected_current)
+        meta = _meta(actor, reason, gate, approval)
 
         def swap() -> str | None:
-            client = self.client()
-            client.get_model_version(model_name, version)  # a clear "not found" before anything moves
+            self._require_version(model_name, version)  # a clear "not found" before anything moves
             with _alias_lock(self.tracking_uri, model_name):
                 current = (self._alias_map(model_name) or {}).get(alias)
-                if current != expected:
-                    raise PromotionConflict(
-                        f"{alias} moved from {_v(expected)} to {_v(current)} since the gate evaluated "
-                        f"against {_v(expected)}; re-run to evaluate against the new {alias} "
-                        f"(model {model_name}, registry {self.tracking_uri})"
-                    )
-                client.set_registered_model_alias(model_name, alias, version)
-                # Aliases are last-writer-wins; a writer outside our lock (another host) shows up here.
-                after = (self._alias_map(model_name) or {}).get(alias)
-                if after != version:
-                    raise PromotionConflict(
-                        f"{alias} of {model_name} was set to {_v(version)} but now points at {_v(after)}:"
-                        " another promotion ran concurrently; re-run to evaluate against it"
-                    )
+                _check_expected(model_name, alias, expected, current, self.tracking_uri)
+                self._apply_moves(model_name, [(alias, current, version)], meta)
                 return current
 
         return self._call(f"moving {model_name}@{alias} to v{version}", swap)
 
-    def promote(self, model_name: str, version: str, expected_champion: str | None) -> None:
-        """Make `version` the champion (compare-and-set) and keep the one it replaces as `previous`."""
-        version = str(version)
-        before = self.set_alias_checked(model_name, CHAMPION, version, expected_champion)
+    def promote(
+        self,
+        model_name: str,
+        version: str,
+        expected_champion: str | None,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+        gate: dict | None = None,
+        approval: dict | None = None,
+    ) -> str | None:
+        """Make `version` the champion (compare-and-set) and keep the one it replaces as `previous`.
 
-        def record() -> None:
-            client = self.client()
-            if before is not None and before != version:
-                client.set_registered_model_alias(model_name, PREVIOUS, before)
-            client.set_model_version_tag(
-                model_name, version, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds")
+        Both moves and their ledger entries happen in one critical section. Returns the replaced
+        champion (None for the first one). Raises PromotionConflict when the champion is no longer
+        expected_champion: the gate evaluated against another model.
+        """
+        version = str(version)
+        expected = None if expected_champion is None else str(expected_champion)
+        meta = _meta(actor, reason or f"promoted v{version}", gate, approval)
+
+        def swap() -> str | None:
+            self._require_version(model_name, version)
+            with _alias_lock(self.tracking_uri, model_name):
+                aliases = self._alias_map(model_name) or {}
+                current = aliases.get(CHAMPION)
+                _check_expected(model_name, CHAMPION, expected, current, self.tracking_uri)
+                moves: list[_Move] = [(CHAMPION, current, version)]
+                if current is not None and current != version:
+                    moves.append((PREVIOUS, aliases.get(PREVIOUS), current))
+                if self._apply_moves(model_name, moves, meta):
+                    self.client().set_model_version_tag(model_name, version, "promoted_at", _now_iso())
+                return current
+
+        return self._call(f"promoting {model_name} v{version}", swap)
+
+    def set_challenger(
+        self, model_name: str, version: str, actor: str | None = None, reason: str = ""
+    ) -> str | None:
+        """Point `challenger` at `version` (the newest registration wins; no expectation to check).
+
+        Returns the previous challenger.
+        """
+        version = str(version)
+        meta = _meta(actor, reason or f"registered v{version}", None, None)
+
+        def swap() -> str | None:
+            self._require_version(model_name, version)
+            with _alias_lock(self.tracking_uri, model_name):
+                current = (self._alias_map(model_name) or {}).get(CHALLENGER)
+                self._apply_moves(model_name, [(CHALLENGER, current, version)], meta)
+                return current
+
+        return self._call(f"moving {model_name}@{CHALLENGER} to v{version}", swap)
+
+    def rollback(
+        self, model_name: str, to_version: str | None = None, reason: str = "", actor: str | None = None
+    ) -> tuple[str | None, str]:
+        """Move `champion` back to `to_version` (default: the version holding `previous`).
+
+        `previous` then holds the champion that was replaced. Both moves are recorded in the ledger
+        with `reason`. Returns (from_version, to_version). Raises RegistryError without moving anything
+        when the reason is empty, when there is no previous version and no target, when the target does
+        not exist or already is the champion.
+        """
+        if not reason or not reason.strip():
+            raise RegistryError("a rollback needs a reason (it is recorded in the alias ledger)")
+        if to_version is not None and not str(to_version).strip().isdigit():
+            raise RegistryError(f"version must be a number like 3, got {to_version!r}")
+        wanted = None if to_version is None else str(int(str(to_version).strip()))
+        meta = _meta(actor, reason.strip(), None, None)
+
+        def swap() -> tuple[str | None, str]:
+            with _alias_lock(self.tracking_uri, model_name):
+                aliases = self._alias_map(model_name)
+                if aliases is None:
+                    raise RegistryError(f"no registered model {model_name!r} in {self.tracking_uri}")
+                current = aliases.get(CHAMPION)
+                target = wanted or aliases.get(PREVIOUS)
+                if target is None:
+                    raise RegistryError(
+                        f"{model_name} has no 'previous' version to roll back to (champion: "
+                        f"{_v(current)}); name the version to restore with --to VERSION"
+                    )
+                self._require_version(model_name, target)
+                if target == current:
+                    raise RegistryError(f"v{target} already is the champion of {model_name}; nothing moved")
+                moves: list[_Move] = [(CHAMPION, current, target)]
+                if current is not None:
+                    moves.append((PREVIOUS, aliases.get(PREVIOUS), current))
+                self._apply_moves(model_name, moves, meta)
+                return current, target
+
+        return self._call(f"rolling back {model_name}", swap)
+
+    def _require_version(self, model_name: str, version: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client().get_model_version(model_name, version)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise RegistryError(
+                    f"{model_name} has no version {version} in {self.tracking_uri}"
+                    " (`transferline registry show` lists the versions)"
+                ) from e
+            raise
+
+    def _apply_moves(self, model_name: str, moves: list[_Move], meta: dict) -> bool:
+        """Write alias moves, check they held, then append one ledger entry per move. Call under the
+        alias lock. No-op moves are skipped. Returns whether anything moved.
+
+        A failure after some aliases moved puts them and any ledger entries already written back (best
+        effort), so ledger and aliases agree; a concurrent writer outside the lock is reported, not undone.
+        """
+        moves = [m for m in moves if m[1] != m[2]]
+        if not moves:
+            return False
+        client = self.client()
+        done: list[_Move] = []
+        written: list[str] = []
+        try:
+            for move in moves:
+                alias, _, after = move
+                if after is None:
+                    client.delete_registered_model_alias(model_name, alias)
+                else:
+                    client.set_registered_model_alias(model_name, alias, after)
+                done.append(move)
+            rm = client.get_registered_model(model_name)
+            now = {a: str(v) for a, v in (rm.aliases or {}).items()}
+            for alias, _, after in moves:
+                # Aliases are last-writer-wins; a writer outside our lock (another host) shows up here.
+                if now.get(alias) != after:
+                    done.clear()  # the other writer's value stays
+                    raise PromotionConflict(
+                        f"{alias} of {model_name} was set to {_v(after)} but now points at "
+                        f"{_v(now.get(alias))}: another promotion ran concurrently; re-run to evaluate "
+                        "against it"
+                    )
+            self._append_ledger(model_name, dict(rm.tags or {}), moves, meta, written)
+        except BaseException:
+            for key in written:
+                with contextlib.suppress(Exception):
+                    client.delete_registered_model_tag(model_name, key)
+            for alias, before, _after in reversed(done):
+                with contextlib.suppress(Exception):
+                    if before is None:
+                        client.delete_registered_model_alias(model_name, alias)
+                    else:
+                        client.set_registered_model_alias(model_name, alias, before)
+            raise
+        return True
+
+    def _append_ledger(
+        self, model_name: str, tags: dict[str, str], moves: list[_Move], meta: dict, written: list[str]
+    ) -> None:
+        """One tag per move; keys go to `written` as they land, so a failure can take them back."""
+        last_ms = max((_ledger_ms(k) for k in tags if k.startswith(LEDGER_PREFIX)), default=0)
+        ms = max(int(time.time() * 1000), last_ms + 1)
+        client = self.client()
+        for i, (alias, before, after) in enumerate(moves):
+            key = f"{LEDGER_PREFIX}{ms + i:015d}.{uuid.uuid4().hex[:8]}"
+            entry = {"at": _now_iso(), "alias": alias, "from_version": before, "to_version": after, **meta}
+            client.set_registered_model_tag(model_name, key, _ledger_value(entry))
+            written.append(key)
+
+    # -- ledger, lookups, run artifacts, model card ----------------------------------------------------
+    def ledger(self, model_name: str) -> list[LedgerEntry]:
+        """Every recorded alias move of model_name, oldest first; [] when the model does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        def read() -> list[LedgerEntry]:
+            try:
+                rm = self.client().get_registered_model(model_name)
+            except MlflowException as e:
+                if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    return []
+                raise
+            tags = dict(rm.tags or {})
+            return [_parse_entry(k, tags[k]) for k in sorted(k for k in tags if k.startswith(LEDGER_PREFIX))]
+
+        return self._call(f"reading the alias ledger of {model_name}", read)
+
+    def get_version(self, model_name: str, version: str) -> VersionInfo:
+        """One version with its aliases, tags and run metrics; RegistryError when it does not exist."""
+
+        def read() -> VersionInfo:
+            self._require_version(model_name, str(version))
+            return self._info(
+                self.client().get_model_version(model_name, str(version)), self._alias_map(model_name) or {}
             )
 
-        self._call(f"recording the promotion of {model_name} v{version}", record)
+        return self._call(f"reading {model_name} v{version}", read)
+
+    def find_version(self, model_name: str, tag: str, value: str) -> VersionInfo | None:
+        """The newest version of model_name whose tag `tag` equals `value` (e.g. a run key), or None.
+
+        Lets a re-run after a crash reuse the version it registered instead of registering a duplicate.
+        """
+        value = str(value)
+        if "`" in tag:
+            raise ValueError(f"tag names with backticks are not searchable: {tag!r}")
+        query = f"name = {_literal(model_name)}"
+        if not ("'" in value and '"' in value):  # otherwise no literal can hold it: filter below
+            query += f" and tags.`{tag}` = {_literal(value)}"
+
+        def search() -> VersionInfo | None:
+            found: list[ModelVersion] = []
+            token = None
+            while True:
+                page = self.client().search_model_versions(query, max_results=1000, page_token=token)
+                found.extend(mv for mv in page if (mv.tags or {}).get(tag) == value)
+                token = page.token
+                if not token:
+                    break
+            if not found:
+                return None
+            newest = max(found, key=lambda mv: int(mv.version))
+            return self._info(newest, self._alias_map(model_name) or {})
+
+        return self._call(f"searching {model_name} for {tag}={value}", search)
+
+    def run_details(self, run_id: str, max_artifacts: int = 500) -> RunDetails:
+        """Params, metrics, tags and artifact file list (up to max_artifacts) of one run."""
+
+        def read() -> RunDetails:
+            client = self.client()
+            run = client.get_run(run_id)
+            files: list[str] = []
+            pending: list[str | None] = [None]
+            while pending and len(files) < max_artifacts:
+                for info in client.list_artifacts(run_id, pending.pop()):
+                    if info.is_dir:
+                        pending.append(info.path)
+                    else:
+                        files.append(info.path)
+            return RunDetails(
+                run_id=run_id,
+                params=dict(run.data.params),
+                metrics=dict(run.data.metrics),
+                tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+                artifacts=tuple(sorted(files[:max_artifacts])),
+            )
+
+        return self._call(f"reading run {run_id}", read)
+
+    def download_run_artifact(self, run_id: str, artifact_path: str, dest: Path) -> Path:
+        """Download one artifact (file or folder) of a run to exactly `dest`; returns `dest`.
+
+        Goes through this registry's own client (never mlflow's global URIs) and stages the download
+        beside `dest`, so `dest` is either the complete artifact or untouched. An existing `dest` is
+        replaced.
+        """
+        dest = Path(dest)
+        artifact_path = artifact_path.strip("/")
+        parent = artifact_path.rpartition("/")[0] or None
+
+        def listing() -> list[str]:
+            return [f.path for f in self.client().list_artifacts(run_id, parent)]
+
+        present = self._call(f"listing artifacts of run {run_id}", listing)
+        if artifact_path not in present:
+            raise RegistryError(
+                f"run {run_id} has no artifact {artifact_path!r} (in {parent or 'its root'}: "
+                f"{', '.join(present) or 'nothing'})"
+            )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp,
+            _env_default("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # no tqdm bars on stderr
+        ):
+            local = self._call(
+                f"downloading {artifact_path} of run {run_id}",
+                lambda: self.client().download_artifacts(run_id, artifact_path, tmp),
+                fast=False,
+            )
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            elif dest.exists() or dest.is_symlink():
+                dest.unlink()
+            Path(local).rename(dest)
+        return dest
+
+    def attach_model_card(self, model_name: str, version: str, markdown: str) -> str | None:
+        """Set `markdown` as the version's description.
+
+        Descriptions hold at most 5000 characters; a longer card is logged whole as the artifact
+        model_card.md of the version's run, and the description gets a truncated card ending in a
+        pointer to it. Returns that artifact's URI (None when the card fit).
+        """
+        version = str(version)
+
+        def attach() -> str | None:
+            client = self.client()
+            self._require_version(model_name, version)
+            mv = client.get_model_version(model_name, version)
+            if len(markdown) <= _DESCRIPTION_LIMIT:
+                client.update_model_version(model_name, version, description=markdown)
+                return None
+            uri = None
+            if mv.run_id:
+                client.log_text(mv.run_id, markdown, MODEL_CARD_ARTIFACT)
+                uri = f"runs:/{mv.run_id}/{MODEL_CARD_ARTIFACT}"
+                note = f"\n\n---\n*Card truncated; the full card is the run artifact `{uri}`.*\n"
+            else:
+                note = "\n\n---\n*Card truncated (the version has no run to hold the full card).*\n"
+            cut = markdown[: _DESCRIPTION_LIMIT - len(note) - 2].rstrip() + " …"
+            client.update_model_version(model_name, version, description=cut + note)
+            return uri
+
+        return self._call(f"attaching the model card of {model_name} v{version}", attach)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+_Move = tuple[str, str | None, str | None]  # (alias, from_version, to_version)
+
+
 def _v(version: str | None) -> str:
     return "nothing" if version is None else f"v{version}"
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _check_expected(model_name: str, alias: str, expected: str | None, current: str | None, uri: str) -> None:
+    if current != expected:
+        raise PromotionConflict(
+            f"{alias} moved from {_v(expected)} to {_v(current)} since the gate evaluated against "
+            f"{_v(expected)}; re-run to evaluate against the new {alias} (model {model_name}, registry {uri})"
+        )
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _small(detail: dict | None, limit: int = _DETAIL_LIMIT) -> dict | None:
+    """A gate/approval dict small enough for a ledger entry: long strings cut, then nested values
+    dropped, then the whole dict replaced by its cut JSON text."""
+    if detail is None:
+        return None
+    detail = json.loads(json.dumps(detail, default=str))
+    if len(json.dumps(detail)) <= limit:
+        return detail
+    cut = {k: _clip(v, 120) if isinstance(v, str) else v for k, v in detail.items()}
+    if len(json.dumps(cut)) <= limit:
+        return cut
+    scalars = {k: v for k, v in cut.items() if isinstance(v, str | int | float | bool) or v is None}
+    if len(json.dumps(scalars)) <= limit:
+        return {**scalars, "truncated": True}
+    return {"truncated": _clip(json.dumps(detail), limit - 20)}
+
+
+def _meta(actor: str | None, reason: str, gate: dict | None, approval: dict | None) -> dict:
+    return {
+        "actor": _clip(actor or default_actor(), _ACTOR_LIMIT),
+        "reason": _clip(reason or "", _REASON_LIMIT),
+        "gate": _small(gate),
+        "approval": _small(approval),
+    }
+
+
+def _ledger_value(entry: dict) -> str:
+    text = json.dumps(entry, separators=(",", ":"), sort_keys=True)
+    if len(text) > _LEDGER_VALUE_LIMIT:  # cannot happen with the clips above; kept as the last guard
+        entry = {**entry, "gate": _small(entry["gate"], 200), "approval": _small(entry["approval"], 200)}
+        text = json.dumps(entry, separators=(",", ":"), sort_keys=True)
+    return text
+
+
+def _ledger_ms(key: str) -> int:
+    try:
+        return int(key.split(".")[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _parse_entry(key: str, value: str) -> LedgerEntry:
+    try:
+        d = json.loads(value)
+    except ValueError:
+        d = {"reason": f"unreadable ledger entry: {value[:200]}"}
+
+    def version(x: object) -> str | None:
+        return None if x is None else str(x)
+
+    return LedgerEntry(
+        at=str(d.get("at", "")),
+        actor=str(d.get("actor", "")),
+        alias=str(d.get("alias", "")),
+        from_version=version(d.get("from_version")),
+        to_version=version(d.get("to_version")),
+        reason=str(d.get("reason", "")),
+        gate=d.get("gate"),
+        approval=d.get("approval"),
+        key=key,
+    )
 
 
 def _literal(name: str) -> str:
@@ -502,6 +953,20 @@ def _fast_http(uri: str) -> Iterator[None]:
             yield
         finally:
             for key in added:
+                os.environ.pop(key, None)
+
+
+@contextmanager
+def _env_default(key: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the block unless the user set it."""
+    with _ENV_LOCK:
+        added = key not in os.environ
+        if added:
+            os.environ[key] = value
+        try:
+            yield
+        finally:
+            if added:
                 os.environ.pop(key, None)
 
 

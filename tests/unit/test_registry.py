@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import pytest
 
-from tasks.registry import PromotionConflict, Registry, RegistryError, VersionInfo
+from tasks.registry import PromotionConflict, Registry, RegistryError, VersionInfo, default_actor
 from tasks.runtime import configure_environment
 
 MODEL = "textclf"
@@ -261,3 +265,204 @@ def test_an_unreachable_registry_fails_fast_with_a_registry_error(uri: str) -> N
         reg.get_alias(MODEL, "champion")
     assert time.monotonic() - start < 30
     assert uri in str(err.value) and "->" in str(err.value)  # names the URI and what to do
+
+
+# -- alias ledger, rollback, lookups, run artifacts, model card ------------------------------------------
+def _moves(reg: Registry) -> list[tuple[str, str | None, str | None]]:
+    return [(e.alias, e.from_version, e.to_version) for e in reg.ledger(MODEL)]
+
+
+def _extra_version(reg: Registry, new_run: bool = False) -> str:
+    """Another version of v1's model files (no logging); new_run gives it a run of its own."""
+    client = reg.client()
+    v1 = client.get_model_version(MODEL, "1")
+    run_id = v1.run_id
+    if new_run:
+        run_id = client.create_run(client.get_run(v1.run_id).info.experiment_id).info.run_id
+    # v1.source is models:/<logged model id>, which mlflow resolves through its global tracking URI.
+    source = client.get_model_version_download_uri(MODEL, "1")
+    return str(client.create_model_version(MODEL, source, run_id=run_id).version)
+
+
+def test_registration_records_challenger_moves_in_the_ledger(logged: Logged) -> None:
+    ledger = logged.registry.ledger(MODEL)
+    assert [(e.alias, e.from_version, e.to_version) for e in ledger] == [
+        ("challenger", None, "1"),
+        ("challenger", "1", "2"),
+    ]
+    assert ledger[0].actor == default_actor() == f"{getpass.getuser()}@{socket.gethostname()}"
+    assert ledger[0].reason == f"registered v1 from run {logged.v1.run_id}"
+    assert ledger[0].gate is None and ledger[0].approval is None
+    assert [e.key for e in ledger] == sorted(e.key for e in ledger)
+    assert all(re.fullmatch(r"ledger\.\d{15}\.[0-9a-f]{8}", e.key) for e in ledger)
+    assert logged.registry.ledger("no-such-model") == []
+
+
+def test_ledger_records_promotions_and_rollback_in_order(registry: Registry) -> None:
+    gate = {"passed": True, "summary": "gate passed: challenger accuracy 0.8100"}
+    registry.promote(MODEL, "1", None, actor="prefect-flow-run:f1", reason="first model", gate=gate)
+    registry.promote(
+        MODEL, "2", "1", actor="prefect-flow-run:f2", reason="beats v1", approval={"by": "alice", "ok": True}
+    )
+    assert registry.rollback(MODEL, reason="v2 misclassifies sarcasm", actor="bob@ops") == ("2", "1")
+
+    assert _moves(registry)[2:] == [
+        ("champion", None, "1"),
+        ("champion", "1", "2"),
+        ("previous", None, "1"),
+        ("champion", "2", "1"),
+        ("previous", "1", "2"),
+    ]
+    ledger = registry.ledger(MODEL)[2:]
+    flow1, flow2 = "prefect-flow-run:f1", "prefect-flow-run:f2"
+    assert [e.actor for e in ledger] == [flow1, flow2, flow2, "bob@ops", "bob@ops"]
+    assert [e.reason for e in ledger] == ["first model", *["beats v1"] * 2, *["v2 misclassifies sarcasm"] * 2]
+    assert ledger[0].gate == gate and ledger[1].approval == {"by": "alice", "ok": True}
+    times = [datetime.fromisoformat(e.at) for e in ledger]
+    assert times == sorted(times) and all(t.utcoffset() == timedelta(0) for t in times)
+    # The ledger agrees with the aliases.
+    assert registry.get_alias(MODEL, "champion").version == "1"
+    assert registry.get_alias(MODEL, "previous").version == "2"
+
+
+def test_a_refused_promotion_writes_nothing_to_the_ledger(registry: Registry) -> None:
+    registry.promote(MODEL, "2", None)
+    before = registry.ledger(MODEL)
+    with pytest.raises(PromotionConflict, match="champion moved from nothing to v2"):
+        registry.promote(MODEL, "1", None, reason="stale gate")
+    with pytest.raises(PromotionConflict):
+        registry.set_alias_checked(MODEL, "champion", "1", "1", reason="stale gate")
+    assert registry.ledger(MODEL) == before
+    assert registry.promote(MODEL, "2", "2") == "2"  # re-promoting the champion moves nothing
+    assert registry.ledger(MODEL) == before
+
+
+def test_set_challenger_records_the_move(registry: Registry) -> None:
+    assert registry.set_challenger(MODEL, "1", actor="ci", reason="re-evaluate v1") == "2"
+    assert registry.get_alias(MODEL, "challenger").version == "1"
+    last = registry.ledger(MODEL)[-1]
+    assert (last.alias, last.from_version, last.to_version, last.actor, last.reason) == (
+        "challenger",
+        "2",
+        "1",
+        "ci",
+        "re-evaluate v1",
+    )
+    assert registry.set_challenger(MODEL, "1") == "1"  # no move, no entry
+    assert registry.ledger(MODEL)[-1] == last
+    with pytest.raises(RegistryError, match="has no version 7"):
+        registry.set_challenger(MODEL, "7")
+
+
+def test_ledger_entries_stay_small(registry: Registry) -> None:
+    huge = {"summary": "y" * 20_000, "checks": [{"name": f"c{i}", "detail": "z" * 500} for i in range(50)]}
+    registry.promote(MODEL, "1", None, reason="r" * 20_000, gate=huge, approval={"comment": "w" * 20_000})
+    tags = registry.client().get_registered_model(MODEL).tags
+    values = [v for k, v in tags.items() if k.startswith("ledger.")]
+    assert values and max(len(v) for v in values) <= 5000
+    entry = registry.ledger(MODEL)[-1]
+    assert len(entry.reason) == 500 and entry.reason.endswith("…")
+    assert entry.gate is not None and len(json.dumps(entry.gate)) <= 1500
+    assert len(entry.approval["comment"]) <= 120
+
+
+def test_rollback_defaults_to_previous_or_takes_a_version(registry: Registry) -> None:
+    v3 = _extra_version(registry)
+    registry.promote(MODEL, "1", None)
+    registry.promote(MODEL, "2", "1")
+    registry.promote(MODEL, v3, "2")
+    assert registry.rollback(MODEL, None, "v3 regressed") == (v3, "2")  # default: previous
+    assert registry.rollback(MODEL, "1", "back to the first model") == ("2", "1")  # explicit
+    assert registry.get_alias(MODEL, "champion").version == "1"
+    assert registry.get_alias(MODEL, "previous").version == "2"
+    assert _moves(registry)[-4:] == [
+        ("champion", v3, "2"),
+        ("previous", "2", v3),
+        ("champion", "2", "1"),
+        ("previous", v3, "2"),
+    ]
+    assert registry.ledger(MODEL)[-1].reason == "back to the first model"
+
+
+def test_rollback_refusals_move_nothing(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="no 'previous' version to roll back to"):
+        registry.rollback(MODEL, reason="no champion yet")
+    registry.promote(MODEL, "1", None)
+    before = (registry.ledger(MODEL), registry.status(MODEL))
+    with pytest.raises(RegistryError, match=r"no 'previous' version to roll back to \(champion: v1\)"):
+        registry.rollback(MODEL, reason="only one champion so far")
+    with pytest.raises(RegistryError, match="has no version 99"):
+        registry.rollback(MODEL, "99", reason="typo")
+    with pytest.raises(RegistryError, match="must be a number"):
+        registry.rollback(MODEL, "two", reason="typo")
+    for reason in ("", "   "):
+        with pytest.raises(RegistryError, match="needs a reason"):
+            registry.rollback(MODEL, "2", reason=reason)
+    with pytest.raises(RegistryError, match="already is the champion"):
+        registry.rollback(MODEL, "1", reason="no-op")
+    with pytest.raises(RegistryError, match="no registered model"):
+        registry.rollback("no-such-model", "1", reason="x")
+    assert (registry.ledger(MODEL), registry.status(MODEL)) == before
+
+
+def test_find_version_by_tag(logged: Logged) -> None:
+    reg = logged.registry
+    assert reg.find_version(MODEL, "git.sha", "def456").version == "2"
+    found = reg.find_version(MODEL, "dvc.data_rev", "d1")
+    assert found is not None and (found.version, found.run_id) == ("1", logged.v1.run_id)
+    assert found.metrics["eval_accuracy"] == 0.75
+    assert reg.find_version(MODEL, "git.sha", "nope") is None
+    assert reg.find_version(MODEL, "run_key", "abc123") is None
+    assert reg.find_version("no-such-model", "git.sha", "abc123") is None
+
+
+def test_find_version_returns_the_newest_match_and_odd_values(registry: Registry) -> None:
+    v3 = _extra_version(registry)
+    for version in ("1", v3):
+        registry.client().set_model_version_tag(MODEL, version, "run_key", 'it\'s "quoted"')
+    assert registry.find_version(MODEL, "run_key", 'it\'s "quoted"').version == v3
+
+
+def test_download_run_artifact_file_and_folder(logged: Logged, tmp_path: Path) -> None:
+    reg, run_id = logged.registry, logged.v1.run_id
+    out = reg.download_run_artifact(run_id, "metrics.json", tmp_path / "a" / "m.json")
+    assert out == tmp_path / "a" / "m.json"
+    assert json.loads(out.read_text()) == {"eval_accuracy": 0.75}
+    folder = reg.download_run_artifact(run_id, "plots", tmp_path / "p")
+    assert (folder / "confusion.csv").read_text() == "a,b\n1,2\n"
+    nested = reg.download_run_artifact(run_id, "plots/confusion.csv", tmp_path / "p")  # replaces the folder
+    assert nested.is_file() and nested.read_text().startswith("a,b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "p"]  # no staging leftovers
+    with pytest.raises(RegistryError, match=r"has no artifact 'nope\.md' .*metrics\.json"):
+        reg.download_run_artifact(run_id, "nope.md", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_attach_model_card_short_and_long(registry: Registry, tmp_path: Path) -> None:
+    card = "# textclf v1\n\nA sentiment model.\n"
+    assert registry.attach_model_card(MODEL, "1", card) is None
+    assert registry.client().get_model_version(MODEL, "1").description == card
+
+    version = _extra_version(registry, new_run=True)  # its own run, so shared run artifacts stay as they are
+    long_card = "# textclf\n\n" + "\n".join(f"| row {i} | {'x' * 60} |" for i in range(200))
+    uri = registry.attach_model_card(MODEL, version, long_card)
+    mv = registry.client().get_model_version(MODEL, version)
+    assert uri == f"runs:/{mv.run_id}/model_card.md"
+    assert len(mv.description) <= 5000
+    assert mv.description.startswith("# textclf\n\n| row 0 |") and uri in mv.description
+    full = registry.download_run_artifact(mv.run_id, "model_card.md", tmp_path / "card.md")
+    assert full.read_text() == long_card
+    with pytest.raises(RegistryError, match="has no version 42"):
+        registry.attach_model_card(MODEL, "42", card)
+
+
+def test_get_version_and_run_details(logged: Logged) -> None:
+    reg = logged.registry
+    v = reg.get_version(MODEL, "1")
+    assert (v.version, v.tags["git.sha"]) == ("1", "abc123")
+    details = reg.run_details(v.run_id)
+    assert details.params["lr"] == "0.001" and details.metrics["eval_f1"] == 0.7
+    assert details.artifacts == ("metrics.json", "plots/confusion.csv")
+    assert details.tags["git.sha"] == "abc123"
+    with pytest.raises(RegistryError, match="has no version 9"):
+        reg.get_version(MODEL, "9")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from flows.data_commands import add_commands as add_data_commands
 from flows.registry_commands import add_commands
 from tasks.config import ConfigError, describe_params, load_config, parse_overrides
 from tasks.paths import ProjectPaths
@@ -25,12 +26,12 @@ examples:
   transferline run --set data.source=data/raw/reviews.csv --set data.text_column=review
   transferline run --set model.source=hf://distilbert/distilbert-base-uncased@main
 
-what happens: prepare -> validate (Great Expectations) -> download model -> fine-tune -> evaluate
+what happens: prepare -> validate (Great Expectations) -> download model -> drift -> fine-tune -> evaluate
 (challenger and current champion on the same test rows) -> gate -> dvc commit + push -> register the
 version in MLflow as 'challenger' -> move 'champion' to it if the gate passed.
 
-exit codes: 0 promoted, 2 bad parameters or source, 3 data failed validation, 4 trained and registered
-but not promoted (gate failed), 5 registry or DVC unavailable, 1 anything else.
+exit codes: 0 promoted, 2 bad parameters or source, 3 data failed validation or drift, 4 trained and
+registered but not promoted (gate failed or approval refused), 5 registry or DVC unavailable, 1 other.
 
 environment: MLFLOW_TRACKING_URI (default: sqlite:///<project>/mlflow.db), PREFECT_API_URL (default:
 a temporary local Prefect server for the run).
@@ -76,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("flow_run_id", help="the paused flow run's id (printed by the run, shown in the UI)")
     approve.add_argument("--reject", action="store_true", help="reject instead of approving")
     approve.add_argument("--comment", default="", help="recorded with the decision in the alias ledger")
-    parser.set_defaults(_registry_handlers=add_commands(sub))
+    parser.set_defaults(_extra_handlers={**add_commands(sub), **add_data_commands(sub)})
     return parser
 
 
@@ -89,6 +90,7 @@ def _quiet_prefect_shutdown() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tasks.download import ModelSourceError, TransientDownloadError
+    from tasks.drift import DriftBlocked
     from tasks.gate import GateRejected
     from tasks.prepare import DataSourceError
     from tasks.registry import RegistryError
@@ -126,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(err, EXIT_BAD_INPUT)
     except (DataSourceError, ModelSourceError) as err:
         return _fail(err, EXIT_BAD_INPUT)
-    except DataValidationError as err:
+    except (DataValidationError, DriftBlocked) as err:
         return _fail(err, EXIT_INVALID_DATA, "nothing was trained or registered")
     except GateRejected as err:
         print(f"\nnot promoted: {err}\nsee reports/gate.md", file=sys.stderr)
@@ -187,9 +189,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    import getpass
-    import socket
     from uuid import UUID
+
+    from tasks.registry import default_actor
 
     if not os.environ.get("PREFECT_API_URL"):
         print("error: set PREFECT_API_URL to the Prefect server the paused run uses", file=sys.stderr)
@@ -204,7 +206,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     decision = {
         "approve": not args.reject,
         "comment": args.comment,
-        "approver": f"{getpass.getuser()}@{socket.gethostname()}",
+        "approver": default_actor(),
     }
     try:
         resume_flow_run(run_id, run_input=decision)
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("transferline").setLevel(logging.INFO)  # stage progress reaches Prefect's console
     args = _parser().parse_args(argv)
     handlers = {"run": cmd_run, "status": cmd_status, "params": cmd_params, "approve": cmd_approve}
-    handlers.update(args._registry_handlers)
+    handlers.update(args._extra_handlers)
     raise SystemExit(handlers[args.command](args))
 
 

@@ -1,4 +1,4 @@
-"""The retraining flow: validate -> download -> fine-tune -> evaluate -> gate -> promote.
+"""The retraining flow: validate -> download -> drift -> fine-tune -> evaluate -> gate -> promote.
 
 It only composes the stage tasks of tasks/ (the same functions dvc.yaml runs) and records the result:
 DVC for data and weights, MLflow for the run and the model version. Runs in Prefect's ephemeral mode by
@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks.config import load_config
 from tasks.download import download_task
+from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
 from tasks.gate import gate_task
 from tasks.paths import ProjectPaths
@@ -58,9 +59,11 @@ def retrain(project_dir: str = ".", overrides: dict[str, Any] | None = None) -> 
 
     prepare_task(paths, cfg.data)
     commit_task(paths, cfg, ("prepare",))  # the snapshot is versioned even if validation rejects it
-    validation = validate_task(paths, cfg)
-    base = download_task(paths, cfg.model)
     champion = champion_task(registry, cfg, paths)
+    reference = champion.reference() if champion else None  # new data must resemble the champion's
+    validation = validate_task(paths, cfg, reference)
+    base = download_task(paths, cfg.model)
+    drift_task(paths, cfg, reference, base.path)  # raises DriftBlocked when a `block` check drifted
     trained = train_task(paths, cfg, base)
     evaluation = evaluate_task(
         paths,

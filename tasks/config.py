@@ -30,18 +30,24 @@ class DataConfig(_Section):
     text_column: str = Field(min_length=1)
     label_column: str = Field(min_length=1)
     labels: list[str] = Field(min_length=2)
+    label_map: dict[str, str]
     max_rows: int | None = Field(gt=0)
     val_size: float = Field(gt=0, lt=1)
     test_size: float = Field(gt=0, lt=1)
     drop_duplicates: bool
     seed: int
 
-    @field_validator("labels", mode="before")
+    @field_validator("labels", "label_map", mode="before")
     @classmethod
     def _labels_as_text(cls, value: object) -> object:
         # Data columns are normalised to strings, so `labels: [0, 1]` must mean "0" and "1".
+        def text(v: object) -> object:
+            return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
         if isinstance(value, list):
-            return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
+            return [text(v) for v in value]
+        if isinstance(value, dict):
+            return {text(k): text(v) for k, v in value.items()}
         return value
 
     @model_validator(mode="after")
@@ -63,12 +69,31 @@ class ValidateConfig(_Section):
     max_text_chars: int = Field(ge=1)
     max_duplicate_rate: float = Field(ge=0, lt=1)
     min_rows_per_class: int = Field(ge=1)
+    reference_label_tolerance: float = Field(gt=0, le=1)
+    reference_length_tolerance: float = Field(gt=0)
+    reference_min_vocab_coverage: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> ValidateConfig:
         if self.max_text_chars < self.min_text_chars:
             raise ValueError("max_text_chars must be >= min_text_chars")
         return self
+
+
+DriftPolicy = Literal["ignore", "warn", "block"]
+
+
+class DriftConfig(_Section):
+    label: DriftPolicy
+    length: DriftPolicy
+    oov: DriftPolicy
+    embedding: DriftPolicy
+    max_label_psi: float = Field(gt=0)
+    alpha: float = Field(gt=0, le=0.5)
+    max_oov_increase: float = Field(ge=0, le=1)
+    sample_rows: int = Field(ge=20, le=100_000)
+    permutations: int = Field(ge=20, le=100_000)
+    seed: int
 
 
 class ModelConfig(_Section):
@@ -123,6 +148,7 @@ class Config(_Section):
 
     data: DataConfig
     validate_: ValidateConfig = Field(alias="validate")
+    drift: DriftConfig
     model: ModelConfig
     train: TrainConfig
     evaluate: EvaluateConfig

@@ -34,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import ConfigError, ModelConfig, load_config
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
-from tasks.runtime import configure_environment
+from tasks.runtime import configure_environment, retry_on
 
 log = logging.getLogger("transferline.download")
 
@@ -218,22 +218,12 @@ def load_base_ref(paths: ProjectPaths) -> BaseModelRef:
     return ref
 
 
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except TransientDownloadError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="download-model",
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=[2, 5, 15],
-    retry_condition_fn=_retry_transient,
+    retry_condition_fn=retry_on(TransientDownloadError),
 )
 def download_task(paths: ProjectPaths, cfg: ModelConfig) -> BaseModelRef:
     return run_download(paths, cfg)

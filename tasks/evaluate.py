@@ -212,11 +212,10 @@ def plot_confusion(result: EvalResult, path: Path) -> None:
     plt.close(fig)
 
 
-def run_evaluate(paths: ProjectPaths, cfg: Config) -> tuple[EvalResult, Predictor]:
+def run_evaluate(paths: ProjectPaths, cfg: Config, test: pd.DataFrame) -> tuple[EvalResult, Predictor]:
     """Score models/challenger on the test split and write the evaluation reports."""
     if not paths.challenger_dir.is_dir():
         raise FileNotFoundError(f"{paths.challenger_dir} is missing: run the train stage first")
-    test = read_split(paths, "test")
     predictor = Predictor(paths.challenger_dir, cfg.train.max_length)
     result = score(predictor, test, cfg, "challenger")
     write_reports(paths, result, test)
@@ -245,8 +244,8 @@ def evaluate_task(
     The retention set is the champion's own test split (logged with its MLflow run): a challenger trained
     on new data must not forget what the champion was judged on.
     """
-    challenger, predictor = run_evaluate(paths, cfg)
     test = read_split(paths, "test")
+    challenger, predictor = run_evaluate(paths, cfg, test)
     budgets = predictor.budgets(test[TEXT].tolist())
     log.info("budgets: p95 latency %.1f ms, weights %.1f MB", budgets.latency_p95_ms, budgets.weights_mb)
     champion = retention = None
@@ -268,7 +267,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = ProjectPaths.at(".")
     try:
-        result, _ = run_evaluate(paths, load_config(paths.params))
+        result, _ = run_evaluate(paths, load_config(paths.params), read_split(paths, "test"))
     except ConfigError as err:
         print(f"evaluate: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -49,6 +49,11 @@ class ProjectPaths:
         return self.root / "reports" / "validation"
 
     @property
+    def drift_dir(self) -> Path:
+        """Drift of this run's training data against the champion's: report.json, summary.md, drift.png."""
+        return self.root / "reports" / "drift"
+
+    @property
     def evaluation_dir(self) -> Path:
         return self.root / "reports" / "evaluation"
 

@@ -4,21 +4,30 @@ The source is never modified. The split is stratified and *hash-ordered*: within
 ordered by a seeded hash of their normalised text, so the assignment of a row does not depend on the
 order of the file, and re-running on the same data gives byte-identical outputs (DVC sees no change).
 Judging the data is the validate stage's job: prepare keeps empty texts and unknown labels so that
-validation can name them.
+validation can name them. What prepare refuses, with a DataSourceError naming the file and the fix, is a
+source it cannot read faithfully: missing, empty, not UTF-8, malformed CSV quoting, without the configured
+text/label column, or a DVC-tracked file changed behind DVC's back.
 """
 
 from __future__ import annotations
 
+import bz2
+import csv
+import difflib
+import gzip
 import hashlib
 import importlib.metadata
+import io
 import json
 import logging
+import lzma
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
+import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -97,25 +106,238 @@ def resolve_source(source: str, root: Path) -> tuple[Path, Sample | None]:
     return path, None
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV (optionally compressed), Parquet or JSONL file into a frame of strings."""
+def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
+    """Read a CSV (optionally compressed), Parquet or JSONL file into a frame of strings.
+
+    ``name`` is how messages refer to the file (e.g. its path relative to the project); default: path.
+    Raises DataSourceError for a missing, empty, non-UTF-8 or malformed file.
+    """
+    name = name or str(path)
     if not path.is_file():
-        raise DataSourceError(f"data source {path} does not exist (check data.source in params.yaml)")
+        hint = (
+            f"; it is tracked by DVC ({path.name}.dvc): run `dvc pull {name}` or `dvc checkout {name}`"
+            if _dvc_file(path).is_file()
+            else " (check data.source in params.yaml; relative paths start at the project folder)"
+        )
+        raise DataSourceError(f"data source {name} does not exist{hint}")
+    if path.stat().st_size == 0:
+        raise DataSourceError(
+            f"data source {name} is empty (0 bytes): export the data again or point data.source at the"
+            " right file"
+        )
     suffixes = [s.lower() for s in path.suffixes]
+    is_csv = ".csv" in suffixes or ".tsv" in suffixes
+    sep = "\t" if ".tsv" in suffixes else ","
     try:
         if ".parquet" in suffixes:
             df = pd.read_parquet(path)
         elif ".jsonl" in suffixes or ".ndjson" in suffixes:
             df = pd.read_json(path, lines=True, dtype=False)
-        elif ".csv" in suffixes or ".tsv" in suffixes:
-            df = pd.read_csv(path, sep="\t" if ".tsv" in suffixes else ",", dtype=str, keep_default_na=False)
+        elif is_csv:
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
         else:
-            raise DataSourceError(f"data source {path}: unknown format; use .csv, .tsv, .parquet or .jsonl")
+            raise DataSourceError(f"data source {name}: unknown format; use .csv, .tsv, .parquet or .jsonl")
     except DataSourceError:
         raise
+    except UnicodeDecodeError as err:
+        raise DataSourceError(_not_utf8_message(path, name, err)) from None
+    except pd.errors.EmptyDataError:
+        raise DataSourceError(
+            f"data source {name} has no content (no header, no rows): export the data again or point"
+            " data.source at the right file"
+        ) from None
+    except pd.errors.ParserError as err:
+        detail = _csv_structure_problem(path, sep) if is_csv else None
+        raise DataSourceError(_malformed_message(name, detail or str(err).strip())) from None
     except Exception as err:  # pandas/pyarrow raise many types for unreadable files
-        raise DataSourceError(f"data source {path} could not be read: {type(err).__name__}: {err}") from None
+        raise DataSourceError(f"data source {name} could not be read: {type(err).__name__}: {err}") from None
+    if is_csv and _looks_misparsed(df):
+        detail = _csv_structure_problem(path, sep)
+        if detail is not None:
+            raise DataSourceError(_malformed_message(name, detail))
+    if df.empty:
+        columns = ", ".join(map(str, df.columns))
+        has = f"a header ({columns}) but no data rows" if columns else "no rows"
+        raise DataSourceError(
+            f"data source {name} has {has}: export the data again or point data.source at the right file"
+        )
     return df
+
+
+def _dvc_file(path: Path) -> Path:
+    return path.with_name(path.name + ".dvc")
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase | None:
+    """The file's (decompressed) bytes as a stream, or None for a compression read_table can't reopen."""
+    suffix = path.suffix.lower()
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    if suffix in openers:
+        return openers[suffix](path, "rb")
+    if suffix in {".zip", ".zst", ".tar"}:
+        return None
+    return path.open("rb")
+
+
+def _not_utf8_message(path: Path, name: str, err: UnicodeDecodeError) -> str:
+    # pandas reports the position inside its read buffer, not in the file: decode the whole file ourselves
+    # to find the first offending byte (only on this error path, so good files are never read twice).
+    stream = _open_bytes(path)
+    where = f"byte 0x{err.object[err.start]:02x}" if err.object else "a byte"
+    if stream is not None:
+        with stream:
+            data = stream.read()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as full:
+            line_start = data.rfind(b"\n", 0, full.start) + 1
+            line = data.count(b"\n", 0, full.start) + 1
+            context = data[max(line_start, full.start - 30) : full.start + 1]
+            where = (
+                f"byte 0x{data[full.start]:02x} at offset {full.start} (line {line}, column"
+                f" {full.start - line_start + 1}: ...{context!r})"
+            )
+            err = full
+    source = "utf-16" if err.object[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
+    return (
+        f"data source {name} is not UTF-8 text: {where} is not valid UTF-8 ({err.reason}). Re-encode the"
+        f" file as UTF-8, e.g. `iconv -f {source} -t utf-8 {name} > {_sibling(name, '.utf8')}`"
+        f" (use -f cp1252 for Windows exports), then point data.source at the result"
+        + (" and `dvc add` it" if _dvc_file(path).is_file() else "")
+    )
+
+
+def _sibling(name: str, tag: str) -> str:
+    path = Path(name)
+    return path.with_name(f"{path.name.split('.')[0]}{tag}{''.join(path.suffixes)}").as_posix()
+
+
+# A CSV with an unbalanced quote (a field that opens a quote and never closes it where it should) does not
+# always make pandas fail: its C parser reads on, across line breaks, up to the next quote character in
+# the file, and then carries on leniently. The swallowed records end up inside one giant field, or the
+# record gets one field too many and pandas silently turns the first column into the index. So the rule:
+# whenever the parsed frame *could* hide this -- a value (or index label) containing a line break, or an
+# implicit index -- re-read the file with Python's csv module in strict mode, which rejects a closing
+# quote not followed by a delimiter or line end and a quote still open at the end of the file, and check
+# that every record has the header's number of fields. Legitimate multi-line quoted fields (the sample
+# data has some) pass the strict re-read; files without line breaks in values are never read twice.
+
+
+def _implicit(df: pd.DataFrame) -> bool:
+    return not isinstance(df.index, pd.RangeIndex)
+
+
+def _looks_misparsed(df: pd.DataFrame) -> bool:
+    if _implicit(df):
+        return True
+    for column in df.columns:
+        values = df[column]
+        if (values.dtype == object or isinstance(values.dtype, pd.StringDtype)) and bool(
+            values.astype("string").str.contains("[\r\n]", regex=True).fillna(False).any()
+        ):
+            return True
+    return False
+
+
+def _csv_structure_problem(path: Path, sep: str) -> str | None:
+    """Where strict CSV parsing of path fails (a sentence), or None when it parses cleanly."""
+    expected: int | None = None  # fields per record: the header's
+    stream = _open_bytes(path)
+    if stream is None:
+        return None
+    with stream:
+        # Iterating the stream splits at \n, \r\n and \r only (str.splitlines would also split at U+0085).
+        lines = list(io.TextIOWrapper(stream, encoding="utf-8", newline=""))
+    reader = csv.reader(iter(lines), delimiter=sep, strict=True)
+    start = 1
+    limit = csv.field_size_limit(2**31 - 1)  # the default 128 KiB would fail long legitimate fields
+    try:
+        for record in reader:
+            if not record:
+                start = reader.line_num + 1
+                continue
+            if expected is None:
+                expected = len(record)
+            elif len(record) != expected:
+                span = f"line {start}" if reader.line_num == start else f"lines {start}-{reader.line_num}"
+                return (
+                    f"the record on {span} has {len(record)} fields, the header has {expected}"
+                    f" (line {start}: {_line(lines, start)})"
+                )
+            start = reader.line_num + 1
+    except csv.Error as err:
+        return (
+            f"the record starting on line {start} has an unbalanced quote ({err}, noticed at line"
+            f" {reader.line_num}; line {start}: {_line(lines, start)})"
+        )
+    finally:
+        csv.field_size_limit(limit)
+    return None
+
+
+def _line(lines: list[str], number: int) -> str:
+    text = lines[number - 1].rstrip("\r\n") if 0 < number <= len(lines) else ""
+    return repr(text if len(text) <= 80 else text[:79] + "…")
+
+
+def _malformed_message(name: str, detail: str) -> str:
+    return (
+        f"data source {name} is not a well-formed CSV: {detail}. A field that starts with a quote must end"
+        ' with one, and quotes inside a quoted field must be doubled (""); fix that line or re-export the'
+        " file with a CSV writer (e.g. pandas.DataFrame.to_csv)"
+    )
+
+
+def check_columns(raw: pd.DataFrame, cfg: DataConfig, name: str) -> None:
+    """Refuse a source without the configured text or label column, listing the columns it has."""
+    columns = [str(c) for c in raw.columns]
+    for key, column in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
+        if column not in columns:
+            close = difflib.get_close_matches(column, columns, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DataSourceError(
+                f"data source {name} has no column {column!r} ({key}){hint}; its columns are:"
+                f" {', '.join(columns)}. Set {key} in params.yaml to the column that holds the"
+                f" {'text' if key == 'data.text_column' else 'class label'}"
+            )
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_dvc_tracked(path: Path, name: str) -> None:
+    """When ``<file>.dvc`` sits beside the file (`dvc add`), refuse a file that no longer matches it.
+
+    DVC 3 records the plain md5 of a file's bytes (``hash: md5``); DVC 2 .dvc files (no ``hash`` key)
+    hashed text files with CRLF turned into LF, so for those either digest is accepted.
+    """
+    dvc_file = _dvc_file(path)
+    if not dvc_file.is_file():
+        return
+    try:
+        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or []
+        recorded = str(outs[0]["md5"])
+        legacy = "hash" not in outs[0]
+    except (yaml.YAMLError, AttributeError, LookupError, TypeError, UnicodeDecodeError):
+        log.warning("%s: cannot read the recorded md5; not checking %s against it", dvc_file, name)
+        return
+    actual = file_md5(path)
+    if actual == recorded:
+        return
+    if legacy:
+        unix = path.read_bytes().replace(b"\r\n", b"\n")
+        if hashlib.md5(unix, usedforsecurity=False).hexdigest() == recorded:
+            return
+    raise DataSourceError(
+        f"{name} does not match the version recorded in {dvc_file.name} (md5 {actual} != {recorded}): it was"
+        f" modified behind DVC's back; run `dvc add {name}` to record the change, or `dvc checkout {name}`"
+        " to restore the recorded version"
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -130,9 +352,11 @@ def file_sha256(path: Path) -> str:
 
 
 def normalise(df: pd.DataFrame, cfg: DataConfig, keep_labels: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Select and rename the text/label columns, strip whitespace; keep bad values for validation to judge.
+    """Select and rename the text/label columns, strip whitespace, apply data.label_map; keep bad values.
 
-    A missing column is kept as an all-null column so that validation reports it with the others.
+    ``keep_labels`` (source labels) filters rows before the map. Labels the map does not name are kept as
+    they are, so validation names the unknown ones. A missing column becomes an all-null column here (for
+    callers of this pure function); run_prepare refuses such a source first (check_columns).
     """
     out = pd.DataFrame(index=df.index)
     for target, column in ((TEXT, cfg.text_column), (LABEL, cfg.label_column)):
@@ -144,6 +368,9 @@ def normalise(df: pd.DataFrame, cfg: DataConfig, keep_labels: tuple[str, ...] | 
             out[target] = pd.Series([None] * len(df), index=df.index, dtype="string")
     if keep_labels is not None:
         out = out[out[LABEL].isin(keep_labels)]
+    if cfg.label_map:
+        mapping = {str(k).strip(): str(v) for k, v in cfg.label_map.items()}
+        out[LABEL] = out[LABEL].map(lambda v: mapping.get(v, v) if isinstance(v, str) else v).astype("string")
     return out.reset_index(drop=True)
 
 
@@ -213,9 +440,11 @@ def prepare(
 def run_prepare(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
     """Read data.source, prepare it and write data/prepared/{train,validation,test}.parquet + manifest."""
     source_path, sample = resolve_source(cfg.source, paths.root)
-    raw = read_table(source_path)
-    if raw.empty:
-        raise DataSourceError(f"data source {source_path} has no rows")
+    name = _display_name(paths, source_path, cfg.source)
+    if source_path.is_file():
+        check_dvc_tracked(source_path, name)
+    raw = read_table(source_path, name)
+    check_columns(raw, cfg, name)
     splits, dropped = prepare(raw, cfg, sample.keep_labels if sample else None)
     data = PreparedData(
         splits=splits, source=cfg.source, source_sha256=file_sha256(source_path), dropped_duplicates=dropped
@@ -236,6 +465,16 @@ def run_prepare(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
     paths.prepared_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     log.info("prepared %s: %s", cfg.source, manifest["rows"])
     return data
+
+
+def _display_name(paths: ProjectPaths, path: Path, source: str) -> str:
+    """The source as messages show it: relative to the project when inside it (what `dvc add` takes)."""
+    if source.startswith("sample://"):
+        return f"{source} ({path})"
+    try:
+        return paths.rel(path.resolve())
+    except ValueError:
+        return str(path)
 
 
 @task(name="prepare", cache_policy=NO_CACHE)

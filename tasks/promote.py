@@ -10,14 +10,13 @@ version instead of registering a duplicate.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -29,14 +28,14 @@ from tasks.evaluate import Evaluation
 from tasks.gate import Decision, GateRejected, rejection_message
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
-from tasks.registry import Registry, VersionInfo
+from tasks.registry import Registry, RegistryError, VersionInfo, default_actor
 from tasks.train import METADATA_FILE, TrainResult
 from tasks.validate import ValidationReport
 
 log = logging.getLogger("transferline.promote")
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-RETENTION_ARTIFACT = "prepared/test.parquet"  # the run's test split, logged with the run
+PREPARED_ARTIFACT = "prepared"  # the run's prepared snapshot, logged with the run
 
 
 class ApprovalRejected(GateRejected):
@@ -55,14 +54,24 @@ class Approval(RunInput):
 class Champion:
     version: str
     model_dir: Path
-    retention_file: Path | None  # the champion's own test split, when its run logged it
+    data_dir: Path | None  # the champion's prepared snapshot (train/validation/test), if its run logged it
+
+    @property
+    def retention_file(self) -> Path | None:
+        """The champion's own test split: what a challenger must not forget."""
+        return self.data_dir / "test.parquet" if self.data_dir else None
+
+    def reference(self) -> pd.DataFrame | None:
+        """The champion's training split: what new data should resemble (validation, drift)."""
+        path = self.data_dir / "train.parquet" if self.data_dir else None
+        return pd.read_parquet(path) if path is not None and path.is_file() else None
 
 
 def actor(flow_run_id: str | None = None) -> str:
     """Who moves an alias: the flow run when there is one, else the user on this host."""
     if flow_run_id:
         return f"prefect-flow-run:{flow_run_id}"
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    return default_actor()
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str | int | float | bool | None]:
@@ -167,20 +176,20 @@ def model_card(
 
 @task(name="find-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
 def champion_task(registry: Registry, cfg: Config, paths: ProjectPaths) -> Champion | None:
-    """The current champion's weights and retention set, downloaded for scoring on this run's rows."""
+    """The current champion's weights and data snapshot, downloaded once per version (cached)."""
     info = registry.get_alias(cfg.registry.model_name, CHAMPION)
     if info is None:
         log.info("no champion for %s yet: the first-model rule applies", cfg.registry.model_name)
         return None
     dest = paths.registry_cache / cfg.registry.model_name / f"v{info.version}"
     model_dir = registry.download_model_dir(cfg.registry.model_name, info.version, dest / "model")
-    retention = None
+    data_dir = None
     if info.run_id:
         try:
-            retention = registry.download_run_artifact(info.run_id, RETENTION_ARTIFACT, dest / "retention")
-        except Exception as err:  # an older champion without the artifact: the gate says so
-            log.warning("champion v%s has no retention set (%s)", info.version, err)
-    return Champion(info.version, model_dir, retention)
+            data_dir = registry.download_run_artifact(info.run_id, PREPARED_ARTIFACT, dest / "data")
+        except RegistryError as err:  # a champion logged without its data: the gate and drift say so
+            log.warning("champion v%s has no logged data snapshot (%s)", info.version, err)
+    return Champion(info.version, model_dir, data_dir)
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
@@ -216,6 +225,7 @@ def register_task(
         p
         for p in (
             paths.validation_dir,
+            paths.drift_dir,
             paths.evaluation_dir,
             paths.gate_report,
             paths.gate_json,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 # Offline-safe defaults; a user's own environment always wins.
 _ENV_DEFAULTS = {
@@ -22,3 +24,18 @@ _ENV_DEFAULTS = {
 def configure_environment() -> None:
     for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def retry_on(*errors: type[BaseException]) -> Callable[[Any, Any, Any], bool]:
+    """A Prefect `retry_condition_fn` that retries only these (transient) errors, never a bad input."""
+
+    def should_retry(task: Any, task_run: Any, state: Any) -> bool:
+        try:
+            state.result()
+        except errors:
+            return True
+        except Exception:
+            return False
+        return False
+
+    return should_retry

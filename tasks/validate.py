@@ -10,6 +10,18 @@ cannot express per value (rows per class, texts shared between splits) run on sm
   has at least ``validate.min_rows_per_class`` train rows.
 * ``train_test_overlap`` / ``validation_test_overlap`` (one row per shared text): must be empty.
 
+With a *reference* (the training split of the current champion), new data must also look like the data
+that trained it (tables ``reference_*``; skipped, and said so in the summary, when there is no champion):
+
+* ``reference_label_shares`` (one row per declared class: its share of the new train split, its share of
+  the reference and the absolute ``shift``): every shift at most ``validate.reference_label_tolerance``.
+* ``reference_text_lengths`` (one row per quantile q10, q50, q90 of the text length in characters, new
+  data (all splits) vs reference, nearest rank): each relative ``change`` within
+  ± ``validate.reference_length_tolerance``, i.e. the new quantile within reference × (1 ± tolerance).
+* ``reference_vocabulary`` (one row per word token of the new texts, lower-cased ``\\w+``, with ``seen``
+  1/0 for whether the reference has it): mean of ``seen`` (the share of tokens the champion has seen) at
+  least ``validate.reference_min_vocab_coverage``.
+
 Duplicate rate: the fraction of rows whose text repeats an earlier row's text exactly, i.e.
 ``(n - n_distinct) / n`` over the non-null texts of all splits. GX's proportion of unique values is
 ``n_distinct / n`` (distinct values, not values occurring once), so ``rate <= max`` is exactly
@@ -25,6 +37,7 @@ import bisect
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -52,6 +65,9 @@ _EXAMPLE_CHARS = 80
 OVERLAP_PAIRS = (("train", "test"), ("validation", "test"))
 # Lets a duplicate rate exactly at the limit pass despite float rounding of 1 - max_duplicate_rate.
 _RATE_EPSILON = 1e-12
+REFERENCE_QUANTILES = (0.1, 0.5, 0.9)
+NO_REFERENCE = "no champion yet: reference checks skipped"
+_TOKEN = re.compile(r"\w+")
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -76,6 +92,9 @@ class ValidationReport:
     outcomes: tuple[ExpectationOutcome, ...]
     rows: dict[str, int]
     gx_results: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Rows of the reference (the champion's training split) the data was compared with; None = no
+    # reference, the reference_* checks were skipped.
+    reference_rows: int | None = None
 
     @property
     def failures(self) -> tuple[ExpectationOutcome, ...]:
@@ -88,6 +107,7 @@ class ValidationReport:
             "rows": dict(self.rows),
             "expectations": len(self.outcomes),
             "failed": len(self.failures),
+            "reference_rows": self.reference_rows,
             "outcomes": [asdict(o) for o in self.outcomes],
         }
 
@@ -99,7 +119,12 @@ class ValidationReport:
             f"# Data validation: {verdict}",
             "",
             f"Rows: {_rows_text(self.rows)} ({total:,} in all).  ",
-            f"{len(self.outcomes) - len(self.failures)} of {len(self.outcomes)} expectations passed.",
+            f"{len(self.outcomes) - len(self.failures)} of {len(self.outcomes)} expectations passed.  ",
+            (
+                f"Reference: the champion's training split ({self.reference_rows:,} rows)."
+                if self.reference_rows is not None
+                else f"Reference: {NO_REFERENCE}."
+            ),
             "",
             "| Expectation | Table | Column | Verdict | Offending | Examples |",
             "|---|---|---|---|---|---|",
@@ -177,11 +202,13 @@ def validate_splits(
     labels: Sequence[str],
     cfg: ValidateConfig,
     docs_dir: Path | None = None,
+    reference: pd.DataFrame | None = None,
 ) -> ValidationReport:
     """Build the suite from ``cfg`` and ``labels``, run it on the split frames, optionally build Data Docs.
 
     ``splits`` maps split name to frame and must contain ``train`` and ``test``. When ``docs_dir`` is
     given, GX Data Docs HTML is written there (``docs_dir / "index.html"``); nothing else touches disk.
+    ``reference`` (columns text and label: the champion's training split) adds the reference_* checks.
     """
     missing = [s for s in ("train", "test") if s not in splits]
     if missing:
@@ -204,6 +231,10 @@ def validate_splits(
             table = f"{left}_{right}_overlap"
             tables[table] = _overlap(frames[left], frames[right])
             checks.append(_overlap_check(table, left, right, tables[table]))
+    if reference is not None:
+        reference_tables, reference_checks = _reference_checks(frames, reference, labels, cfg)
+        tables.update(reference_tables)
+        checks += reference_checks
 
     verdicts, raw = _run_gx(tables, checks, docs_dir)
     order = {id(check): i for i, check in enumerate(checks)}
@@ -213,6 +244,7 @@ def validate_splits(
         outcomes=outcomes,
         rows={name: len(frame) for name, frame in frames.items()},
         gx_results=raw,
+        reference_rows=None if reference is None else len(reference),
     )
     logger.info(
         "validation %s: %d of %d expectations failed",
@@ -220,6 +252,8 @@ def validate_splits(
         len(report.failures),
         len(outcomes),
     )
+    if reference is None:
+        logger.info(NO_REFERENCE)
     return report
 
 
@@ -485,6 +519,173 @@ def _overlap_check(table: str, left: str, right: str, shared: pd.DataFrame) -> _
     return _Check(table, None, expectation, explain)
 
 
+# -- reference checks: new data vs the champion's training split ---------------------------------------
+def _reference_checks(
+    frames: dict[str, pd.DataFrame], reference: pd.DataFrame, labels: list[str], cfg: ValidateConfig
+) -> tuple[dict[str, pd.DataFrame], list[_Check]]:
+    """The reference_* tables and their checks (see the module docstring)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in reference.columns]
+    if missing:
+        raise ValueError(
+            f"the reference (the champion's training split) needs the columns {', '.join(REQUIRED_COLUMNS)};"
+            f" missing {', '.join(missing)} (its columns: {', '.join(map(str, reference.columns)) or 'none'})"
+        )
+    if reference.empty:
+        raise ValueError("the reference (the champion's training split) has no rows")
+    texts = [f[TEXT].dropna().astype(str) for f in frames.values() if TEXT in f.columns]
+    new_texts = pd.concat(texts, ignore_index=True) if texts else pd.Series([], dtype="object")
+    ref_texts = reference[TEXT].dropna().astype(str)
+
+    shares = _label_shares(frames["train"], reference, labels, cfg.reference_label_tolerance)
+    lengths = _length_quantiles(new_texts.str.len(), ref_texts.str.len(), cfg.reference_length_tolerance)
+    vocabulary = {t for text in ref_texts for t in _TOKEN.findall(text.lower())}
+    tokens = [t for text in new_texts for t in _TOKEN.findall(text.lower())]
+    seen = pd.DataFrame({"token": tokens, "seen": [int(t in vocabulary) for t in tokens]})
+    seen = seen.astype({"token": "object", "seen": "int64"})
+    tables = {
+        "reference_label_shares": shares,
+        "reference_text_lengths": lengths,
+        "reference_vocabulary": seen,
+    }
+    checks = [
+        _label_share_check(shares, cfg.reference_label_tolerance),
+        _length_quantile_check(lengths, cfg.reference_length_tolerance),
+        _vocabulary_check(seen, len(vocabulary), cfg.reference_min_vocab_coverage),
+    ]
+    return tables, checks
+
+
+def _label_shares(
+    train: pd.DataFrame, reference: pd.DataFrame, labels: list[str], tol: float
+) -> pd.DataFrame:
+    """Per declared class: share of the new train split, share of the reference, |difference| and bounds."""
+    new = train[LABEL].value_counts() if LABEL in train.columns else pd.Series(dtype="int64")
+    ref = reference[LABEL].astype("string").value_counts()
+    n_new, n_ref = len(train), len(reference)
+    rows = []
+    for label in labels:
+        share = int(new.get(label, 0)) / n_new if n_new else 0.0
+        ref_share = int(ref.get(label, 0)) / n_ref
+        low, high = max(0.0, ref_share - tol), min(1.0, ref_share + tol)
+        rows.append((label, share, ref_share, abs(share - ref_share), low, high))
+    return pd.DataFrame(rows, columns=[LABEL, "share", "reference_share", "shift", "low", "high"])
+
+
+def _label_share_check(shares: pd.DataFrame, tol: float) -> _Check:
+    import great_expectations.expectations as gxe
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        bad = shares[shares["shift"] > tol + _RATE_EPSILON]
+        if success:
+            worst = float(shares["shift"].max()) if len(shares) else 0.0
+            detail = (
+                f"every declared label's share of the train split is within ±{tol:.1%} of its share in"
+                f" the champion's training data (largest shift {worst:.1%})"
+            )
+            return 0, [], detail
+        items = [
+            f"{r.label}: {r.share:.1%} (expected {r.low:.1%}–{r.high:.1%},"
+            f" champion's data {r.reference_share:.1%})"
+            for r in bad.itertuples(index=False)
+        ]
+        detail = (
+            f"{_n(len(bad), 'label')} moved more than ±{tol:.1%} from {'its' if len(bad) == 1 else 'their'}"
+            f" share in the champion's training data (validate.reference_label_tolerance): {'; '.join(items)}"
+        )
+        return len(bad), items[:MAX_EXAMPLES], detail
+
+    expectation = gxe.ExpectColumnValuesToBeBetween(
+        column="shift",
+        max_value=tol + _RATE_EPSILON,
+        description=(
+            f"Each declared label's share of the train split differs by at most {tol:g} from its share in the"
+            " champion's training split (shift = |share - reference_share|)."
+        ),
+    )
+    return _Check("reference_label_shares", "shift", expectation, explain)
+
+
+def _length_quantiles(new_lengths: pd.Series, ref_lengths: pd.Series, tol: float) -> pd.DataFrame:
+    """One row per quantile: new and reference text length, allowed range and relative change."""
+    quantiles = list(REFERENCE_QUANTILES)
+    new_q = new_lengths.quantile(quantiles, interpolation="nearest") if len(new_lengths) else None
+    ref_q = ref_lengths.quantile(quantiles, interpolation="nearest")
+    rows = []
+    for i, q in enumerate(quantiles):
+        value = float(new_q.iloc[i]) if new_q is not None else math.nan
+        ref = float(ref_q.iloc[i])
+        change = value / ref - 1 if ref else (0.0 if value == 0 else math.inf)
+        rows.append((f"q{round(q * 100)}", value, ref, max(0.0, ref * (1 - tol)), ref * (1 + tol), change))
+    return pd.DataFrame(rows, columns=["quantile", "length", "reference_length", "low", "high", "change"])
+
+
+def _length_quantile_check(table: pd.DataFrame, tol: float) -> _Check:
+    import great_expectations.expectations as gxe
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        if success:
+            shown = ", ".join(f"{r.quantile} {r.length:g}" for r in table.itertuples(index=False))
+            detail = f"text-length quantiles ({shown} chars) are within ±{tol:.0%} of the champion's data"
+            return 0, [], detail
+        bad = [
+            f"{r.quantile} = {r.length:g} chars (expected {r.low:g}–{r.high:g}, champion's data"
+            f" {r.reference_length:g})"
+            for r in table.itertuples(index=False)
+            if not abs(r.change) <= tol + _RATE_EPSILON
+        ]
+        detail = (
+            f"{_n(len(bad), 'text-length quantile')} of the new data {'is' if len(bad) == 1 else 'are'}"
+            f" outside ±{tol:.0%} of the champion's training data (validate.reference_length_tolerance):"
+            f" {'; '.join(bad)}"
+        )
+        return len(bad), bad[:MAX_EXAMPLES], detail
+
+    # A derived frame rather than ExpectColumnQuantileValuesToBeBetween: GX 1.24 crashes serialising that
+    # expectation's result (a numpy bool in success_details) when a quantile lands exactly on a bound.
+    expectation = gxe.ExpectColumnValuesToBeBetween(
+        column="change",
+        min_value=-tol - _RATE_EPSILON,
+        max_value=tol + _RATE_EPSILON,
+        description=(
+            f"Text-length quantiles {', '.join(table['quantile'])} of the new data (all splits, nearest rank)"
+            f" are each within ±{tol:g} (relative change) of the champion's training split's"
+            f" ({', '.join(f'{v:g}' for v in table['reference_length'])} chars)."
+        ),
+    )
+    return _Check("reference_text_lengths", "change", expectation, explain)
+
+
+def _vocabulary_check(seen: pd.DataFrame, vocabulary_size: int, minimum: float) -> _Check:
+    import great_expectations.expectations as gxe
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        coverage = result.get("observed_value")
+        coverage = float(coverage) if coverage is not None else 0.0
+        unseen = seen.loc[seen["seen"] == 0, "token"].value_counts()
+        head = (
+            f"{coverage:.1%} of the new data's {len(seen):,} word tokens occur in the champion's training"
+            f" vocabulary ({vocabulary_size:,} distinct words)"
+        )
+        if success:
+            return int(unseen.sum()), [], f"{head}; at least {minimum:.1%} required"
+        shown = ", ".join(f"{_quote(str(t))} ×{c}" for t, c in unseen.head(5).items())
+        detail = (
+            f"only {head}; expected at least {minimum:.1%} (validate.reference_min_vocab_coverage);"
+            f" most frequent unseen words: {shown}"
+        )
+        return int(unseen.sum()), _examples([str(t) for t in unseen.index]), detail
+
+    expectation = gxe.ExpectColumnMeanToBeBetween(
+        column="seen",
+        min_value=max(0.0, minimum - _RATE_EPSILON),
+        description=(
+            f"At least {minimum:g} of the new data's word tokens (lower-cased \\w+, one row each) occur"
+            " in the champion's training split (seen = 1)."
+        ),
+    )
+    return _Check("reference_vocabulary", "seen", expectation, explain)
+
+
 # -- formatting helpers ---------------------------------------------------------------------------------
 def _short(value: str) -> str:
     value = " ".join(value.split()) if value.strip() else value
@@ -521,6 +722,24 @@ def _md_cell(text: str) -> str:
 
 def _hint(outcome: ExpectationOutcome) -> str:
     """What the user can change to make this expectation pass."""
+    if outcome.table == "reference_label_shares":
+        return (
+            "the label mix moved away from the data that trained the champion: check the source for a"
+            " labelling or sampling change (data.source, data.label_map, data.max_rows); if the shift is"
+            " genuine, raise validate.reference_label_tolerance in params.yaml"
+        )
+    if outcome.table == "reference_text_lengths":
+        return (
+            "the texts are much shorter or longer than those the champion was trained on: check the source"
+            " for truncation or a changed text column (data.text_column); if genuine, raise"
+            " validate.reference_length_tolerance in params.yaml"
+        )
+    if outcome.table == "reference_vocabulary":
+        return (
+            "the texts use words the champion never saw (another language, domain or a broken encoding?):"
+            " check data.source and data.text_column; if genuine, lower"
+            " validate.reference_min_vocab_coverage in params.yaml"
+        )
     if outcome.expectation == "expect_column_to_exist" or outcome.detail.startswith("not evaluated"):
         return (
             "the prepared splits must have 'text' and 'label' columns: check data.text_column and"
@@ -583,8 +802,11 @@ def read_splits(paths: ProjectPaths) -> dict[str, pd.DataFrame]:
     return {s: pd.read_parquet(paths.split_file(s)) for s in SPLITS}
 
 
-def run_validate(paths: ProjectPaths, cfg: Config) -> ValidationReport:
+def run_validate(paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | None = None) -> ValidationReport:
     """Validate the prepared splits and write reports/validation/; raise DataValidationError if they fail.
+
+    ``reference`` (the champion's training split, columns text and label) adds the reference_* checks;
+    without it they are skipped and the summary says so.
 
     Writes result.json (the report), gx_result.json (GX's raw results per table), summary.md and
     data_docs/index.html, replacing the folder's previous contents, before raising.
@@ -594,7 +816,9 @@ def run_validate(paths: ProjectPaths, cfg: Config) -> ValidationReport:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    report = validate_splits(splits, cfg.data.labels, cfg.validate_, docs_dir=out / "data_docs")
+    report = validate_splits(
+        splits, cfg.data.labels, cfg.validate_, docs_dir=out / "data_docs", reference=reference
+    )
     result = {
         **report.to_dict(),
         "labels": list(cfg.data.labels),
@@ -620,12 +844,17 @@ def _display_path(paths: ProjectPaths, path: Path) -> Path:
 
 
 @task(name="validate", cache_policy=NO_CACHE)
-def validate_task(paths: ProjectPaths, cfg: Config) -> ValidationReport:
-    """Prefect task: run_validate, publishing the summary as the "validation-summary" markdown artifact."""
+def validate_task(
+    paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | None = None
+) -> ValidationReport:
+    """Prefect task: run_validate, publishing the summary as the "validation-summary" markdown artifact.
+
+    ``reference``: the champion's training split (columns text, label), or None when there is no champion.
+    """
     from prefect.artifacts import create_markdown_artifact
 
     try:
-        report = run_validate(paths, cfg)
+        report = run_validate(paths, cfg, reference)
     except DataValidationError as err:
         create_markdown_artifact(
             markdown=err.report.summary_markdown(), key="validation-summary", description="data validation"

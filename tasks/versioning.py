@@ -17,7 +17,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import yaml
 from prefect import task
@@ -25,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Config, load_config
 from tasks.paths import ProjectPaths
+from tasks.runtime import retry_on
 
 log = logging.getLogger("transferline.versioning")
 
@@ -122,19 +122,9 @@ def git_commit(root: Path) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
-def _retry_if_busy(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except DvcLockBusy:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="dvc-commit", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15],
-    retry_condition_fn=_retry_if_busy,
+    retry_condition_fn=retry_on(DvcLockBusy),
 )  # fmt: skip
 def commit_task(paths: ProjectPaths, cfg: Config, stages: tuple[str, ...]) -> dict[str, str]:
     return commit_stages(paths, cfg, stages)

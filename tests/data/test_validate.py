@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import shutil
+import string
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +26,15 @@ from tasks.validate import (
 )
 
 LABELS = ["rotten", "fresh"]
-CFG = ValidateConfig(min_text_chars=1, max_text_chars=5000, max_duplicate_rate=0.0, min_rows_per_class=10)
+CFG = ValidateConfig(
+    min_text_chars=1,
+    max_text_chars=5000,
+    max_duplicate_rate=0.0,
+    min_rows_per_class=10,
+    reference_label_tolerance=0.15,
+    reference_length_tolerance=0.5,
+    reference_min_vocab_coverage=0.7,
+)
 PER_CLASS = {"train": 30, "validation": 10, "test": 10}
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
@@ -269,3 +279,142 @@ def test_main_exit_codes(
     assert info.value.code == 1
     assert NOT_NULL in capsys.readouterr().err
     assert not (paths.root / "gx").exists()
+
+
+# -- reference checks: new data vs the champion's training split (real reviews) ------------------------
+REF_LABELS = "expect_column_values_to_be_between", "reference_label_shares"
+REF_LENGTHS = "expect_column_values_to_be_between", "reference_text_lengths"
+REF_VOCAB = "expect_column_mean_to_be_between", "reference_vocabulary"
+REFERENCE_TABLES = {"reference_label_shares", "reference_text_lengths", "reference_vocabulary"}
+
+
+@pytest.fixture(scope="module")
+def reviews() -> pd.DataFrame:
+    """Real fresh/rotten reviews of the sample dataset, distinct up to case and whitespace, as prepared."""
+    from tasks.prepare import read_table, resolve_source
+
+    path, _ = resolve_source("sample://rotten-tomatoes", Path("."))
+    raw = read_table(path)
+    frame = raw[raw["category"].isin(LABELS)].rename(columns={"category": "label"})[["text", "label"]]
+    key = frame["text"].str.lower().str.split().str.join(" ")
+    return frame[~key.duplicated()].reset_index(drop=True).astype("string")
+
+
+def halves(reviews: pd.DataFrame, n: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two disjoint halves of the same reviews: (reference, new)."""
+    head = reviews.head(2 * n)
+    return head.iloc[0::2].reset_index(drop=True), head.iloc[1::2].reset_index(drop=True)
+
+
+def as_splits(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """70/15/15 by position (the rows are already in arbitrary order)."""
+    n = len(frame)
+    cuts = [0, int(n * 0.7), int(n * 0.85), n]
+    return {name: frame.iloc[cuts[i] : cuts[i + 1]].reset_index(drop=True) for i, name in enumerate(SPLITS)}
+
+
+def reference_outcomes(report: ValidationReport) -> dict[str, ExpectationOutcome]:
+    return {o.table: o for o in report.outcomes if o.table.startswith("reference_")}
+
+
+def test_reference_checks_pass_for_data_like_the_champions(reviews: pd.DataFrame, tmp_path: Path) -> None:
+    reference, new = halves(reviews)
+    report = validate_splits(as_splits(new), LABELS, CFG, docs_dir=tmp_path / "docs", reference=reference)
+    assert report.success, report.error_message()
+    outcomes = reference_outcomes(report)
+    assert set(outcomes) == REFERENCE_TABLES
+    assert {(o.expectation, o.table) for o in outcomes.values()} == {REF_LABELS, REF_LENGTHS, REF_VOCAB}
+    assert "largest shift" in outcomes["reference_label_shares"].detail
+    assert "q10" in outcomes["reference_text_lengths"].detail
+    assert "tokens occur in the champion's training vocabulary" in outcomes["reference_vocabulary"].detail
+    assert report.reference_rows == len(reference) == report.to_dict()["reference_rows"]
+    assert "Reference: the champion's training split (1,000 rows)." in report.summary_markdown()
+    assert set(report.gx_results) >= REFERENCE_TABLES
+    index = (tmp_path / "docs" / "index.html").read_text()
+    assert "transferline.reference_vocabulary" in index and "transferline.reference_label_shares" in index
+
+
+def test_without_reference_the_checks_are_skipped_and_said_so() -> None:
+    report = validate_splits(make_splits(), LABELS, CFG)
+    assert report.success and report.reference_rows is None
+    assert not reference_outcomes(report)
+    assert "no champion yet: reference checks skipped" in report.summary_markdown()
+
+
+def test_label_distribution_shift_fails_label_shares(reviews: pd.DataFrame) -> None:
+    reference, new = halves(reviews)
+    fresh, rotten = new[new.label == "fresh"], new[new.label == "rotten"]
+    train = pd.concat([fresh.head(360), rotten.head(40)]).reset_index(drop=True)  # 90% fresh
+    rest = pd.concat([fresh.iloc[360:430], rotten.iloc[40:90]])
+    splits = {
+        "train": train,
+        "validation": rest.iloc[::2].reset_index(drop=True),
+        "test": rest.iloc[1::2].reset_index(drop=True),
+    }
+    report = validate_splits(splits, LABELS, CFG, reference=reference)
+    assert set(failed(report)) == {REF_LABELS}
+    outcome = failed(report)[REF_LABELS]
+    ref_fresh = (reference.label == "fresh").mean()
+    assert outcome.unexpected_count == 2  # both labels moved: fresh up, rotten down
+    expected = f"fresh: 90.0% (expected {ref_fresh - 0.15:.1%}–{ref_fresh + 0.15:.1%}"
+    assert expected in outcome.detail
+    assert outcome.examples[0].startswith("rotten: 10.0% (expected")  # in declared-label order
+    assert "validate.reference_label_tolerance" in report.error_message()
+
+
+def test_much_shorter_texts_fail_length_quantiles(reviews: pd.DataFrame) -> None:
+    reference, _ = halves(reviews)
+    rest = reviews.iloc[2000:]
+    short = rest[rest.text.str.len() < 40].reset_index(drop=True)  # real, but short, reviews
+    assert len(short) >= 300
+    report = validate_splits(as_splits(short), LABELS, CFG, reference=reference)
+    assert set(failed(report)) == {REF_LENGTHS}
+    outcome = failed(report)[REF_LENGTHS]
+    ref_q50 = reference.text.str.len().quantile(0.5, interpolation="nearest")
+    new_q50 = short.text.str.len().quantile(0.5, interpolation="nearest")
+    assert f"q50 = {new_q50:g} chars (expected {ref_q50 * 0.5:g}–{ref_q50 * 1.5:g}" in outcome.detail
+    assert "q90" in outcome.detail
+    assert "validate.reference_length_tolerance" in report.error_message()
+
+
+def test_different_vocabulary_fails_coverage(reviews: pd.DataFrame) -> None:
+    reference, new = halves(reviews)
+    rng = random.Random(7)
+
+    def gibberish(text: str) -> str:  # random lower-case words, same length as the review
+        words, size = [], 0
+        while size < len(text):
+            words.append("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9))))
+            size += len(words[-1]) + 1
+        return " ".join(words)[: len(text)]
+
+    scrambled = new.assign(text=[gibberish(t) for t in new.text]).astype("string")
+    report = validate_splits(as_splits(scrambled), LABELS, CFG, reference=reference)
+    assert set(failed(report)) == {REF_VOCAB}
+    outcome = failed(report)[REF_VOCAB]
+    assert outcome.detail.startswith("only ")
+    assert "expected at least 70.0% (validate.reference_min_vocab_coverage)" in outcome.detail
+    assert outcome.unexpected_count > 0.9 * sum(len(t.split()) for t in scrambled.text)
+    assert outcome.examples and all(e in scrambled.text.str.cat(sep=" ") for e in outcome.examples)
+
+
+def test_reference_without_label_column_is_a_caller_error() -> None:
+    with pytest.raises(ValueError, match="missing label"):
+        validate_splits(make_splits(), LABELS, CFG, reference=pd.DataFrame({"text": ["a b"]}))
+
+
+def test_run_validate_with_reference_records_it(
+    project: tuple[ProjectPaths, Config], reviews: pd.DataFrame
+) -> None:
+    paths, cfg = project
+    reference, new = halves(reviews, 500)
+    write_splits(paths, as_splits(new))
+    report = run_validate(paths, cfg, reference=reference)
+    assert report.success and report.reference_rows == 500
+    result = json.loads((paths.validation_dir / "result.json").read_text())
+    assert result["reference_rows"] == 500
+    assert result["thresholds"]["reference_min_vocab_coverage"] == cfg.validate_.reference_min_vocab_coverage
+    assert (
+        "Reference: the champion's training split (500 rows)."
+        in (paths.validation_dir / "summary.md").read_text()
+    )

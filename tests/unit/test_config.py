@@ -76,8 +76,9 @@ def test_overrides_parse_types():
 
 
 def test_numeric_labels_become_strings(raw):
-    cfg = config_from_dict(raw, {"data.labels": [0, 1]})
+    cfg = config_from_dict(raw, {"data.labels": [0, 1], "data.label_map": {0: "neg", "pos": 1}})
     assert cfg.data.labels == ["0", "1"]
+    assert cfg.data.label_map == {"0": "neg", "pos": "1"}
 
 
 def test_digest_is_stable_and_section_scoped(raw):

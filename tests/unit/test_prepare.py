@@ -257,3 +257,45 @@ def test_run_prepare_applies_the_label_map(tmp_path):
     paths = project_with(tmp_path, raw.to_csv(index=False).encode())
     data = run_prepare(paths, data_cfg(source="data/raw/x.csv", label_map={"1": "pos", "0": "neg"}))
     assert set(pd.concat(data.splits.values())["label"]) == {"pos", "neg"}
+
+
+def test_hf_dataset_saved_to_disk(tmp_path):
+    """hf-dataset:///folder reads a `save_to_disk` dataset; ClassLabel ints become label names."""
+    import datasets
+
+    from tasks.config import DataConfig
+    from tasks.paths import ProjectPaths
+    from tasks.prepare import run_prepare
+
+    texts = [f"a review with some words number {i}" for i in range(60)]
+    ds = datasets.Dataset.from_dict(
+        {"sentence": texts, "polarity": [i % 2 for i in range(60)]},
+        features=datasets.Features(
+            {"sentence": datasets.Value("string"), "polarity": datasets.ClassLabel(names=["neg", "pos"])}
+        ),
+    )
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "saved"))
+    cfg = DataConfig(
+        source=f"hf-dataset://{tmp_path / 'saved'}#train", text_column="sentence", label_column="polarity",
+        labels=["neg", "pos"], label_map={}, max_rows=None, val_size=0.1, test_size=0.2,
+        drop_duplicates=True, seed=1,
+    )  # fmt: skip
+    data = run_prepare(ProjectPaths.at(tmp_path / "project"), cfg)
+    assert sum(len(s) for s in data.splits.values()) == 60
+    assert set(data.splits["train"]["label"]) == {"neg", "pos"}
+    assert len(data.source_sha256) == 64  # identity of the saved files, recorded in the manifest
+    again = run_prepare(ProjectPaths.at(tmp_path / "project2"), cfg)
+    assert again.source_sha256 == data.source_sha256
+    with pytest.raises(DataSourceError, match="no split 'test'"):
+        run_prepare(
+            ProjectPaths.at(tmp_path / "p3"), cfg.model_copy(update={"source": cfg.source[:-5] + "test"})
+        )
+    with pytest.raises(DataSourceError, match="not a saved dataset folder"):
+        run_prepare(ProjectPaths.at(tmp_path / "p4"), cfg.model_copy(update={"source": "hf-dataset:///nope"}))
+
+
+def test_hf_dataset_from_the_hub_fails_clearly_offline(tmp_path):
+    from tasks.prepare import read_hf_dataset
+
+    with pytest.raises(DataSourceError, match=r"could not be loaded.*save_to_disk"):
+        read_hf_dataset("hf-dataset://rotten_tomatoes@main")

@@ -605,15 +605,8 @@ def run_drift(
     (out / "summary.md").write_text(report.summary_markdown(), encoding="utf-8")
     plot_drift(reference, current, cfg.data.labels, out / "drift.png")
     if report.blocked:
-        raise DriftBlocked(report, _display_path(paths, out))
+        raise DriftBlocked(report, paths.display(out))
     return report
-
-
-def _display_path(paths: ProjectPaths, path: Path) -> Path:
-    try:
-        return Path(paths.rel(path))
-    except ValueError:
-        return path
 
 
 @task(name="drift", cache_policy=NO_CACHE)

@@ -22,6 +22,13 @@ class ProjectPaths:
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
+    def display(self, path: Path) -> Path:
+        """How messages show a path: relative to the project when inside it, else as given."""
+        try:
+            return Path(self.rel(path))
+        except ValueError:
+            return path
+
     @property
     def params(self) -> Path:
         return self.root / "params.yaml"

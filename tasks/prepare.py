@@ -531,10 +531,7 @@ def _display_name(paths: ProjectPaths, path: Path, source: str) -> str:
     """The source as messages show it: relative to the project when inside it (what `dvc add` takes)."""
     if source.startswith("sample://"):
         return f"{source} ({path})"
-    try:
-        return paths.rel(path.resolve())
-    except ValueError:
-        return str(path)
+    return str(paths.display(path.resolve()))
 
 
 @task(name="prepare", cache_policy=NO_CACHE)

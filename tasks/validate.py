@@ -832,15 +832,8 @@ def run_validate(paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | Non
     )
     (out / "summary.md").write_text(report.summary_markdown(), encoding="utf-8")
     if not report.success:
-        raise DataValidationError(report, _display_path(paths, out))
+        raise DataValidationError(report, paths.display(out))
     return report
-
-
-def _display_path(paths: ProjectPaths, path: Path) -> Path:
-    try:
-        return Path(paths.rel(path))
-    except ValueError:
-        return path
 
 
 @task(name="validate", cache_policy=NO_CACHE)

@@ -77,10 +77,9 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subproc
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh transferline project: git + DVC repo with a local remote, tiny params."""
-    proj = tmp_path / "project"
+def make_project(base: Path) -> Path:
+    """A fresh transferline project in base/project: git + DVC repo with a local remote, tiny params."""
+    proj = base / "project"
     for rel in PROJECT_FILES:
         src, dst = ROOT / rel, proj / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -93,10 +92,15 @@ def project(tmp_path: Path) -> Path:
         ["git", "init", "-q"],
         [*dvc, "init", "-q"],
         [*dvc, "config", "core.analytics", "false"],
-        [*dvc, "remote", "add", "-d", "local", str(tmp_path / "dvc-remote")],
+        [*dvc, "remote", "add", "-d", "local", str(base / "dvc-remote")],
         [*dvc, "remote", "modify", "local", "verify", "true"],
     ):
         result = run(cmd, proj)
         assert result.returncode == 0, result.stderr
     set_params(proj, TINY)
     return proj
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return make_project(tmp_path)

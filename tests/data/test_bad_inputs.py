@@ -20,7 +20,7 @@ import yaml
 
 from tasks.prepare import DataSourceError
 from tasks.validate import DataValidationError
-from tests.conftest import PROJECT_FILES, ROOT, TINY, run, set_params
+from tests.conftest import make_project, run, set_params
 from tests.pipeline.test_retrain_flow import model_name, real_reviews, registry
 
 pytestmark = pytest.mark.pipeline
@@ -40,24 +40,7 @@ def champion_project(tmp_path_factory: pytest.TempPathFactory, prefect_server) -
     """A project (as the `project` fixture builds it) whose first run on the tiny config made champion v1."""
     from flows.retrain import retrain
 
-    base = tmp_path_factory.mktemp("bad-inputs")
-    proj = base / "project"
-    for rel in PROJECT_FILES:
-        src, dst = ROOT / rel, proj / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    for cmd in (
-        ["git", "init", "-q"],
-        [*DVC, "init", "-q"],
-        [*DVC, "config", "core.analytics", "false"],
-        [*DVC, "remote", "add", "-d", "local", str(base / "dvc-remote")],
-    ):
-        result = run(cmd, proj)
-        assert result.returncode == 0, result.stderr
-    set_params(proj, TINY)
+    proj = make_project(tmp_path_factory.mktemp("bad-inputs"))
     # The champion only has to exist: the smallest run that makes one, with a gate that a loaded machine
     # cannot fail on latency (overrides apply to this run only; params.yaml keeps the tiny config).
     first = retrain(project_dir=str(proj), overrides=CHAMPION_RUN)

@@ -136,6 +136,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (RegistryError, VersioningError, TransientDownloadError) as err:
         return _fail(err, EXIT_BACKEND)
     minutes = (time.perf_counter() - started) / 60
+    if summary.version == summary.champion_version:
+        print(
+            f"\n{summary.model_name} v{summary.version} was already 'champion': this run reproduced it "
+            f"exactly (same data, parameters, base model and weights), so no new version was registered "
+            f"({minutes:.1f} min)."
+        )
+        return EXIT_OK
     print(
         f"\n{summary.model_name} v{summary.version} is now 'champion' (test accuracy "
         f"{summary.test_accuracy:.4f}; compared with "

@@ -312,6 +312,11 @@ def promote_task(
     approval: Approval | None = None,
 ) -> str:
     """Move `champion` to the new version, or raise GateRejected saying why and what stays in place."""
+    if version.version == decision.champion_version:
+        # Same data, params, base model and weights as the champion (registration is keyed on them): the
+        # run reproduced the champion exactly. Nothing to promote, and nothing went wrong.
+        log.info("v%s is already champion: this run reproduced it exactly", version.version)
+        return version.version
     if not decision.passed:
         raise GateRejected(rejection_message(decision, version.version))
     approval_record = approval.model_dump() if approval is not None else None

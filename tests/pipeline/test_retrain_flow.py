@@ -104,6 +104,12 @@ def test_first_run_promotes_then_a_failing_gate_keeps_the_champion(project: Path
     assert status["champion"]["metrics"]["test_accuracy"] == pytest.approx(first.test_accuracy)
     assert [v["version"] for v in status["versions"]] == ["1", "2"]
 
+    # Retraining with exactly v1's inputs reproduces v1's weights: no new version, and not a failure.
+    again = retrain(project_dir=str(project))
+    assert again.version == "1" and again.champion_version == "1"
+    assert [v.version for v in reg.list_versions(name)] == ["1", "2"]
+    assert reg.get_alias(name, "champion").version == "1"
+
 
 @pytest.mark.parametrize(
     ("corrupt", "expectation"),

@@ -90,11 +90,10 @@ def _quiet_prefect_shutdown() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tasks.download import ModelSourceError, TransientDownloadError
-    from tasks.drift import DriftBlocked
     from tasks.gate import GateRejected
     from tasks.prepare import DataSourceError
     from tasks.registry import RegistryError
-    from tasks.validate import DataValidationError
+    from tasks.reports import ReportedStop
     from tasks.versioning import VersioningError
 
     paths = ProjectPaths.at(args.project)
@@ -128,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(err, EXIT_BAD_INPUT)
     except (DataSourceError, ModelSourceError) as err:
         return _fail(err, EXIT_BAD_INPUT)
-    except (DataValidationError, DriftBlocked) as err:
+    except ReportedStop as err:  # data failed validation or drift blocked
         return _fail(err, EXIT_INVALID_DATA, "nothing was trained or registered")
     except GateRejected as err:
         print(f"\nnot promoted: {err}\nsee reports/gate.md", file=sys.stderr)

@@ -86,39 +86,31 @@ def cmd_data(args: argparse.Namespace) -> int:
     return handlers[args.data_command](args)
 
 
-def cmd_data_status(args: argparse.Namespace) -> int:
+def _answer(args: argparse.Namespace, compute: Callable[[], dict], show: Callable[[dict], None]) -> int:
+    """Run a data command: map errors to exit codes, print JSON or the readable form."""
     from tasks.registry import RegistryError
 
     try:
-        info = data_status(ProjectPaths.at(args.project))
+        info = compute()
     except (ConfigError, DataCommandError) as err:
         return _error(err, EXIT_BAD_INPUT)
     except RegistryError as err:
         return _error(err, EXIT_BACKEND)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
-        return EXIT_OK
-    _print_status(info)
+    else:
+        show(info)
     return EXIT_OK
+
+
+def cmd_data_status(args: argparse.Namespace) -> int:
+    return _answer(args, lambda: data_status(ProjectPaths.at(args.project)), _print_status)
 
 
 def cmd_data_diff(args: argparse.Namespace) -> int:
-    from tasks.registry import RegistryError
-
-    try:
-        info = data_diff(ProjectPaths.at(args.project), args.a, args.b)
-    except (ConfigError, DataCommandError) as err:
-        return _error(err, EXIT_BAD_INPUT)
-    except RegistryError as err:
-        return _error(err, EXIT_BACKEND)
-    if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
-        return EXIT_OK
-    _print_diff(info)
-    return EXIT_OK
+    return _answer(args, lambda: data_diff(ProjectPaths.at(args.project), args.a, args.b), _print_diff)
 
 
-# -- status ------------------------------------------------------------------------------------------------
 def data_status(paths: ProjectPaths) -> dict[str, Any]:
     """The current snapshot and the champion's dataset version, JSON-ready."""
     cfg = load_config(paths.params)

@@ -48,6 +48,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import Config, DriftConfig
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT
+from tasks.reports import ReportedStop
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -220,17 +221,10 @@ def _hints(report: DriftReport, where: str = "reports/drift/") -> list[str]:
     return hints
 
 
-class DriftBlocked(RuntimeError):
+class DriftBlocked(ReportedStop):
     """A check with policy ``block`` found drift; ``str(err)`` names each check and what to do."""
 
-    def __init__(self, report: DriftReport, report_dir: Path | None = None) -> None:
-        super().__init__(report.error_message(report_dir))
-        self.report = report
-        self.report_dir = report_dir
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Prefect pickles task exceptions; the default reduce would call __init__ with the message only.
-        return (type(self), (self.report, self.report_dir))
+    report: DriftReport
 
 
 # -- core -----------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Config, ConfigError, ValidateConfig, load_config
 from tasks.paths import SPLITS, ProjectPaths
+from tasks.reports import ReportedStop
 from tasks.runtime import configure_environment
 
 logger = logging.getLogger("transferline.validate")
@@ -166,17 +167,10 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(ReportedStop):
     """The prepared data failed the validation suite; ``str(err)`` says what failed and what to do."""
 
-    def __init__(self, report: ValidationReport, report_dir: Path | None = None) -> None:
-        super().__init__(report.error_message(report_dir))
-        self.report = report
-        self.report_dir = report_dir
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Prefect pickles task exceptions; the default reduce would call __init__ with the message only.
-        return (type(self), (self.report, self.report_dir))
+    report: ValidationReport
 
 
 # -- core -----------------------------------------------------------------------------------------------

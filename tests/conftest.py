@@ -104,3 +104,11 @@ def make_project(base: Path) -> Path:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)
+
+
+def cli(*argv: str) -> int:
+    """Run a `transferline` command in-process through the real parser; returns its exit code."""
+    from flows.cli import _parser
+
+    args = _parser().parse_args(list(argv))
+    return args._extra_handlers[args.command](args)

@@ -20,15 +20,7 @@ import yaml
 from flows.data_commands import add_commands
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.registry import Registry
-from tests.conftest import run, set_params
-
-
-def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="transferline")
-    sub = parser.add_subparsers(dest="command", required=True)
-    handlers = add_commands(sub)
-    args = parser.parse_args(list(argv))
-    return handlers[args.command](args)
+from tests.conftest import cli, run, set_params
 
 
 def repro_prepare(project: Path) -> str:

@@ -6,7 +6,6 @@ on a tmp project (params.yaml + mlflow.db, the default registry of Registry.for_
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -14,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.registry_commands import add_commands, restore_commands
+from flows.registry_commands import restore_commands
 from tasks.config import load_config
 from tasks.registry import Registry
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli
 
 MODEL = load_config(ROOT / "params.yaml").registry.model_name
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -87,14 +86,6 @@ def project(populated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     for name in ("params.yaml", "mlflow.db"):
         shutil.copy(populated / name, proj / name)
     return proj
-
-
-def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="transferline")
-    sub = parser.add_subparsers(dest="command", required=True)
-    handlers = add_commands(sub)
-    args = parser.parse_args(list(argv))
-    return handlers[args.command](args)
 
 
 def test_commands_fit_into_the_transferline_parser() -> None:

@@ -101,14 +101,24 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
+    strategy: Literal["head", "freeze", "full", "gradual", "lora"]
     epochs: int = Field(ge=1, le=100)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=1)
+    layer_lr_decay: float = Field(gt=0, le=1)
     weight_decay: float = Field(ge=0, le=1)
     warmup_ratio: float = Field(ge=0, lt=1)
     max_length: int = Field(ge=8, le=512)
     freeze_embeddings: bool
     freeze_layers: int = Field(ge=0)
+    unfreeze_every_steps: int = Field(ge=0)
+    cache_frozen: bool
+    lora_rank: int = Field(ge=1, le=1024)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    lora_target_modules: list[str] = Field(min_length=1)
+    early_stopping_patience: int = Field(ge=0)
+    checkpoint_every_steps: int = Field(ge=0)
     precision: Literal["auto", "fp32", "bf16"]
     device: Literal["auto", "cpu", "cuda"]
     num_threads: int = Field(ge=0)

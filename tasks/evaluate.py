@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import Config, ConfigError, load_config
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
-from tasks.runtime import configure_environment
+from tasks.runtime import configure_environment, stage_logging
 from tasks.train import METADATA_FILE, choose_device, choose_precision, encode, predict_logits, read_split
 
 log = logging.getLogger("transferline.evaluate")
@@ -264,7 +264,7 @@ def evaluate_task(
 def main() -> None:
     """DVC stage entry point: ``python -m tasks.evaluate`` from the project root."""
     configure_environment()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stage_logging()
     paths = ProjectPaths.at(".")
     try:
         result, _ = run_evaluate(paths, load_config(paths.params), read_split(paths, "test"))

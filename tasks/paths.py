@@ -94,10 +94,20 @@ class ProjectPaths:
     def challenger_dir(self) -> Path:
         return self.root / "models" / "challenger"
 
+    @property
+    def results_dir(self) -> Path:
+        """Evidence tables and plots of `transferline experiment` (committed: the README shows them)."""
+        return self.root / "docs" / "results"
+
     # -- local state, never versioned ------------------------------------------------------------------
     @property
     def model_cache(self) -> Path:
         return self.root / ".cache" / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Training checkpoints, one folder per run identity; removed once the run's model is saved."""
+        return self.root / ".cache" / "checkpoints"
 
     @property
     def registry_cache(self) -> Path:

@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import ConfigError, DataConfig, load_config
 from tasks.paths import SPLITS, ProjectPaths
-from tasks.runtime import configure_environment
+from tasks.runtime import configure_environment, stage_logging
 
 log = logging.getLogger("transferline.prepare")
 
@@ -542,7 +542,7 @@ def prepare_task(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
 def main() -> None:
     """DVC stage entry point: ``python -m tasks.prepare`` from the project root."""
     configure_environment()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stage_logging()
     paths = ProjectPaths.at(".")
     try:
         data = run_prepare(paths, load_config(paths.params).data)

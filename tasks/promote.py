@@ -126,8 +126,12 @@ def model_card(
         for label, m in ch.per_class.items()
     )
     frozen = (
-        f"embeddings {'frozen' if cfg.train.freeze_embeddings else 'trained'}, "
-        f"lowest {cfg.train.freeze_layers} encoder layer(s) frozen"
+        f"strategy `{trained.strategy}` ("
+        + ", ".join(
+            f"{block} {'adapted' if counts['trainable'] else 'frozen'}"
+            for block, counts in trained.layers.items()
+        )
+        + ")"
     )
     validation_line = (
         f"{'passed' if validation.success else 'FAILED'}: "

@@ -17,6 +17,7 @@ since stamps and records would then live in different places.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
@@ -118,9 +119,10 @@ class StepCache(CachePolicy):
         if folder is None or not isinstance(paths, ProjectPaths) or folder != paths.task_results:
             return None  # not bound to the project's results (see in_project): no caching
         assert self.parts is not None and self.outputs is not None
-        module = Path(inspect.getsourcefile(task_ctx.task.fn) or "")
+        module = Path(inspect.getsourcefile(inspect.unwrap(task_ctx.task.fn)) or "")
         identity = {"project": str(paths.root), "code": tree_sha256([module]), **self.parts(inputs)}
         key = f"{task_ctx.task.name}-" + hashlib.sha256(yaml.safe_dump(identity).encode()).hexdigest()
+        log.debug("cache key %s from %s", key, identity)
         record, stamp = folder / key, folder / f"{key}{STAMP_SUFFIX}"
         if record.exists():
             recorded = stamp.read_text() if stamp.is_file() else None
@@ -159,7 +161,9 @@ def in_project(paths: ProjectPaths, *steps: T) -> tuple[T, ...]:
     for step in steps:
         task = step.with_options(result_storage=paths.task_results)  # a Path: local storage, no saved block
         if isinstance(step.cache_policy, StepCache):
-            task.on_commit(step.cache_policy.stamp)
+            stamp = functools.partial(step.cache_policy.stamp)
+            stamp.log_on_run = False  # type: ignore[attr-defined]  # no "Running commit hook" line per step
+            task.on_commit(stamp)
         bound.append(task)
     return tuple(bound)
 

@@ -235,7 +235,8 @@ def test_ui_custom_run_from_a_real_browser(ops: Ops, capsys: pytest.CaptureFixtu
         try:
             page = browser.new_page()
             page.goto(f"{ui}/deployments")
-            page.get_by_role("row").filter(has_text="retrain").get_by_role("link", name="transferline").click()
+            row = page.get_by_role("row").filter(has_text="retrain")  # every flow has a "transferline"
+            row.get_by_role("link", name="transferline").click()
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run").click()
             epochs = page.locator(".p-label", has_text="epochs")  # the form's field for `epochs`

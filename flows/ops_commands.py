@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -194,7 +195,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         stop(paths, SERVER)
         return EXIT_BACKEND
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        # deploy() prints a table per deployment; the summary below says the same once
+        with temporary_settings(updates={PREFECT_API_URL: url}), contextlib.redirect_stdout(io.StringIO()):
             names = register(paths, ops)
     except (DeploymentError, OSError, RuntimeError, ValueError) as err:
         print(f"error: registering the deployments failed: {err}", file=sys.stderr)

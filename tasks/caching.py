@@ -119,8 +119,13 @@ class StepCache(CachePolicy):
         if folder is None or not isinstance(paths, ProjectPaths) or folder != paths.task_results:
             return None  # not bound to the project's results (see in_project): no caching
         assert self.parts is not None and self.outputs is not None
+        try:
+            parts = self.parts(inputs)
+        except Exception as err:  # e.g. a missing data source: the step itself reports it, uncached
+            log.debug("%s: not cached (%s)", task_ctx.task.name, err)
+            return None
         module = Path(inspect.getsourcefile(inspect.unwrap(task_ctx.task.fn)) or "")
-        identity = {"project": str(paths.root), "code": tree_sha256([module]), **self.parts(inputs)}
+        identity = {"project": str(paths.root), "code": tree_sha256([module]), **parts}
         key = f"{task_ctx.task.name}-" + hashlib.sha256(yaml.safe_dump(identity).encode()).hexdigest()
         log.debug("cache key %s from %s", key, identity)
         record, stamp = folder / key, folder / f"{key}{STAMP_SUFFIX}"

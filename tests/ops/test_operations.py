@@ -222,12 +222,36 @@ def test_data_watch_starts_a_retraining_only_for_new_data(ops: Ops):
     assert versions(ops.project) == ["1"]
 
 
+def retrain_runs() -> set[UUID]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(RETRAIN)
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+    return {run.id for run in runs}
+
+
+def wait_new_run(known: set[UUID], timeout: float = 60) -> UUID:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = retrain_runs() - known
+        if new:
+            (run_id,) = new
+            return run_id
+        time.sleep(0.5)
+    raise AssertionError("submitting the UI's run form created no flow run")
+
+
 def test_ui_custom_run_from_a_real_browser(ops: Ops, capsys: pytest.CaptureFixture):
     from playwright.sync_api import sync_playwright
 
     ui = ops.url.removesuffix("/api")
     OUTPUT.mkdir(exist_ok=True)
-    screenshot = OUTPUT / "prefect-ui-custom-run.png"
+    form_shot, run_shot = OUTPUT / "prefect-ui-custom-run-form.png", OUTPUT / "prefect-ui-custom-run.png"
+    known = retrain_runs()
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1000}
@@ -242,19 +266,19 @@ def test_ui_custom_run_from_a_real_browser(ops: Ops, capsys: pytest.CaptureFixtu
             epochs = page.locator(".p-label", has_text="epochs")  # the form's field for `epochs`
             epochs.get_by_role("button", name="int", exact=True).click()
             epochs.locator("input").fill("1")
+            page.screenshot(path=str(form_shot), full_page=True)
             page.get_by_role("button", name="Submit").click()
-            page.wait_for_url("**/runs/flow-run/**", timeout=60_000)
-            run_id = UUID(page.url.split("/runs/flow-run/", 1)[1].split("?")[0].strip("/"))
+            run_id = wait_new_run(known)
             run = wait_final(run_id)
-            page.reload()
+            page.goto(f"{ui}/runs/flow-run/{run_id}")
             page.get_by_text("Completed").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(screenshot), full_page=True)
+            page.screenshot(path=str(run_shot), full_page=True)
         finally:
             browser.close()
     with capsys.disabled():
-        print(f"\nscreenshot of the UI-started run: {screenshot}")
+        print(f"\nscreenshots of the UI-started run: {form_shot} {run_shot}")
     assert run.state.is_completed(), run.state
-    assert run.deployment_id is not None and run.parameters["epochs"] == 1
+    assert run.parameters.get("epochs") == 1, run.parameters
     # The form's epochs reached the flow: with them the inputs are exactly v1's, so nothing was trained.
     assert versions(ops.project) == ["1"] and "fine-tune" not in task_states(run_id)
 

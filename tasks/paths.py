@@ -114,6 +114,16 @@ class ProjectPaths:
         return self.root / ".cache" / "registry"
 
     @property
+    def task_results(self) -> Path:
+        """Prefect's persisted task results and cache records (tasks/caching.py); safe to delete."""
+        return self.root / ".cache" / "prefect-results"
+
+    @property
+    def prefect_home(self) -> Path:
+        """PREFECT_HOME of the local server `transferline up` starts: its SQLite database, PIDs, logs."""
+        return self.root / ".prefect"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 

@@ -34,9 +34,11 @@ def stage_logging() -> None:
     nothing; the project's own logger gets its own handler instead.
     """
     logger = logging.getLogger("transferline")
-    if not logger.handlers:
+    # Prefect may have given it an API handler already (PREFECT_LOGGING_EXTRA_LOGGERS): add the console.
+    if not any(getattr(h, "_transferline_console", False) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._transferline_console = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

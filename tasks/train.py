@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import Config, ConfigError, TrainConfig, load_config
 from tasks.download import BaseModelRef, load_base_ref
 from tasks.paths import SPLITS, ProjectPaths
@@ -601,7 +601,7 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
     return replace(result, model_dir=paths.challenger_dir)
 
 
-@task(name="fine-tune", cache_policy=NO_CACHE)
+@task(name="fine-tune", cache_policy=caching.TRAIN)
 def train_task(paths: ProjectPaths, cfg: Config, base: BaseModelRef) -> TrainResult:
     return run_train(paths, cfg, base)
 

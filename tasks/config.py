@@ -121,7 +121,7 @@ class TrainConfig(_Section):
     lora_target_modules: list[str] = Field(min_length=1)
     early_stopping_patience: int = Field(ge=0)
     checkpoint_every_steps: int = Field(ge=0)
-    precision: Literal["auto", "fp32", "bf16"]
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
     device: Literal["auto", "cpu", "cuda"]
     num_threads: int = Field(ge=0)
     seed: int

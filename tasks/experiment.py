@@ -247,6 +247,11 @@ def write_results(paths: ProjectPaths, results: list[ArmResult], context: dict[s
     out = paths.results_dir
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.json"]
+    # Running one part keeps the other part's latest results (tables of both stay consistent).
+    parts = {r.part for r in results}
+    if (out / "results.json").is_file():
+        earlier = json.loads((out / "results.json").read_text()).get("arms", [])
+        results = [ArmResult(**a) for a in earlier if a["part"] not in parts] + results
     (out / "results.json").write_text(
         json.dumps(
             {"context": context, "summary": summary(results), "arms": [r.to_dict() for r in results]},

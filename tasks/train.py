@@ -122,17 +122,20 @@ def choose_device(preference: str) -> torch.device:
 def choose_precision(preference: str, device: torch.device) -> str:
     import torch
 
+    if preference == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 or auto on a CPU)")
     if preference != "auto":
         return preference
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":  # older GPUs without bf16 get fp16 with loss scaling
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> Any:
     import torch
 
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 # -- model ---------------------------------------------------------------------------------------------
@@ -276,9 +279,14 @@ def fine_tune(
     from tasks import checkpoints, transfer
 
     started = time.perf_counter()
-    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+    # One thread per core, shared among the processes of this machine under torchrun.
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
     seed_everything(cfg.seed)
+    rank, world = init_distributed(cfg.device)
     device = choose_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     precision = choose_precision(cfg.precision, device)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -290,7 +298,8 @@ def fine_tune(
     y_val = torch.tensor([label_id[v] for v in validation[LABEL]], dtype=torch.long)
     pad_id = tokenizer.pad_token_id or 0
     lengths = [len(s) for s in x_train]
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    # Under torchrun each of `world` processes takes every world-th batch: the same number of steps each.
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size) // world or 1
 
     plan = transfer.make_plan(cfg, model, steps_per_epoch)
     if cfg.strategy == "lora":
@@ -337,7 +346,7 @@ def fine_tune(
             log.warning("ignoring checkpoint %s: it holds other parameters than this run trains", ckpt.path)
 
     def save_checkpoint() -> None:
-        if checkpoint_dir is None:
+        if checkpoint_dir is None or rank != 0:
             return
         tensors = {"weights": dict(adapting), "optimizer": {}, "rng": {"torch": torch.get_rng_state()}}
         opt = optimizer.state_dict()
@@ -354,13 +363,17 @@ def fine_tune(
         checkpoints.write(checkpoint_dir, state.global_step, tensors, meta)
 
     rng = random.Random(cfg.seed)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     log_every = max(1, steps_per_epoch // 4)
     clip = list(adapting.values())
+    # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a pass-through.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     frozen_now = -1
     while state.epoch <= cfg.epochs and not state.stopped_early:
         rng.setstate(_rng_tuple(state.epoch_rng))
         batches = length_grouped_batches(lengths, cfg.batch_size, rng)
+        if world > 1:
+            batches = batches[rank::world][:steps_per_epoch]
         transfer.set_modes(model, plan, state.global_step, training=True)
         t0 = time.perf_counter() - state.epoch_seconds
         bar = tqdm(
@@ -383,9 +396,13 @@ def fine_tune(
                     ids, mask = collate([x_train[i] for i in batch], pad_id)
                     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             loss = F.cross_entropy(logits.float(), y_train[batch].to(device))
-            loss.backward()
+            scaler.scale(loss).backward()
+            if world > 1:
+                _average_gradients(clip, world)
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(clip, 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step_in_epoch += 1
@@ -452,6 +469,42 @@ def fine_tune(
         history=[EpochStats(**h) for h in state.history],
     )
     return model, tokenizer, result
+
+
+def init_distributed(device_preference: str) -> tuple[int, int]:
+    """(rank, world size): under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) join the process group.
+
+    nccl on GPUs, gloo on CPUs, so the same code path runs (and is tested) on a CPU-only machine.
+    """
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = device_preference != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    if rank == 0:
+        log.info("data parallel over %d processes (effective batch = %d x batch_size)", world, world)
+    return rank, world
+
+
+def _average_gradients(params: list[Any], world: int) -> None:
+    """All-reduce the gradients: every process then takes the same optimiser step on the same weights.
+
+    Explicit rather than DistributedDataParallel's hooks so it also covers the cached path (which calls
+    submodules directly), gradual unfreezing and LoRA without special cases.
+    """
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
 
 
 def _rng_state(rng: random.Random) -> list[Any]:
@@ -596,8 +649,9 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
         "training": {k: v for k, v in asdict(result).items() if k not in ("model_dir", "history")},
         "history": [asdict(h) for h in result.history],
     }
-    save_model(model, tokenizer, paths.challenger_dir, metadata)
-    checkpoints.clear(checkpoint_dir)  # the model is saved: nothing left to resume
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process holds the same weights
+        save_model(model, tokenizer, paths.challenger_dir, metadata)
+        checkpoints.clear(checkpoint_dir)  # the model is saved: nothing left to resume
     return replace(result, model_dir=paths.challenger_dir)
 
 

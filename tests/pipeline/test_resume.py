@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tasks.paths import ProjectPaths
 from tests.conftest import make_project, run, set_params
 
@@ -35,12 +37,21 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_killed_training_resumes_from_last_intact_checkpoint_and_matches_an_uninterrupted_run(tmp_path):
-    project = make_project(tmp_path)
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny project with its data prepared and the base model in place (the stages before train)."""
+    project = make_project(tmp_path_factory.mktemp("resume"))
     set_params(project, {"train.checkpoint_every_steps": EVERY})
-    paths = ProjectPaths.at(project)
     stage(project, "prepare")
     stage(project, "download")
+    return project
+
+
+def test_killed_training_resumes_from_last_intact_checkpoint_and_matches_an_uninterrupted_run(
+    prepared, tmp_path
+):
+    project = prepared
+    paths = ProjectPaths.at(project)
 
     log = (tmp_path / "killed.log").open("w")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -79,3 +90,24 @@ def test_killed_training_resumes_from_last_intact_checkpoint_and_matches_an_unin
     uninterrupted = stage(project, "train")
     assert "resumed" not in uninterrupted.stdout + uninterrupted.stderr
     assert sha256(paths.challenger_dir / "model.safetensors") == resumed_weights
+
+
+def test_torchrun_data_parallel_runs_the_same_loop_on_cpu(prepared):
+    """Two processes under torchrun (gloo on CPU): the multi-GPU path, exercised without a GPU."""
+    paths = ProjectPaths.at(prepared)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "tasks.train",
+    ]
+    done = run(cmd, prepared)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "data parallel over 2 processes" in done.stdout + done.stderr
+    meta = json.loads((paths.challenger_dir / "transferline.json").read_text())
+    assert meta["training"]["steps"] == 3 * (17 // 2)  # each process: every other batch of 17, 3 epochs
+    assert not any(paths.checkpoints_dir.iterdir())

@@ -8,7 +8,6 @@ loaded. Tensors are stored as safetensors: loading a checkpoint never unpickles 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks import faults
+from tasks.prepare import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -36,14 +36,6 @@ class Checkpoint:
     step: int
     tensors: dict[str, dict[str, torch.Tensor]]  # group name (e.g. "weights", "optimizer") -> tensors
     state: dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -75,7 +67,7 @@ def write(
     files = {}
     for path in sorted(tmp.iterdir()):
         _fsync(path)
-        files[path.name] = _sha256(path)
+        files[path.name] = file_sha256(path)
     marker = tmp / MARKER
     marker.write_text(json.dumps({"step": step, "files": files}, sort_keys=True))
     _fsync(marker)
@@ -102,7 +94,7 @@ def verify(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != expected:
+        if file_sha256(path) != expected:
             return f"{name} does not match its recorded sha256"
     return None
 

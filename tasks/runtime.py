@@ -15,6 +15,7 @@ _ENV_DEFAULTS = {
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",  # `dvc init` would otherwise spawn an analytics daemon that cannot connect
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DISABLE_MLFLOW_INTEGRATION": "TRUE",  # transformers must not open MLflow runs of its own
     "TOKENIZERS_PARALLELISM": "false",  # avoid fork warnings from the Rust tokenizer

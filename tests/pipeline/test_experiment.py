@@ -10,7 +10,7 @@ from tests.conftest import cli
 
 def test_experiment_writes_tables_plots_and_an_mlflow_run(project, capsys, prefect_server):
     code = cli(
-        "experiment", "--project", str(project), "--sizes", "40", "--strategies", "head,lora",
+        "experiment", "--project", str(project), "--sizes", "20", "--strategies", "head,lora",
         "--set", "train.epochs=1", "--set", "data.max_rows=200",
     )  # fmt: skip
     out = capsys.readouterr().out
@@ -23,17 +23,17 @@ def test_experiment_writes_tables_plots_and_an_mlflow_run(project, capsys, prefe
     paths = ProjectPaths.at(project)
     results = json.loads((paths.results_dir / "results.json").read_text())
     arms = {a["name"]: a for a in results["arms"]}
-    assert set(arms) == {"pretrained@40", "scratch@40", "head", "lora"}
-    assert arms["pretrained@40"]["train_rows"] == 40 and arms["head"]["train_rows"] > 100
-    assert arms["pretrained@40"]["epochs"] == 20  # 3 steps an epoch at batch 16: stretched to 60 steps
+    assert set(arms) == {"pretrained@20", "scratch@20", "head", "lora"}
+    assert arms["pretrained@20"]["train_rows"] == 20 and arms["head"]["train_rows"] > 100
+    assert arms["pretrained@20"]["epochs"] == 30  # 2 steps an epoch at batch 16: stretched to 60 steps
     assert (
         arms["head"]["trainable_params"]
         < arms["lora"]["trainable_params"]
-        < arms["scratch@40"]["trainable_params"]
+        < arms["scratch@20"]["trainable_params"]
     )
     for name in ("learning_curve.md", "learning_curve.png", "strategies.md", "strategies.png"):
         assert (paths.results_dir / name).stat().st_size > 0
-    assert "| 40 |" in (paths.results_dir / "learning_curve.md").read_text()
+    assert "| 20 |" in (paths.results_dir / "learning_curve.md").read_text()
     assert "| lora |" in out and "| head |" in out
 
     from mlflow import MlflowClient

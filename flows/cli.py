@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flows.data_commands import add_commands as add_data_commands
 from flows.registry_commands import add_commands
+from flows.serve_commands import add_commands as add_serve_commands
 from tasks.config import ConfigError, describe_params, load_config, parse_overrides
 from tasks.paths import ProjectPaths
 from tasks.runtime import configure_environment
@@ -77,7 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("flow_run_id", help="the paused flow run's id (printed by the run, shown in the UI)")
     approve.add_argument("--reject", action="store_true", help="reject instead of approving")
     approve.add_argument("--comment", default="", help="recorded with the decision in the alias ledger")
-    parser.set_defaults(_extra_handlers={**add_commands(sub), **add_data_commands(sub)})
+    parser.set_defaults(
+        _extra_handlers={**add_commands(sub), **add_data_commands(sub), **add_serve_commands(sub)}
+    )
     return parser
 
 

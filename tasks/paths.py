@@ -104,6 +104,12 @@ class ProjectPaths:
         return self.root / ".cache" / "registry"
 
     @property
+    def serving_cache(self) -> Path:
+        """Versions downloaded by `transferline serve` / batch-predict (apart from the flow's copies, so a
+        version refused by verification can be deleted without touching a running flow's files)."""
+        return self.root / ".cache" / "serving"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
 

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.config import load_config
 from tasks.paths import ProjectPaths
 from tasks.registry import CHAMPION, Registry
-from tasks.scoring import default_output, file_format, load_model_task, score_file_task
+from tasks.scoring import default_output, file_format, load_model_task, read_input_task, score_file_task
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,10 @@ def batch_predict(
     target = Path(output_path) if output_path else default_output(source)
     if not target.is_absolute():
         target = paths.root / target
-    file_format(source)  # bad formats fail before the model is downloaded
     file_format(target)
+    rows = read_input_task(source, text_column)  # bad input fails before any model is downloaded
     model = load_model_task(Registry.for_project(paths), cfg, paths, alias)
-    result = score_file_task(model, source, target, text_column, cfg.evaluate.batch_size)
+    result = score_file_task(model, rows, target, text_column, cfg.evaluate.batch_size)
     create_markdown_artifact(
         key="batch-predict",
         markdown=f"# Batch predictions\n\n{result.rows} rows of `{source}` scored by {result.model} "

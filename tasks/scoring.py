@@ -8,6 +8,8 @@ so any prediction file can be traced to the exact model and data that produced i
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
@@ -64,19 +66,28 @@ def default_output(input_path: Path) -> Path:
     return input_path.with_name(f"{input_path.stem}.predictions{input_path.suffix}")
 
 
-def read_table(path: Path, text_column: str) -> pd.DataFrame:
-    """The input rows; raises ScoringInputError when the file or the text column is unusable."""
+@dataclass(frozen=True)
+class ScoringInput:
+    path: Path
+    frame: pd.DataFrame
+    sha256: str  # of exactly the bytes that were parsed
+
+
+def read_table(path: Path, text_column: str) -> ScoringInput:
+    """The input rows and the sha256 of the bytes they were parsed from; raises ScoringInputError when
+    the file or the text column is unusable."""
     if not path.is_file():
         raise ScoringInputError(f"{path}: no such file")
     fmt = file_format(path)
+    data = path.read_bytes()
     try:
         if fmt == ".csv":
-            frame = pd.read_csv(path, keep_default_na=False, dtype={text_column: str})
+            frame = pd.read_csv(io.BytesIO(data), keep_default_na=False, dtype={text_column: str})
         elif fmt == ".parquet":
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(io.BytesIO(data))
         else:
-            frame = pd.read_json(path, lines=True, dtype={text_column: str})
-    except (ValueError, OSError) as err:  # pandas' parser errors are ValueErrors
+            frame = pd.read_json(io.BytesIO(data), lines=True, dtype={text_column: str})
+    except (ValueError, OSError) as err:  # pandas' and pyarrow's parser errors
         raise ScoringInputError(f"{path}: cannot be read as {fmt[1:]}: {err}") from None
     if text_column not in frame.columns:
         raise ScoringInputError(
@@ -89,7 +100,9 @@ def read_table(path: Path, text_column: str) -> pd.DataFrame:
         raise ScoringInputError(
             f"{path}: {len(bad)} row(s) of {text_column!r} are empty or not text (rows {rows})"
         )
-    return frame
+    if frame.empty:
+        raise ScoringInputError(f"{path}: no rows to score")
+    return ScoringInput(path, frame, hashlib.sha256(data).hexdigest())
 
 
 def score_frame(
@@ -141,15 +154,19 @@ def load_model_task(
     return model
 
 
+@task(name="read-input", cache_policy=NO_CACHE)
+def read_input_task(input_path: Path, text_column: str) -> ScoringInput:
+    """Read and check the input before any model is downloaded: bad input fails fast."""
+    return read_table(input_path, text_column)
+
+
 @task(name="score-file", cache_policy=NO_CACHE)
 def score_file_task(
-    model: LoadedModel, input_path: Path, output_path: Path, text_column: str, batch_size: int
+    model: LoadedModel, source: ScoringInput, output_path: Path, text_column: str, batch_size: int
 ) -> ScoringResult:
-    """Score input_path into output_path and write the JSON sidecar beside it."""
+    """Score the input rows into output_path and write the JSON sidecar beside it."""
     started = time.perf_counter()
-    input_sha256 = file_sha256(input_path)
-    frame = read_table(input_path, text_column)
-    scored = score_frame(model, frame, text_column, batch_size, input_sha256)
+    scored = score_frame(model, source.frame, text_column, batch_size, source.sha256)
     write_table(scored, output_path)
     seconds = time.perf_counter() - started
     result = ScoringResult(
@@ -159,12 +176,12 @@ def score_file_task(
         model=model.name,
         version=model.version,
         weights_sha256=model.weights_sha256,
-        input_sha256=input_sha256,
+        input_sha256=source.sha256,
         seconds=seconds,
     )
     record = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
-        "input": str(input_path),
+        "input": str(source.path),
         "text_column": text_column,
         "run_id": model.run_id,
         "labels": list(model.labels),
@@ -173,10 +190,6 @@ def score_file_task(
     result.sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log.info(
         "scored %d rows of %s with v%s in %.1f s -> %s",
-        result.rows,
-        input_path,
-        model.version,
-        seconds,
-        output_path,
-    )
+        result.rows, source.path, model.version, seconds, output_path,
+    )  # fmt: skip
     return result

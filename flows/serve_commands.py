@@ -130,13 +130,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_batch_predict(args: argparse.Namespace) -> int:
     from flows.cli import _quiet_prefect_shutdown
     from tasks.registry import RegistryError
-    from tasks.scoring import ScoringInputError
+    from tasks.scoring import ScoringInputError, default_output, file_format
     from tasks.serve import VerificationError
 
     paths = ProjectPaths.at(args.project)
     try:
         load_config(paths.params)
-    except ConfigError as err:
+        file_format(args.input)  # an unknown format is refused before a flow run starts
+        file_format(args.output or default_output(args.input))
+    except (ConfigError, ScoringInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _quiet_prefect_shutdown()

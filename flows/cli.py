@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 from flows.data_commands import add_commands as add_data_commands
+from flows.experiment_commands import add_commands as add_experiment_commands
+from flows.ops_commands import add_commands as add_ops_commands
 from flows.registry_commands import add_commands
 from flows.serve_commands import add_commands as add_serve_commands
 from tasks.config import ConfigError, describe_params, load_config, parse_overrides
@@ -79,7 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--reject", action="store_true", help="reject instead of approving")
     approve.add_argument("--comment", default="", help="recorded with the decision in the alias ledger")
     parser.set_defaults(
-        _extra_handlers={**add_commands(sub), **add_data_commands(sub), **add_serve_commands(sub)}
+        _extra_handlers={
+            **add_commands(sub),
+            **add_data_commands(sub),
+            **add_experiment_commands(sub),
+            **add_ops_commands(sub),
+            **add_serve_commands(sub),
+        }
     )
     return parser
 

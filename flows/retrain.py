@@ -1,19 +1,23 @@
 """The retraining flow: validate -> download -> drift -> fine-tune -> evaluate -> gate -> promote.
 
 It only composes the stage tasks of tasks/ (the same functions dvc.yaml runs) and records the result:
-DVC for data and weights, MLflow for the run and the model version. Runs in Prefect's ephemeral mode by
-default, or against a server when PREFECT_API_URL is set.
+DVC for data and weights, MLflow for the run and the model version. Steps whose inputs did not change are
+skipped (Prefect cache policies, tasks/caching.py), and a run whose inputs are exactly those the champion
+was trained on stops right after preparing the data. Runs in Prefect's ephemeral mode by default, against
+a server when PREFECT_API_URL is set, or as the `retrain/transferline` deployment (flows/deployments.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
-from tasks.config import load_config
+from tasks.caching import code_sha256, in_project
+from tasks.config import ConfigError, load_config
 from tasks.download import download_task
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
@@ -21,17 +25,46 @@ from tasks.gate import gate_task
 from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_task
 from tasks.promote import (
+    Champion,
     champion_task,
     lineage_tags,
     model_card_task,
     promote_task,
     register_task,
     request_approval,
+    run_inputs,
 )
 from tasks.registry import Registry
-from tasks.train import train_task
+from tasks.train import data_sha256, train_task
 from tasks.validate import validate_task
 from tasks.versioning import PIPELINE_STAGES, commit_task, git_commit, push_task
+
+Strategy = Literal["head", "freeze", "full", "gradual", "lora"]
+GateMode = Literal["superiority", "non_inferiority"]
+
+# The flow's typed parameters (the Prefect UI's run form) and the params.yaml key each one sets.
+FORM_KEYS = {
+    "data_source": "data.source",
+    "base_model": "model.source",
+    "strategy": "train.strategy",
+    "epochs": "train.epochs",
+    "gate_mode": "gate.mode",
+}
+
+
+def run_overrides(overrides: dict[str, Any] | None, **form: Any) -> dict[str, Any]:
+    """Merge the form's typed parameters (None = as in params.yaml) into the dotted-key overrides."""
+    merged = dict(overrides or {})
+    for name, value in form.items():
+        if value is None:
+            continue
+        key = FORM_KEYS[name]
+        if key in merged and merged[key] != value:
+            raise ConfigError(
+                f"{name}={value!r} and overrides[{key!r}]={merged[key]!r} disagree: set the key in one place"
+            )
+        merged[key] = value
+    return merged
 
 
 @dataclass(frozen=True)
@@ -46,37 +79,64 @@ class RunSummary:
 
 
 @flow(name="retrain", description=__doc__)
-def retrain(project_dir: str = ".", overrides: dict[str, Any] | None = None) -> RunSummary:
-    """One retraining run of the project in `project_dir`.
+def retrain(
+    project_dir: str = ".",
+    overrides: dict[str, Any] | None = None,
+    data_source: str | None = None,
+    base_model: str | None = None,
+    strategy: Strategy | None = None,
+    epochs: Annotated[int | None, Field(ge=1, le=100)] = None,
+    gate_mode: GateMode | None = None,
+) -> RunSummary:
+    """One retraining run of the project in `project_dir`. Empty fields keep the value of params.yaml.
 
     Args:
         project_dir: folder holding params.yaml and dvc.yaml.
-        overrides: dotted params.yaml keys to change for this run, e.g. {"train.epochs": 1}.
+        overrides: any other params.yaml keys to change for this run, dotted, e.g. {"train.batch_size": 16}.
+        data_source: dataset (data.source): sample://rotten-tomatoes, a path or file:// URI to a .csv,
+            .parquet or .jsonl file, or hf-dataset://.
+        base_model: pretrained model (model.source): package://DIST, file:///abs/dir or
+            hf://org/name@revision.
+        strategy: transfer-learning strategy (train.strategy): head, freeze, full, gradual or lora.
+        epochs: passes over the training split (train.epochs).
+        gate_mode: promotion rule (gate.mode): superiority (must beat the champion significantly) or
+            non_inferiority (may not be worse by more than gate.margin).
     """
     paths = ProjectPaths.at(project_dir)
-    cfg = load_config(paths.params, overrides)
+    form = {"data_source": data_source, "base_model": base_model, "strategy": strategy}
+    cfg = load_config(paths.params, run_overrides(overrides, **form, epochs=epochs, gate_mode=gate_mode))
     registry = Registry.for_project(paths)
+    # Steps whose inputs did not change since a previous run are skipped (tasks/caching.py).
+    prepare, commit, validate, drift, train, evaluate, gate = in_project(
+        paths, prepare_task, commit_task, validate_task, drift_task, train_task, evaluate_task, gate_task
+    )
 
-    prepare_task(paths, cfg.data)
-    commit_task(paths, cfg, ("prepare",))  # the snapshot is versioned even if validation rejects it
-    champion = champion_task(registry, cfg, paths)
-    reference = champion.reference() if champion else None  # new data must resemble the champion's
-    validation = validate_task(paths, cfg, reference)
+    prepared = prepare(paths, cfg.data)
+    commit(paths, cfg, ("prepare",))  # the snapshot is versioned even if validation rejects it
     base = download_task(paths, cfg.model)
-    drift_task(paths, cfg, reference, base.path)  # raises DriftBlocked when a `block` check drifted
-    trained = train_task(paths, cfg, base)
-    evaluation = evaluate_task(
+    champion = champion_task(registry, cfg, paths)
+    code = code_sha256()
+    if champion is not None and champion.trained_on(run_inputs(cfg, data_sha256(paths), base, code)):
+        return _reproduced(cfg.registry.model_name, champion)  # same data, params, model and code
+    reference = champion.reference() if champion else None  # new data must resemble the champion's
+    validation = validate(paths, cfg, reference)
+    drift(paths, cfg, reference, base.path)  # raises DriftBlocked when a `block` check drifted
+    trained = train(paths, cfg, base)
+    evaluation = evaluate(
         paths,
         cfg,
         champion.model_dir if champion else None,
         champion.version if champion else None,
         champion.retention_file if champion else None,
     )
-    decision = gate_task(paths, evaluation, cfg.gate)
-    hashes = commit_task(paths, cfg, PIPELINE_STAGES)
+    decision = gate(paths, evaluation, cfg.gate)
+    hashes = commit(paths, cfg, PIPELINE_STAGES)
     push_task(paths)  # data and weights reach the remote before any version points at them
     flow_run_id = str(runtime.flow_run.id or "")
-    tags = lineage_tags(cfg, hashes, base, trained, git_commit(paths.root), flow_run_id or "local")
+    tags = lineage_tags(
+        cfg, hashes, base, trained, git_commit(paths.root), flow_run_id or "local",
+        code_sha256=code, source_sha256=prepared.source_sha256,
+    )  # fmt: skip
     version = register_task(registry, cfg, paths, evaluation, decision, trained, tags)
     model_card_task(registry, cfg, version, tags, evaluation, decision, validation, trained)
     report = _summary_markdown(cfg.registry.model_name, version.version, decision.passed, evaluation, tags)
@@ -92,6 +152,26 @@ def retrain(project_dir: str = ".", overrides: dict[str, Any] | None = None) -> 
         test_accuracy=evaluation.challenger.accuracy,
         champion_version=evaluation.champion_version,
         data_hash=tags["data_hash"],
+        report=report,
+    )
+
+
+def _reproduced(name: str, champion: Champion) -> RunSummary:
+    keys = ("data_sha256", "params_hash", "code_sha256")
+    ids = ", ".join(f"{key} `{champion.tags[key][:12]}`" for key in keys)
+    report = (
+        f"# {name}: nothing to do\n\nThe champion v{champion.version} was trained on exactly these inputs "
+        f"({ids}, base model `{champion.tags['base_model_sha256'][:12]}`): a run would reproduce it. "
+        "Nothing was trained and no version was registered.\n"
+    )
+    create_markdown_artifact(markdown=report, key="retrain-summary", description="Retraining run summary")
+    return RunSummary(
+        model_name=name,
+        version=champion.version,
+        promoted=True,
+        test_accuracy=champion.test_accuracy if champion.test_accuracy is not None else float("nan"),
+        champion_version=champion.version,
+        data_hash=champion.tags.get("data_hash", ""),
         report=report,
     )
 

@@ -10,8 +10,10 @@ import contextlib
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -101,15 +103,25 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
+    strategy: Literal["head", "freeze", "full", "gradual", "lora"]
     epochs: int = Field(ge=1, le=100)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=1)
+    layer_lr_decay: float = Field(gt=0, le=1)
     weight_decay: float = Field(ge=0, le=1)
     warmup_ratio: float = Field(ge=0, lt=1)
     max_length: int = Field(ge=8, le=512)
     freeze_embeddings: bool
     freeze_layers: int = Field(ge=0)
-    precision: Literal["auto", "fp32", "bf16"]
+    unfreeze_every_steps: int = Field(ge=0)
+    cache_frozen: bool
+    lora_rank: int = Field(ge=1, le=1024)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    lora_target_modules: list[str] = Field(min_length=1)
+    early_stopping_patience: int = Field(ge=0)
+    checkpoint_every_steps: int = Field(ge=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
     device: Literal["auto", "cpu", "cuda"]
     num_threads: int = Field(ge=0)
     seed: int
@@ -143,6 +155,41 @@ class RegistryConfig(_Section):
     experiment: str = Field(min_length=1)
 
 
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
+
+
+class OpsConfig(_Section):
+    """How the pipeline is operated (schedule, worker, server); never changes what a run produces."""
+
+    schedule: str = Field(min_length=1)
+    timezone: str = Field(min_length=1)
+    work_pool: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data_watch_interval_s: int = Field(ge=10, le=7 * 24 * 3600)
+    port: int = Field(ge=1024, le=65535)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. UTC, Europe/Paris)") from None
+        return value
+
+
+# Sections that decide what a run produces: the params hash recorded on every version covers these.
+# `ops` is left out: moving the schedule or the port must not make an identical model look new.
+OPERATIONS_SECTIONS = ("ops",)
+
+
 class Config(_Section):
     """The whole of params.yaml. Each stage receives only the sections it reads."""
 
@@ -155,6 +202,7 @@ class Config(_Section):
     gate: GateConfig
     promote: PromoteConfig
     registry: RegistryConfig
+    ops: OpsConfig
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -162,9 +210,9 @@ class Config(_Section):
         return self.model_dump(mode="json", by_alias=True)
 
     def digest(self, *sections: str) -> str:
-        """sha256 of the named sections (all when none named): the params hash recorded on versions."""
+        """sha256 of the named sections (when none named: all but `ops`): the params hash on versions."""
         full = self.to_dict()
-        picked = {k: full[k] for k in (sections or tuple(full))}
+        picked = {k: full[k] for k in (sections or tuple(k for k in full if k not in OPERATIONS_SECTIONS))}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 

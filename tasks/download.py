@@ -34,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import ConfigError, ModelConfig, load_config
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
-from tasks.runtime import configure_environment, retry_on
+from tasks.runtime import configure_environment, retry_on, stage_logging
 
 log = logging.getLogger("transferline.download")
 
@@ -232,7 +232,7 @@ def download_task(paths: ProjectPaths, cfg: ModelConfig) -> BaseModelRef:
 def main() -> None:
     """DVC stage entry point: ``python -m tasks.download`` from the project root."""
     configure_environment()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stage_logging()
     paths = ProjectPaths.at(".")
     try:
         model = run_download(paths, load_config(paths.params).model)

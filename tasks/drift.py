@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import Config, DriftConfig
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT
@@ -603,7 +603,7 @@ def run_drift(
     return report
 
 
-@task(name="drift", cache_policy=NO_CACHE)
+@task(name="drift", cache_policy=caching.DRIFT)
 def drift_task(
     paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | None, encoder_dir: Path | None
 ) -> DriftReport | None:

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import Config, ConfigError, load_config
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
-from tasks.runtime import configure_environment
+from tasks.runtime import configure_environment, stage_logging
 from tasks.train import METADATA_FILE, choose_device, choose_precision, encode, predict_logits, read_split
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def _retention(
     )
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=caching.EVALUATE)
 def evaluate_task(
     paths: ProjectPaths,
     cfg: Config,
@@ -271,7 +271,7 @@ def evaluate_task(
 def main() -> None:
     """DVC stage entry point: ``python -m tasks.evaluate`` from the project root."""
     configure_environment()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stage_logging()
     paths = ProjectPaths.at(".")
     try:
         result, _ = run_evaluate(paths, load_config(paths.params), read_split(paths, "test"))

@@ -26,8 +26,8 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import GateConfig
 from tasks.evaluate import Budgets, EvalResult, Evaluation, Retention
 from tasks.paths import ProjectPaths
@@ -424,7 +424,7 @@ def rejection_message(decision: Decision, version: str | None) -> str:
     )
 
 
-@task(name="gate", cache_policy=NO_CACHE)
+@task(name="gate", cache_policy=caching.GATE)
 def gate_task(paths: ProjectPaths, evaluation: Evaluation, policy: GateConfig) -> Decision:
     """Decide, write reports/gate.md and publish it as a Prefect artifact; never raises on a failed gate
     (the version is registered as a challenger first; promote_task raises)."""

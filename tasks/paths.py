@@ -94,10 +94,20 @@ class ProjectPaths:
     def challenger_dir(self) -> Path:
         return self.root / "models" / "challenger"
 
+    @property
+    def results_dir(self) -> Path:
+        """Evidence tables and plots of `transferline experiment` (committed: the README shows them)."""
+        return self.root / "docs" / "results"
+
     # -- local state, never versioned ------------------------------------------------------------------
     @property
     def model_cache(self) -> Path:
         return self.root / ".cache" / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Training checkpoints, one folder per run identity; removed once the run's model is saved."""
+        return self.root / ".cache" / "checkpoints"
 
     @property
     def registry_cache(self) -> Path:
@@ -108,6 +118,16 @@ class ProjectPaths:
         """Versions downloaded by `transferline serve` / batch-predict (apart from the flow's copies, so a
         version refused by verification can be deleted without touching a running flow's files)."""
         return self.root / ".cache" / "serving"
+
+    @property
+    def task_results(self) -> Path:
+        """Prefect's persisted task results and cache records (tasks/caching.py); safe to delete."""
+        return self.root / ".cache" / "prefect-results"
+
+    @property
+    def prefect_home(self) -> Path:
+        """PREFECT_HOME of the local server `transferline up` starts: its SQLite database, PIDs, logs."""
+        return self.root / ".prefect"
 
     @property
     def mlflow_db(self) -> Path:

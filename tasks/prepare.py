@@ -29,11 +29,11 @@ from urllib.parse import urlparse
 import pandas as pd
 import yaml
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import ConfigError, DataConfig, load_config
 from tasks.paths import SPLITS, ProjectPaths
-from tasks.runtime import configure_environment
+from tasks.runtime import configure_environment, stage_logging
 
 log = logging.getLogger("transferline.prepare")
 
@@ -527,6 +527,17 @@ def run_prepare(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
     return data
 
 
+def source_sha256(source: str, root: Path) -> str:
+    """The identity of ``data.source`` that run_prepare records as ``source_sha256``, without preparing:
+    the file's sha256, or a Hub dataset's commit SHA / a saved dataset folder's hash (these load it)."""
+    if source.startswith(HF_DATASET):
+        return read_hf_dataset(source)[1]
+    path, _ = resolve_source(source, root)
+    if not path.is_file():
+        read_table(path, str(path))  # raises the DataSourceError that says what is missing and what to do
+    return file_sha256(path)
+
+
 def _display_name(paths: ProjectPaths, path: Path, source: str) -> str:
     """The source as messages show it: relative to the project when inside it (what `dvc add` takes)."""
     if source.startswith("sample://"):
@@ -534,7 +545,7 @@ def _display_name(paths: ProjectPaths, path: Path, source: str) -> str:
     return str(paths.display(path.resolve()))
 
 
-@task(name="prepare", cache_policy=NO_CACHE)
+@task(name="prepare", cache_policy=caching.PREPARE)
 def prepare_task(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
     return run_prepare(paths, cfg)
 
@@ -542,7 +553,7 @@ def prepare_task(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
 def main() -> None:
     """DVC stage entry point: ``python -m tasks.prepare`` from the project root."""
     configure_environment()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stage_logging()
     paths = ProjectPaths.at(".")
     try:
         data = run_prepare(paths, load_config(paths.params).data)

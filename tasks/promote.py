@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -55,6 +55,13 @@ class Champion:
     version: str
     model_dir: Path
     data_dir: Path | None  # the champion's prepared snapshot (train/validation/test), if its run logged it
+    tags: dict[str, str] = field(default_factory=dict)  # its lineage tags (see lineage_tags)
+    test_accuracy: float | None = None
+
+    def trained_on(self, inputs: dict[str, str]) -> bool:
+        """True when this champion was trained on exactly these inputs (see run_inputs): a run with them
+        would reproduce it, so there is nothing to validate, train, evaluate or promote."""
+        return all(self.tags.get(key) == value for key, value in inputs.items())
 
     @property
     def retention_file(self) -> Path | None:
@@ -93,8 +100,26 @@ def model_files_sha256(model_dir: Path) -> dict[str, str]:
     }
 
 
+def run_inputs(cfg: Config, data_sha256: str, base: BaseModelRef, code_sha256: str) -> dict[str, str]:
+    """Everything a training result depends on, under the names of the version tags that record them."""
+    return {
+        "data_sha256": data_sha256,  # the prepared split files
+        "params_hash": cfg.digest(),
+        "base_model_sha256": base.sha256,
+        "code_sha256": code_sha256,  # the pipeline's stage code (tasks/)
+    }
+
+
 def lineage_tags(
-    cfg: Config, hashes: dict[str, str], base: BaseModelRef, trained: TrainResult, git: str, flow_run: str
+    cfg: Config,
+    hashes: dict[str, str],
+    base: BaseModelRef,
+    trained: TrainResult,
+    git: str,
+    flow_run: str,
+    *,
+    code_sha256: str,
+    source_sha256: str,
 ) -> dict[str, str]:
     """What a version must carry to be reproduced: data, params, code and base-model identity."""
     meta = json.loads((trained.model_dir / METADATA_FILE).read_text())
@@ -113,6 +138,8 @@ def lineage_tags(
         "base_model_revision": base.revision,
         "base_model_sha256": base.sha256,
         "data_source": cfg.data.source,
+        "data_source_sha256": source_sha256,  # what the data-watch deployment compares new data with
+        "code_sha256": code_sha256,
         "prefect_flow_run_id": flow_run,
     }
     # Same data, params, base model and weights => the same version, whatever run produced it.
@@ -137,8 +164,12 @@ def model_card(
         for label, m in ch.per_class.items()
     )
     frozen = (
-        f"embeddings {'frozen' if cfg.train.freeze_embeddings else 'trained'}, "
-        f"lowest {cfg.train.freeze_layers} encoder layer(s) frozen"
+        f"strategy `{trained.strategy}` ("
+        + ", ".join(
+            f"{block} {'adapted' if counts['trainable'] else 'frozen'}"
+            for block, counts in trained.layers.items()
+        )
+        + ")"
     )
     validation_line = (
         f"{'passed' if validation.success else 'FAILED'}: "
@@ -200,7 +231,7 @@ def champion_task(registry: Registry, cfg: Config, paths: ProjectPaths) -> Champ
             data_dir = registry.download_run_artifact(info.run_id, PREPARED_ARTIFACT, dest / "data")
         except RegistryError as err:  # a champion logged without its data: the gate and drift say so
             log.warning("champion v%s has no logged data snapshot (%s)", info.version, err)
-    return Champion(info.version, model_dir, data_dir)
+    return Champion(info.version, model_dir, data_dir, dict(info.tags), info.metrics.get("test_accuracy"))
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])

@@ -14,6 +14,7 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -430,6 +431,35 @@ class Registry:
                 self.client().get_model_version(model_name, version), self._alias_map(model_name)
             ),
         )
+
+    def log_evidence(
+        self,
+        *,
+        experiment: str,
+        run_name: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        artifacts: list[Path],
+    ) -> str:
+        """Log one evidence run (no model version); returns its run id."""
+        experiment_id = self._call(
+            f"opening experiment {experiment!r}", lambda: self._experiment_id(experiment)
+        )
+
+        def log() -> str:
+            import mlflow
+
+            with (
+                _fluent_uris(self.tracking_uri),
+                mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run,
+            ):
+                mlflow.log_params(_stringify_params(params))
+                mlflow.log_metrics({_metric_key(k): float(v) for k, v in metrics.items()})
+                for path in artifacts:
+                    mlflow.log_artifact(str(path))
+                return run.info.run_id
+
+        return self._call(f"logging evidence run {run_name!r}", log, fast=False)
 
     def _experiment_id(self, name: str) -> str:
         client = self.client()
@@ -898,6 +928,11 @@ def _stringify_params(params: dict[str, Any]) -> dict[str, str]:
             text = text[: MAX_PARAM_VAL_LENGTH - 3] + "..."
         out[key] = text
     return out
+
+
+def _metric_key(name: str) -> str:
+    # MLflow metric names allow letters, digits and _-./ and spaces only ("pretrained@500" has an "@").
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
 
 
 def _pip_requirements() -> list[str]:

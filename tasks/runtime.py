@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,23 @@ _ENV_DEFAULTS = {
 def configure_environment() -> None:
     for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def stage_logging() -> None:
+    """Progress lines of a `python -m tasks.<stage>` run (dvc repro) on stderr.
+
+    Importing Prefect has already given the root logger a WARNING-level handler, so basicConfig would do
+    nothing; the project's own logger gets its own handler instead.
+    """
+    logger = logging.getLogger("transferline")
+    # Prefect may have given it an API handler already (PREFECT_LOGGING_EXTRA_LOGGERS): add the console.
+    if not any(getattr(h, "_transferline_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._transferline_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def retry_on(*errors: type[BaseException]) -> Callable[[Any, Any, Any], bool]:

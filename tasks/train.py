@@ -1,10 +1,11 @@
-"""train stage: fine-tune the pretrained encoder with a fresh classification head.
+"""train stage: adapt the pretrained encoder to the task with a fresh classification head.
 
 A plain torch loop rather than transformers' Trainer: batches are grouped by length and padded per
 batch (reviews average ~27 tokens, so padding to a fixed length would waste most of the compute), bf16
-autocast is used where the hardware has it, and the best epoch on the validation split is what is kept.
-Embeddings and the lowest ``train.freeze_layers`` encoder layers stay fixed: they hold the general
-language knowledge that transfers, while upper layers and the head adapt to the task.
+autocast is used where the hardware has it, fixed lower layers are computed once and cached, checkpoints
+survive a kill, and the best epoch on the validation split is what is kept. What adapts is the strategy's
+choice (tasks/transfer.py): the head only, the upper layers, everything with layer-wise learning rates,
+gradual unfreezing, or LoRA adapters.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import Config, ConfigError, TrainConfig, load_config
 from tasks.download import BaseModelRef, load_base_ref
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
-from tasks.runtime import configure_environment
+from tasks.runtime import configure_environment, stage_logging
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("transferline.train")
 
 METADATA_FILE = "transferline.json"
+ADAPTER_DIR = "adapter"  # lora: PEFT adapter files inside the model folder
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,17 @@ class TrainResult:
     model_dir: Path
     device: str
     precision: str
-    trainable_params: int
+    trainable_params: int  # parameters that learn at some point of the run (gradual: by its end)
     total_params: int
     best_epoch: int
     best_val_accuracy: float
     seconds: float
+    strategy: str = "freeze"
+    steps: int = 0
+    cached_layers: int = 0  # lowest encoder layers served from the activation cache (0 = no cache)
+    resumed_from_step: int | None = None
+    stopped_early: bool = False
+    layers: dict[str, dict[str, int]] = field(default_factory=dict)  # block -> trainable/total params
     history: list[EpochStats] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
@@ -66,8 +74,27 @@ class TrainResult:
             "best_val_accuracy": self.best_val_accuracy,
             "train_seconds": self.seconds,
             "trainable_params": float(self.trainable_params),
+            "train_steps": float(self.steps),
             "train_samples_per_s": self.history[-1].samples_per_s if self.history else 0.0,
         }
+
+
+@dataclass
+class _Progress:
+    """Where the loop is: everything a checkpoint must restore besides tensors."""
+
+    epoch: int = 1
+    step_in_epoch: int = 0  # batches done in the current epoch
+    global_step: int = 0
+    epoch_rng: list[Any] | None = None  # python RNG state that draws this epoch's batch order
+    seen: int = 0
+    loss_sum: float = 0.0
+    epoch_seconds: float = 0.0  # time spent in the current epoch before a restart
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 # -- hardware ------------------------------------------------------------------------------------------
@@ -95,58 +122,44 @@ def choose_device(preference: str) -> torch.device:
 def choose_precision(preference: str, device: torch.device) -> str:
     import torch
 
+    if preference == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 or auto on a CPU)")
     if preference != "auto":
         return preference
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":  # older GPUs without bf16 get fp16 with loss scaling
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str) -> Any:
     import torch
 
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
 
 
 # -- model ---------------------------------------------------------------------------------------------
 
 
-def build_model(base: Path, labels: list[str]) -> PreTrainedModel:
-    """The pretrained encoder with a freshly initialised head for `labels` (label2id saved in its config)."""
-    from transformers import AutoModelForSequenceClassification
+def build_model(base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
+    """The pretrained encoder with a freshly initialised head for `labels` (label2id saved in its config).
+
+    pretrained=False gives the same architecture with every weight randomly initialised: the baseline
+    that shows what the pretrained weights are worth.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "classifier MISSING" load report is expected: it is the new head
     hf_logging.disable_progress_bar()
-    return AutoModelForSequenceClassification.from_pretrained(
-        base,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        use_safetensors=True,
-    )
-
-
-def encoder_layers(model: PreTrainedModel) -> tuple[Any, Any]:
-    """(embeddings module, list of encoder layers) of a BERT-like model."""
-    backbone = getattr(model, model.base_model_prefix)
-    return backbone.embeddings, backbone.encoder.layer
-
-
-def freeze(model: PreTrainedModel, freeze_embeddings: bool, freeze_layers: int) -> tuple[int, int]:
-    """Fix embeddings and the lowest `freeze_layers` layers; returns (trainable, total) parameter counts."""
-    embeddings, layers = encoder_layers(model)
-    if freeze_layers > len(layers):
-        raise ConfigError(
-            f"train.freeze_layers: {freeze_layers} exceeds the model's {len(layers)} encoder layers"
-        )
-    frozen = ([embeddings] if freeze_embeddings else []) + list(layers[:freeze_layers])
-    for module in frozen:
-        for p in module.parameters():
-            p.requires_grad = False
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, total
+    label_maps = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    if not pretrained:
+        return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(base, **label_maps))
+    return AutoModelForSequenceClassification.from_pretrained(base, **label_maps, use_safetensors=True)
 
 
 # -- batching ------------------------------------------------------------------------------------------
@@ -221,18 +234,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.Optimizer:
-    import torch
-
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            # Standard BERT recipe: no weight decay on biases and LayerNorm weights (the 1-D tensors).
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
-
-
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> Any:
     import torch
 
@@ -253,8 +254,10 @@ def fine_tune(
     labels: list[str],
     cfg: TrainConfig,
     progress: bool | None = None,
+    checkpoint_dir: Path | None = None,
+    pretrained: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TrainResult]:
-    """Fine-tune `base` on train; keep the epoch with the best validation accuracy.
+    """Adapt `base` to the task with `cfg.strategy`; keep the epoch with the best validation accuracy.
 
     Args:
         base: a Hugging Face model folder (config.json + model.safetensors + tokenizer).
@@ -262,28 +265,32 @@ def fine_tune(
         labels: class names in class-id order.
         cfg: the `train` section of params.yaml.
         progress: show a progress bar (default: when stderr is a terminal).
+        checkpoint_dir: where to write checkpoints and resume from the newest intact one (None = neither).
+        pretrained: False trains the same architecture from random initialisation (the baseline).
     Returns:
-        (model with the best weights loaded, tokenizer, TrainResult with model_dir unset).
+        (model with the best weights loaded — a PEFT model for `lora` —, tokenizer, TrainResult with
+        model_dir unset).
     """
     import torch
+    import torch.nn.functional as F
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
+    from tasks import checkpoints, transfer
+
     started = time.perf_counter()
-    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+    # One thread per core, shared among the processes of this machine under torchrun.
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
     seed_everything(cfg.seed)
+    rank, world = init_distributed(cfg.device)
     device = choose_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     precision = choose_precision(cfg.precision, device)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = build_model(base, labels)
-    trainable, total = freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
-    model.to(device)
-    log.info(
-        "fine-tuning on %s (%s): %d train / %d validation rows, %s of %s parameters trainable",
-        device, precision, len(train), len(validation), f"{trainable:,}", f"{total:,}",
-    )  # fmt: skip
-
+    model = build_model(base, labels, pretrained)
     label_id = {label: i for i, label in enumerate(labels)}
     x_train = encode(tokenizer, train[TEXT].tolist(), cfg.max_length)
     y_train = torch.tensor([label_id[v] for v in train[LABEL]], dtype=torch.long)
@@ -291,73 +298,296 @@ def fine_tune(
     y_val = torch.tensor([label_id[v] for v in validation[LABEL]], dtype=torch.long)
     pad_id = tokenizer.pad_token_id or 0
     lengths = [len(s) for s in x_train]
+    # Under torchrun each of `world` processes takes every world-th batch: the same number of steps each.
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size) // world or 1
+
+    plan = transfer.make_plan(cfg, model, steps_per_epoch)
+    if cfg.strategy == "lora":
+        model = transfer.apply_lora(model, cfg)
+    transfer.set_trainable(model, plan, 0)
+    model.to(device)
+    optimizer = torch.optim.AdamW(transfer.param_groups(model, plan, cfg), lr=cfg.learning_rate)
+    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
+    names = {id(p): n for n, p in model.named_parameters()}
+    adapting = {names[id(p)]: p for group in optimizer.param_groups for p in group["params"]}
+    trainable = sum(p.numel() for p in adapting.values())
+    total = sum(p.numel() for p in model.parameters())
+    layers = transfer.layer_map(model)
+    log.info(
+        "fine-tuning on %s (%s): %d train / %d validation rows, %s of %s parameters adapt\n  %s",
+        device, precision, len(train), len(validation), f"{trainable:,}", f"{total:,}", plan.describe(),
+    )  # fmt: skip
+
+    depth = plan.cache_depth
+    cache_train = cache_val = None
+    if depth is not None:
+        t0 = time.perf_counter()
+        cache_train = _frozen_activations(model, x_train, pad_id, depth, device, precision)
+        cache_val = _frozen_activations(model, x_val, pad_id, depth, device, precision)
+        log.info("cached the output of the %d fixed layer(s) in %.1f s", depth, time.perf_counter() - t0)
+
+    def val_accuracy() -> float:
+        if cache_val is not None:
+            logits = _logits_from_cache(model, cache_val, depth or 0, 128, device, precision)
+        else:
+            logits = predict_logits(model, x_val, pad_id, 128, device, precision)
+        return float((logits.argmax(-1) == y_val).float().mean())
+
+    state = _Progress(epoch_rng=_rng_state(random.Random(cfg.seed)))
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed_from = None
+    if checkpoint_dir is not None:
+        ckpt = checkpoints.latest(checkpoint_dir)
+        if ckpt is not None and set(ckpt.tensors.get("weights", {})) == set(adapting):
+            state, best_state = _restore(ckpt, adapting, optimizer, scheduler)
+            resumed_from = ckpt.step
+            log.info("resumed from checkpoint %s (step %d, epoch %d)", ckpt.path.name, ckpt.step, state.epoch)
+        elif ckpt is not None:
+            log.warning("ignoring checkpoint %s: it holds other parameters than this run trains", ckpt.path)
+
+    def save_checkpoint() -> None:
+        if checkpoint_dir is None or rank != 0:
+            return
+        tensors = {"weights": dict(adapting), "optimizer": {}, "rng": {"torch": torch.get_rng_state()}}
+        opt = optimizer.state_dict()
+        for index, param_state in opt["state"].items():
+            for key, value in param_state.items():
+                tensors["optimizer"][f"{index}.{key}"] = value
+        if best_state is not None:
+            tensors["best"] = best_state
+        meta = {
+            "progress": asdict(state),
+            "optimizer_groups": opt["param_groups"],
+            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        }
+        checkpoints.write(checkpoint_dir, state.global_step, tensors, meta)
 
     rng = random.Random(cfg.seed)
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    optimizer = _optimizer(model, cfg)
-    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
     log_every = max(1, steps_per_epoch // 4)
-
-    history: list[EpochStats] = []
-    best_acc, best_epoch, best_state = -1.0, 0, None
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+    clip = list(adapting.values())
+    # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a pass-through.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    frozen_now = -1
+    while state.epoch <= cfg.epochs and not state.stopped_early:
+        rng.setstate(_rng_tuple(state.epoch_rng))
+        batches = length_grouped_batches(lengths, cfg.batch_size, rng)
+        if world > 1:
+            batches = batches[rank::world][:steps_per_epoch]
+        transfer.set_modes(model, plan, state.global_step, training=True)
+        t0 = time.perf_counter() - state.epoch_seconds
         bar = tqdm(
-            length_grouped_batches(lengths, cfg.batch_size, rng),
-            desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not show, dynamic_ncols=True,
+            total=len(batches), initial=state.step_in_epoch, desc=f"epoch {state.epoch}/{cfg.epochs}",
+            unit="batch", disable=not show, dynamic_ncols=True,
         )  # fmt: skip
-        for step, batch in enumerate(bar, start=1):
-            ids, mask = collate([x_train[i] for i in batch], pad_id)
+        while state.step_in_epoch < len(batches):
+            if plan.frozen_layers_at(state.global_step) != frozen_now:  # gradual unfreezing
+                frozen_now = plan.frozen_layers_at(state.global_step)
+                transfer.set_trainable(model, plan, state.global_step)
+                transfer.set_modes(model, plan, state.global_step, training=True)
+                if plan.strategy == "gradual":
+                    log.info("step %d: %s", state.global_step, plan.describe(state.global_step))
+            batch = batches[state.step_in_epoch]
             with autocast(device, precision):
-                out = model(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), labels=y_train[batch].to(device)
-                )
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+                if cache_train is not None:
+                    hidden, mask = _collate_hidden([cache_train[i] for i in batch])
+                    logits = transfer.top(model, hidden.to(device), mask.to(device), depth or 0)
+                else:
+                    ids, mask = collate([x_train[i] for i in batch], pad_id)
+                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            loss = F.cross_entropy(logits.float(), y_train[batch].to(device))
+            scaler.scale(loss).backward()
+            if world > 1:
+                _average_gradients(clip, world)
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(clip, 1.0)
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            seen += len(batch)
-            loss_sum += out.loss.item() * len(batch)
-            rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rate=f"{rate:.0f}/s")
+            state.step_in_epoch += 1
+            state.global_step += 1
+            state.seen += len(batch)
+            state.loss_sum += loss.item() * len(batch)
+            rate = state.seen / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", rate=f"{rate:.0f}/s", refresh=False)
             # Without a bar (CI logs, Prefect workers), a line each quarter epoch shows the run is alive.
-            if not show and step % log_every == 0 and step < steps_per_epoch:
+            if not show and state.step_in_epoch % log_every == 0 and state.step_in_epoch < len(batches):
                 log.info(
-                    "epoch %d/%d: %d/%d batches, loss %.4f, %.0f samples/s, ~%.0f s left in epoch",
-                    epoch, cfg.epochs, step, steps_per_epoch, loss_sum / seen, rate,
-                    (len(x_train) - seen) / rate,
+                    "epoch %d/%d: %d/%d batches, loss %.4f, %.0f samples/s",
+                    state.epoch, cfg.epochs, state.step_in_epoch, len(batches),
+                    state.loss_sum / state.seen, rate,
                 )  # fmt: skip
+            every = cfg.checkpoint_every_steps
+            if every and state.global_step % every == 0 and state.step_in_epoch < len(batches):
+                state.epoch_seconds = time.perf_counter() - t0
+                save_checkpoint()
         bar.close()
         seconds = time.perf_counter() - t0
-        logits = predict_logits(model, x_val, pad_id, 128, device, precision)
-        val_acc = float((logits.argmax(-1) == y_val).float().mean())
-        stats = EpochStats(epoch, loss_sum / max(seen, 1), val_acc, seconds, seen / seconds)
-        history.append(stats)
+        val_acc = val_accuracy()
+        mean_loss = state.loss_sum / max(state.seen, 1)
+        stats = EpochStats(state.epoch, mean_loss, val_acc, seconds, state.seen / seconds)
+        state.history.append(asdict(stats))
         log.info(
             "epoch %d/%d: loss %.4f, validation accuracy %.4f, %.0f samples/s",
-            epoch, cfg.epochs, stats.train_loss, val_acc, stats.samples_per_s,
+            state.epoch, cfg.epochs, stats.train_loss, val_acc, stats.samples_per_s,
         )  # fmt: skip
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if best_state is not None and best_epoch != cfg.epochs:
-        model.load_state_dict(best_state)
-        log.info("keeping epoch %d (best validation accuracy %.4f)", best_epoch, best_acc)
+        if val_acc > state.best_acc:
+            state.best_acc, state.best_epoch, state.stale_epochs = val_acc, state.epoch, 0
+            best_state = {n: p.detach().clone() for n, p in adapting.items()}
+        else:
+            state.stale_epochs += 1
+            if cfg.early_stopping_patience and state.stale_epochs >= cfg.early_stopping_patience:
+                state.stopped_early = True
+                log.info("early stop: no better validation accuracy for %d epoch(s)", state.stale_epochs)
+        state.epoch += 1
+        state.step_in_epoch, state.seen, state.loss_sum, state.epoch_seconds = 0, 0, 0.0, 0.0
+        state.epoch_rng = _rng_state(rng)
+        if state.epoch <= cfg.epochs and not state.stopped_early:
+            save_checkpoint()
+    if best_state is not None and state.best_epoch != len(state.history):
+        with torch.no_grad():
+            for name, value in best_state.items():
+                adapting[name].copy_(value)
+        log.info("keeping epoch %d (best validation accuracy %.4f)", state.best_epoch, state.best_acc)
     result = TrainResult(
         model_dir=Path(),
         device=str(device),
         precision=precision,
         trainable_params=trainable,
         total_params=total,
-        best_epoch=best_epoch,
-        best_val_accuracy=best_acc,
+        best_epoch=state.best_epoch,
+        best_val_accuracy=state.best_acc,
         seconds=time.perf_counter() - started,
-        history=history,
+        strategy=cfg.strategy,
+        steps=state.global_step,
+        cached_layers=depth or 0,
+        resumed_from_step=resumed_from,
+        stopped_early=state.stopped_early,
+        layers=layers,
+        history=[EpochStats(**h) for h in state.history],
     )
     return model, tokenizer, result
+
+
+def init_distributed(device_preference: str) -> tuple[int, int]:
+    """(rank, world size): under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) join the process group.
+
+    nccl on GPUs, gloo on CPUs, so the same code path runs (and is tested) on a CPU-only machine.
+    """
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = device_preference != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = dist.get_rank()
+    if rank == 0:
+        log.info("data parallel over %d processes (effective batch = %d x batch_size)", world, world)
+    return rank, world
+
+
+def _average_gradients(params: list[Any], world: int) -> None:
+    """All-reduce the gradients: every process then takes the same optimiser step on the same weights.
+
+    Explicit rather than DistributedDataParallel's hooks so it also covers the cached path (which calls
+    submodules directly), gradual unfreezing and LoRA without special cases.
+    """
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
+def _rng_state(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_tuple(state: list[Any] | None) -> tuple[Any, ...]:
+    assert state is not None
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def _restore(
+    ckpt: Any, adapting: dict[str, torch.Tensor], optimizer: Any, scheduler: Any
+) -> tuple[_Progress, dict[str, torch.Tensor] | None]:
+    import torch
+
+    with torch.no_grad():
+        for name, value in ckpt.tensors["weights"].items():
+            adapting[name].copy_(value)
+    opt_state: dict[str, Any] = {"state": {}, "param_groups": ckpt.state["optimizer_groups"]}
+    for key, value in ckpt.tensors["optimizer"].items():
+        index, name = key.split(".", 1)
+        opt_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict({**ckpt.state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    torch.set_rng_state(ckpt.tensors["rng"]["torch"])
+    return _Progress(**ckpt.state["progress"]), ckpt.tensors.get("best")
+
+
+def _frozen_activations(
+    model: PreTrainedModel, encoded: list[list[int]], pad_id: int, depth: int, device: Any, precision: str
+) -> list[torch.Tensor]:
+    """Per example, the hidden states after the fixed lowest `depth` layers (unpadded, float32, on CPU)."""
+    import torch
+
+    from tasks.transfer import bottom
+
+    model.eval()
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
+    with torch.no_grad(), autocast(device, precision):
+        for start in range(0, len(order), 128):
+            idx = order[start : start + 128]
+            ids, mask = collate([encoded[i] for i in idx], pad_id)
+            hidden = bottom(model, ids.to(device), mask.to(device), depth).float().cpu()
+            for row, i in enumerate(idx):
+                out[i] = hidden[row, : len(encoded[i])].clone()
+    return out
+
+
+def _collate_hidden(hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    lengths = torch.tensor([h.shape[0] for h in hidden])
+    padded = pad_sequence(hidden, batch_first=True)
+    mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
+    return padded, mask
+
+
+def _logits_from_cache(
+    model: PreTrainedModel,
+    cache: list[torch.Tensor],
+    depth: int,
+    batch_size: int,
+    device: Any,
+    precision: str,
+) -> torch.Tensor:
+    import torch
+
+    from tasks.transfer import top
+
+    model.eval()
+    order = sorted(range(len(cache)), key=lambda i: cache[i].shape[0])
+    out = torch.empty((len(cache), model.config.num_labels), dtype=torch.float32)
+    with torch.inference_mode(), autocast(device, precision):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            hidden, mask = _collate_hidden([cache[i] for i in idx])
+            out[idx] = top(model, hidden.to(device), mask.to(device), depth).float().cpu()
+    return out
 
 
 # -- stage shell ---------------------------------------------------------------------------------------
@@ -385,15 +615,30 @@ def save_model(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
+    if hasattr(model, "merge_and_unload"):  # PEFT: the adapters alone, and a merged copy for serving
+        model.save_pretrained(out_dir / ADAPTER_DIR)
+        model = model.merge_and_unload()
     model.save_pretrained(out_dir)  # transformers 5 always writes model.safetensors
     tokenizer.save_pretrained(out_dir)
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
+def run_identity(paths: ProjectPaths, cfg: Config, base: BaseModelRef) -> str:
+    """What a training run depends on: the checkpoints of one identity are only resumed by the same run."""
+    key = f"{cfg.digest('data', 'model', 'train')} {data_sha256(paths)} {base.sha256}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None) -> TrainResult:
+    from tasks import checkpoints
+
     base = base or load_base_ref(paths)
     train, validation = read_split(paths, "train"), read_split(paths, "validation")
-    model, tokenizer, result = fine_tune(base.path, train, validation, cfg.data.labels, cfg.train)
+    identity = run_identity(paths, cfg, base)
+    checkpoint_dir = paths.checkpoints_dir / identity[:16]
+    model, tokenizer, result = fine_tune(
+        base.path, train, validation, cfg.data.labels, cfg.train, checkpoint_dir=checkpoint_dir
+    )
     metadata = {
         "labels": cfg.data.labels,
         "label2id": {label: i for i, label in enumerate(cfg.data.labels)},
@@ -404,11 +649,13 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
         "training": {k: v for k, v in asdict(result).items() if k not in ("model_dir", "history")},
         "history": [asdict(h) for h in result.history],
     }
-    save_model(model, tokenizer, paths.challenger_dir, metadata)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process holds the same weights
+        save_model(model, tokenizer, paths.challenger_dir, metadata)
+        checkpoints.clear(checkpoint_dir)  # the model is saved: nothing left to resume
     return replace(result, model_dir=paths.challenger_dir)
 
 
-@task(name="fine-tune", cache_policy=NO_CACHE)
+@task(name="fine-tune", cache_policy=caching.TRAIN)
 def train_task(paths: ProjectPaths, cfg: Config, base: BaseModelRef) -> TrainResult:
     return run_train(paths, cfg, base)
 
@@ -416,7 +663,7 @@ def train_task(paths: ProjectPaths, cfg: Config, base: BaseModelRef) -> TrainRes
 def main() -> None:
     """DVC stage entry point: ``python -m tasks.train`` from the project root."""
     configure_environment()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    stage_logging()
     paths = ProjectPaths.at(".")
     try:
         result = run_train(paths, load_config(paths.params))

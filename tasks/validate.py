@@ -47,8 +47,8 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import Config, ConfigError, ValidateConfig, load_config
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.reports import ReportedStop
@@ -830,7 +830,7 @@ def run_validate(paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | Non
     return report
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@task(name="validate", cache_policy=caching.VALIDATE)
 def validate_task(
     paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | None = None
 ) -> ValidationReport:

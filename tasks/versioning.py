@@ -22,6 +22,7 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import caching
 from tasks.config import Config, load_config
 from tasks.paths import ProjectPaths
 from tasks.runtime import retry_on
@@ -123,7 +124,7 @@ def git_commit(root: Path) -> str:
 
 
 @task(
-    name="dvc-commit", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15],
+    name="dvc-commit", cache_policy=caching.DVC_COMMIT, retries=3, retry_delay_seconds=[2, 5, 15],
     retry_condition_fn=retry_on(DvcLockBusy),
 )  # fmt: skip
 def commit_task(paths: ProjectPaths, cfg: Config, stages: tuple[str, ...]) -> dict[str, str]:

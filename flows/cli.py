@@ -14,6 +14,7 @@ from flows.data_commands import add_commands as add_data_commands
 from flows.experiment_commands import add_commands as add_experiment_commands
 from flows.ops_commands import add_commands as add_ops_commands
 from flows.registry_commands import add_commands
+from flows.serve_commands import add_commands as add_serve_commands
 from tasks.config import ConfigError, describe_params, load_config, parse_overrides
 from tasks.paths import ProjectPaths
 from tasks.runtime import configure_environment
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
             **add_data_commands(sub),
             **add_experiment_commands(sub),
             **add_ops_commands(sub),
+            **add_serve_commands(sub),
         }
     )
     return parser

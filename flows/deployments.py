@@ -48,6 +48,8 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
     # One retraining at a time: runs of a project share its workspace (data/prepared, models/challenger).
     Deployment("flows/retrain.py:retrain", schedule=scheduled_retraining, concurrency_limit=1),
     Deployment("flows/data_watch.py:data_watch", schedule=data_watch_interval, concurrency_limit=1),
+    # On demand, with the file to score: `prefect deployment run batch-predict/transferline -p input_path=...`
+    Deployment("flows/batch_predict.py:batch_predict"),
 )
 
 

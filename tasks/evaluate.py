@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from prefect import task
@@ -23,6 +24,9 @@ from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
 from tasks.runtime import configure_environment, stage_logging
 from tasks.train import METADATA_FILE, choose_device, choose_precision, encode, predict_logits, read_split
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("transferline.evaluate")
 
@@ -144,13 +148,16 @@ class Predictor:
         self.precision = choose_precision("auto", self.device)
         self.model.to(self.device).eval()
 
-    def predict(self, texts: list[str], batch_size: int) -> list[str]:
-        """Label names, in input order."""
+    def logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        """Logits (N, C) in input order: the one inference path of evaluation, serving and batch scoring."""
         encoded = encode(self.tokenizer, texts, self.max_length)
         pad = self.tokenizer.pad_token_id or 0
-        logits = predict_logits(self.model, encoded, pad, batch_size, self.device, self.precision)
+        return predict_logits(self.model, encoded, pad, batch_size, self.device, self.precision)
+
+    def predict(self, texts: list[str], batch_size: int) -> list[str]:
+        """Label names, in input order."""
         id2label = self.model.config.id2label
-        return [id2label[i] for i in logits.argmax(-1).tolist()]
+        return [id2label[i] for i in self.logits(texts, batch_size).argmax(-1).tolist()]
 
     def latency_p95_ms(self, texts: list[str], runs: int = 60, warmup: int = 5) -> float:
         """p95 wall time of one text -> label (tokenising included), the way a request is served."""

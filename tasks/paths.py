@@ -114,6 +114,12 @@ class ProjectPaths:
         return self.root / ".cache" / "registry"
 
     @property
+    def serving_cache(self) -> Path:
+        """Versions downloaded by `transferline serve` / batch-predict (apart from the flow's copies, so a
+        version refused by verification can be deleted without touching a running flow's files)."""
+        return self.root / ".cache" / "serving"
+
+    @property
     def task_results(self) -> Path:
         """Prefect's persisted task results and cache records (tasks/caching.py); safe to delete."""
         return self.root / ".cache" / "prefect-results"

@@ -92,6 +92,14 @@ def flatten(data: dict, prefix: str = "") -> dict[str, str | int | float | bool 
     return out
 
 
+def model_files_sha256(model_dir: Path) -> dict[str, str]:
+    """sha256 of each file of a saved model folder, by file name; transferline.json is not part of the
+    registered model (it is logged with the run), so it is left out."""
+    return {
+        f.name: file_sha256(f) for f in sorted(model_dir.iterdir()) if f.is_file() and f.name != METADATA_FILE
+    }
+
+
 def run_inputs(cfg: Config, data_sha256: str, base: BaseModelRef, code_sha256: str) -> dict[str, str]:
     """Everything a training result depends on, under the names of the version tags that record them."""
     return {
@@ -121,6 +129,9 @@ def lineage_tags(
         "data_sha256": meta["data_sha256"],
         "weights_hash": hashes.get("models/challenger", ""),
         "weights_sha256": weights_sha256,
+        # Every file the registered model is made of (weights, label map, tokenizer), so whoever loads a
+        # version (`transferline serve`) can verify exactly what it downloads before trusting it.
+        "model_files_sha256": json.dumps(model_files_sha256(trained.model_dir), sort_keys=True),
         "params_hash": cfg.digest(),
         "git_commit": git,
         "base_model_id": base.model_id,

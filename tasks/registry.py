@@ -150,11 +150,12 @@ class Registry:
 
     @classmethod
     def for_project(cls, paths: ProjectPaths) -> Registry:
-        """The project's registry: MLFLOW_TRACKING_URI when set, else SQLite beside the project; new
-        experiments keep their artifacts in the project's mlartifacts/."""
-        return cls(
-            os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri, paths.mlflow_artifacts
-        )
+        """The project's registry: MLFLOW_TRACKING_URI when set, else SQLite beside the project. New
+        experiments keep their artifacts in the project's mlartifacts/, except behind a tracking server,
+        which decides itself (e.g. proxied to S3, as in infra/docker-compose.yml)."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri
+        served = urlparse(uri).scheme in ("http", "https")
+        return cls(uri, None if served else paths.mlflow_artifacts)
 
     # -- plumbing --------------------------------------------------------------------------------------
     @cached_property

@@ -109,6 +109,7 @@ def test_up_registers_scheduled_deployments_with_a_run_form(ops: Ops):
     with get_client(sync_client=True) as client:
         retrain = client.read_deployment_by_name(RETRAIN)
         watch = client.read_deployment_by_name(WATCH)
+        batch = client.read_deployment_by_name("batch-predict/transferline")
         pool = client.read_work_pool(ops.ops["work_pool"])
     assert pool.type == "process" and retrain.work_pool_name == watch.work_pool_name == pool.name
     (cron,) = [s.schedule for s in retrain.schedules]
@@ -127,6 +128,9 @@ def test_up_registers_scheduled_deployments_with_a_run_form(ops: Ops):
     assert choices["gate_mode"]["enum"] == ["superiority", "non_inferiority"]
     assert (choices["epochs"]["type"], choices["epochs"]["minimum"]) == ("integer", 1)
     assert retrain.enforce_parameter_schema  # the server refuses e.g. epochs=0 or strategy="bogus"
+    # batch scoring runs on demand only, and asks for the file to score
+    assert batch.parameters == {"project_dir": str(ops.project)} and not batch.schedules
+    assert batch.parameter_openapi_schema["required"] == ["input_path"]
 
 
 def test_api_run_with_custom_parameters_completes_on_the_worker(ops: Ops):

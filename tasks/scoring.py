@@ -1,0 +1,195 @@
+"""batch scoring: label every row of a file with a registered version (by default the champion).
+
+The output is the input's rows with ``prediction``, ``score`` and ``prob_<label>`` columns plus
+``model_version`` and ``input_sha256``, written in the input's format; a JSON sidecar
+(``<output>.json``) records the model, its verified weights hash, the input's hash and the row count,
+so any prediction file can be traced to the exact model and data that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.paths import ProjectPaths
+from tasks.prepare import file_sha256
+from tasks.registry import CHAMPION, Registry, RegistryError
+from tasks.serve import LoadedModel, load_version
+
+if TYPE_CHECKING:
+    from tasks.config import Config
+
+log = logging.getLogger("transferline.scoring")
+
+FORMATS = (".csv", ".parquet", ".jsonl")
+SIDECAR_SUFFIX = ".json"
+
+
+class ScoringInputError(ValueError):
+    """The input file cannot be scored as asked (missing, unknown format, no such column, empty texts)."""
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    output: Path
+    sidecar: Path
+    rows: int
+    model: str
+    version: str
+    weights_sha256: str
+    input_sha256: str
+    seconds: float
+
+
+def file_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ScoringInputError(
+            f"{path}: unknown format {suffix or '(none)'!r}; use one of {', '.join(FORMATS)}"
+        )
+    return suffix
+
+
+def default_output(input_path: Path) -> Path:
+    """reviews.csv -> reviews.predictions.csv, beside the input."""
+    return input_path.with_name(f"{input_path.stem}.predictions{input_path.suffix}")
+
+
+@dataclass(frozen=True)
+class ScoringInput:
+    path: Path
+    frame: pd.DataFrame
+    sha256: str  # of exactly the bytes that were parsed
+
+
+def read_table(path: Path, text_column: str) -> ScoringInput:
+    """The input rows and the sha256 of the bytes they were parsed from; raises ScoringInputError when
+    the file or the text column is unusable."""
+    if not path.is_file():
+        raise ScoringInputError(f"{path}: no such file")
+    fmt = file_format(path)
+    data = path.read_bytes()
+    try:
+        if fmt == ".csv":
+            frame = pd.read_csv(io.BytesIO(data), keep_default_na=False, dtype={text_column: str})
+        elif fmt == ".parquet":
+            frame = pd.read_parquet(io.BytesIO(data))
+        else:
+            frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False)  # a number is not a text
+    except (ValueError, OSError) as err:  # pandas' and pyarrow's parser errors
+        raise ScoringInputError(f"{path}: cannot be read as {fmt[1:]}: {err}") from None
+    if text_column not in frame.columns:
+        raise ScoringInputError(
+            f"{path}: no column {text_column!r} (columns: {', '.join(map(str, frame.columns))}); "
+            "name the text column with --text-column"
+        )
+    bad = [i for i, v in enumerate(frame[text_column]) if not isinstance(v, str) or not v.strip()]
+    if bad:
+        rows = ", ".join(str(i) for i in bad[:10]) + (" …" if len(bad) > 10 else "")
+        raise ScoringInputError(
+            f"{path}: {len(bad)} row(s) of {text_column!r} are empty or not text (rows {rows})"
+        )
+    if frame.empty:
+        raise ScoringInputError(f"{path}: no rows to score")
+    return ScoringInput(path, frame, hashlib.sha256(data).hexdigest())
+
+
+def score_frame(
+    model: LoadedModel, frame: pd.DataFrame, text_column: str, batch_size: int, input_sha256: str
+) -> pd.DataFrame:
+    """The input rows with prediction, score, prob_<label>, model_version and input_sha256 columns."""
+    predictions = model.predict(frame[text_column].tolist(), batch_size)
+    out = frame.copy()
+    out["prediction"] = [p.label for p in predictions]
+    out["score"] = [p.score for p in predictions]
+    for label in model.labels:
+        out[f"prob_{label}"] = [p.probabilities[label] for p in predictions]
+    out["model_version"] = model.version
+    out["input_sha256"] = input_sha256
+    return out
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write in the format of path's suffix, atomically (a reader never sees half a file)."""
+    fmt = file_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == ".csv":
+        frame.to_csv(tmp, index=False)
+    elif fmt == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    os.replace(tmp, path)
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_name(output.name + SIDECAR_SUFFIX)
+
+
+@task(name="load-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def load_model_task(
+    registry: Registry, cfg: Config, paths: ProjectPaths, alias: str = CHAMPION
+) -> LoadedModel:
+    """The version `alias` points at, downloaded and verified against its recorded hashes."""
+    info = registry.get_alias(cfg.registry.model_name, alias)
+    if info is None:
+        raise RegistryError(
+            f"{cfg.registry.model_name} has no {alias!r} version in {registry.tracking_uri}: run a "
+            "retraining first (`transferline run`)"
+        )
+    model = load_version(registry, info, paths.serving_cache, cfg.train.max_length)
+    log.info("scoring with %s v%s (weights sha256 %s)", model.name, model.version, model.weights_sha256[:12])
+    return model
+
+
+@task(name="read-input", cache_policy=NO_CACHE)
+def read_input_task(input_path: Path, text_column: str) -> ScoringInput:
+    """Read and check the input before any model is downloaded: bad input fails fast."""
+    return read_table(input_path, text_column)
+
+
+@task(name="score-file", cache_policy=NO_CACHE)
+def score_file_task(
+    model: LoadedModel, source: ScoringInput, output_path: Path, text_column: str, batch_size: int
+) -> ScoringResult:
+    """Score the input rows into output_path and write the JSON sidecar beside it."""
+    started = time.perf_counter()
+    scored = score_frame(model, source.frame, text_column, batch_size, source.sha256)
+    write_table(scored, output_path)
+    seconds = time.perf_counter() - started
+    result = ScoringResult(
+        output=output_path,
+        sidecar=sidecar_path(output_path),
+        rows=len(scored),
+        model=model.name,
+        version=model.version,
+        weights_sha256=model.weights_sha256,
+        input_sha256=source.sha256,
+        seconds=seconds,
+    )
+    record = {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
+        "input": str(source.path),
+        "text_column": text_column,
+        "run_id": model.run_id,
+        "labels": list(model.labels),
+        "output_sha256": file_sha256(output_path),
+    }
+    result.sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    log.info(
+        "scored %d rows of %s with v%s in %.1f s -> %s",
+        result.rows, source.path, model.version, seconds, output_path,
+    )  # fmt: skip
+    return result

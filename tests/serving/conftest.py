@@ -1,0 +1,80 @@
+"""One real champion for the serving tests: the tiny retrain flow, run once per session."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_project
+
+
+@pytest.fixture(scope="session")
+def champion_project(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Path:
+    """A project whose registry holds v1 as champion, trained by the real retrain flow."""
+    from flows.retrain import retrain
+
+    project = make_project(tmp_path_factory.mktemp("serving"))
+    summary = retrain(project_dir=str(project))
+    assert summary.promoted and summary.version == "1"
+    return project
+
+
+def registry(project: Path):
+    from tasks.paths import ProjectPaths
+    from tasks.registry import Registry
+
+    return Registry.for_project(ProjectPaths.at(project))
+
+
+def model_name(project: Path) -> str:
+    from tasks.config import load_config
+
+    return load_config(project / "params.yaml").registry.model_name
+
+
+def offline_predictions(project: Path, version: str, dest: Path) -> list[str]:
+    """What the evaluation recorded for `version` on its test split (the MLflow run's predictions.csv)."""
+    reg = registry(project)
+    info = reg.get_version(model_name(project), version)
+    folder = reg.download_run_artifact(info.run_id, "evaluation", dest)
+    return pd.read_csv(folder / "predictions.csv")["predicted"].tolist()
+
+
+def register_variant(project: Path, source_dir: Path, dest: Path, bias_shift: float) -> str:
+    """Register a new version (the real registry API): source_dir's model with its classifier bias
+    shifted, so its predictions differ; tagged with its files' hashes as the flow tags them."""
+    from safetensors.torch import load_file, save_file
+
+    from tasks.promote import model_files_sha256
+    from tasks.train import METADATA_FILE
+
+    shutil.copytree(source_dir, dest)
+    weights = load_file(dest / "model.safetensors")
+    weights["classifier.bias"] = weights["classifier.bias"] + shifted(weights["classifier.bias"], bias_shift)
+    save_file(weights, dest / "model.safetensors", metadata={"format": "pt"})
+    files = model_files_sha256(dest)
+    tags = {"weights_sha256": files["model.safetensors"], "model_files_sha256": json.dumps(files)}
+    meta = json.loads((dest / METADATA_FILE).read_text())
+    info = registry(project).log_and_register(
+        model_name=model_name(project),
+        experiment="serving-tests",
+        model_dir=dest,
+        params={"train.max_length": meta["max_length"]},
+        metrics={},
+        artifacts=[],
+        tags=tags,
+    )
+    return info.version
+
+
+def shifted(bias, amount: float):
+    """A bias change that favours the first class by `amount` logits."""
+    import torch
+
+    delta = torch.zeros_like(bias)
+    delta[0] = amount
+    return delta

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import Config, load_config
 from tasks.download import download_task
 from tasks.experiment import (
+    MIN_STEPS,
     Arm,
     ArmResult,
     curve_arms,
@@ -37,9 +38,9 @@ PARTS = ("learning-curve", "strategies")
 
 
 @task(name="train-arm", cache_policy=NO_CACHE, task_run_name="arm {arm.name}")
-def arm_task(paths: ProjectPaths, cfg: Config, base_path: Any, arm: Arm) -> ArmResult:
+def arm_task(paths: ProjectPaths, cfg: Config, base_path: Any, arm: Arm, min_steps: int) -> ArmResult:
     splits = {name: read_split(paths, name) for name in SPLITS}
-    return run_arm(base_path, splits, cfg.data.labels, cfg.train, arm, cfg.data.seed)
+    return run_arm(base_path, splits, cfg.data.labels, cfg.train, arm, cfg.data.seed, min_steps)
 
 
 @flow(name="experiment", description=__doc__)
@@ -49,6 +50,7 @@ def experiment(
     sizes: list[int] | None = None,
     strategies: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    min_steps: int = MIN_STEPS,
 ) -> dict[str, Any]:
     """Run the evidence arms and return the summary figures.
 
@@ -57,6 +59,7 @@ def experiment(
         sizes: learning-curve training-row counts; 0 = all rows (default: 100, 500, 2000, all).
         strategies: strategy-table rows (default: head, freeze, full, gradual, lora).
         overrides: params.yaml keys changed for every arm, e.g. {"train.epochs": 1}.
+        min_steps: fewest optimisation steps of an arm (small subsets get more epochs).
     """
     paths = ProjectPaths.at(project_dir)
     cfg = load_config(paths.params, overrides)
@@ -68,7 +71,7 @@ def experiment(
         arms += strategy_arms(tuple(strategies)) if strategies else strategy_arms()
     prepared = prepare_task(paths, cfg.data)
     base = download_task(paths, cfg.model)
-    results = [arm_task(paths, cfg, base.path, arm) for arm in arms]
+    results = [arm_task(paths, cfg, base.path, arm, min_steps) for arm in arms]
     context = {
         "data": f"{cfg.data.source} (source sha256 {prepared.source_sha256[:12]})",
         "test_rows": len(prepared.splits["test"]),

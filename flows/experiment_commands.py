@@ -43,6 +43,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     )
     p.add_argument("--strategies", help="strategy-table rows, comma-separated (default: all five)")
     p.add_argument(
+        "--min-steps", type=int, default=60, help="fewest optimisation steps per arm: small subsets get more "
+        "epochs (default 60)",
+    )  # fmt: skip
+    p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a params.yaml key for every arm (repeatable)",
     )  # fmt: skip
@@ -80,7 +84,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     parts = list(PARTS) if args.part == "all" else [args.part]
     try:
         figures = experiment(
-            project_dir=str(paths.root), parts=parts, sizes=sizes, strategies=strategies, overrides=overrides
+            project_dir=str(paths.root),
+            parts=parts,
+            sizes=sizes,
+            strategies=strategies,
+            overrides=overrides,
+            min_steps=args.min_steps,
         )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

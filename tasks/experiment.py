@@ -84,11 +84,11 @@ def strategy_arms(strategies: tuple[str, ...] = tuple(STRATEGY_SETTINGS)) -> lis
     return [Arm(s, "strategies", True, 0, {"strategy": s, **STRATEGY_SETTINGS[s]}) for s in strategies]
 
 
-def arm_config(base: TrainConfig, arm: Arm, rows: int) -> TrainConfig:
-    """The arm's train settings; small subsets get enough epochs for MIN_STEPS steps."""
+def arm_config(base: TrainConfig, arm: Arm, rows: int, min_steps: int = MIN_STEPS) -> TrainConfig:
+    """The arm's train settings; small subsets get enough epochs for `min_steps` steps."""
     cfg = base.model_copy(update={**arm.settings, "checkpoint_every_steps": 0})
     steps_per_epoch = math.ceil(rows / cfg.batch_size)
-    epochs = max(cfg.epochs, math.ceil(MIN_STEPS / steps_per_epoch))
+    epochs = max(cfg.epochs, math.ceil(min_steps / steps_per_epoch))
     return cfg.model_copy(update={"epochs": epochs})
 
 
@@ -99,6 +99,7 @@ def run_arm(
     train_cfg: TrainConfig,
     arm: Arm,
     seed: int,
+    min_steps: int = MIN_STEPS,
 ) -> ArmResult:
     """Train one arm and score it on the test split."""
     import torch
@@ -106,7 +107,7 @@ def run_arm(
     from tasks.train import encode, fine_tune, predict_logits
 
     train = subsample(splits["train"], arm.train_rows or None, seed)
-    cfg = arm_config(train_cfg, arm, len(train))
+    cfg = arm_config(train_cfg, arm, len(train), min_steps)
     log.info("arm %s: %d training rows, %d epoch(s), %s", arm.name, len(train), cfg.epochs, arm.settings)
     started = time.perf_counter()
     model, tokenizer, result = fine_tune(

@@ -11,7 +11,7 @@ from tests.conftest import cli
 def test_experiment_writes_tables_plots_and_an_mlflow_run(project, capsys, prefect_server):
     code = cli(
         "experiment", "--project", str(project), "--sizes", "20", "--strategies", "head,lora",
-        "--set", "train.epochs=1", "--set", "data.max_rows=200",
+        "--min-steps", "6", "--set", "train.epochs=1", "--set", "data.max_rows=200",
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
@@ -25,12 +25,9 @@ def test_experiment_writes_tables_plots_and_an_mlflow_run(project, capsys, prefe
     arms = {a["name"]: a for a in results["arms"]}
     assert set(arms) == {"pretrained@20", "scratch@20", "head", "lora"}
     assert arms["pretrained@20"]["train_rows"] == 20 and arms["head"]["train_rows"] > 100
-    assert arms["pretrained@20"]["epochs"] == 30  # 2 steps an epoch at batch 16: stretched to 60 steps
-    assert (
-        arms["head"]["trainable_params"]
-        < arms["lora"]["trainable_params"]
-        < arms["scratch@20"]["trainable_params"]
-    )
+    assert arms["pretrained@20"]["epochs"] == 3  # 2 steps an epoch at batch 16: stretched to 6 steps
+    assert max(arms["head"]["trainable_params"], arms["lora"]["trainable_params"]) < 200_000
+    assert arms["scratch@20"]["trainable_params"] == arms["scratch@20"]["total_params"] > 20_000_000
     for name in ("learning_curve.md", "learning_curve.png", "strategies.md", "strategies.png"):
         assert (paths.results_dir / name).stat().st_size > 0
     assert "| 20 |" in (paths.results_dir / "learning_curve.md").read_text()

@@ -68,9 +68,20 @@ def ops(tmp_path_factory: pytest.TempPathFactory):
             os.environ["PREFECT_WORKER_QUERY_SECONDS"] = saved
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
+            # Task runs reach the server as events, through a process-wide worker that keeps the API URL
+            # it started with: one started by an earlier test (the session's test harness) would send
+            # this module's task runs there. Drain it so the next one starts against this server.
+            _restart_event_worker()
             yield Ops(project, url, settings)
     finally:
+        _restart_event_worker()
         cli("down", "--project", str(project))
+
+
+def _restart_event_worker() -> None:
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=30)
 
 
 def versions(project: Path) -> list[str]:

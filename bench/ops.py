@@ -28,7 +28,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,35 +39,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "tasks", "data/raw/README.md")
-
 
 def make_project(base: Path, rows: int, epochs: int) -> Path:
-    import yaml
+    from tests.conftest import make_project as scaffold
 
-    project = base / "project"
-    for rel in PROJECT_FILES:
-        src, dst = ROOT / rel, project / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
-    dvc = [sys.executable, "-m", "dvc"]
-    for cmd in (
-        ["git", "init", "-q"],
-        [*dvc, "init", "-q"],
-        [*dvc, "config", "core.analytics", "false"],
-        [*dvc, "remote", "add", "-d", "local", str(base / "dvc-remote")],
-    ):
-        subprocess.run(cmd, cwd=project, check=True, capture_output=True)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["max_rows"] = rows
-    params["train"]["epochs"] = epochs
-    params["gate"]["min_accuracy"] = 0.5  # the first run must promote whatever --rows/--epochs give
-    params["gate"]["max_latency_ms"] = 1.0e6  # and not depend on this machine's load
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return project
+    return scaffold(
+        base,
+        {
+            "data.max_rows": rows,
+            "train.epochs": epochs,
+            "gate.min_accuracy": 0.5,  # the first run must promote whatever --rows/--epochs give
+            "gate.max_latency_ms": 1.0e6,  # and not depend on this machine's load
+        },
+    )
 
 
 def instrument(core: dict[str, list[float]]) -> None:

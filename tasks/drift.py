@@ -435,16 +435,14 @@ def embed(
     """
     import torch
 
-    from tasks.train import collate
+    from tasks.train import by_length, collate
 
     tokenizer, model = _load_encoder(str(Path(encoder_dir).resolve()), quantize)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
     pad_id = tokenizer.pad_token_id or 0
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = torch.empty((len(encoded), model.config.hidden_size), dtype=torch.float32)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in by_length([len(s) for s in encoded], batch_size):
             ids, mask = collate([encoded[i] for i in idx], pad_id)
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
             weights = mask.unsqueeze(-1).to(hidden.dtype)

@@ -61,13 +61,13 @@ class TrainResult:
     best_epoch: int
     best_val_accuracy: float
     seconds: float
-    strategy: str = "freeze"
-    steps: int = 0
-    cached_layers: int = 0  # lowest encoder layers served from the activation cache (0 = no cache)
-    resumed_from_step: int | None = None
-    stopped_early: bool = False
-    layers: dict[str, dict[str, int]] = field(default_factory=dict)  # block -> trainable/total params
-    history: list[EpochStats] = field(default_factory=list)
+    strategy: str
+    steps: int
+    cached_layers: int  # lowest encoder layers served from the activation cache (0 = no cache)
+    resumed_from_step: int | None
+    stopped_early: bool
+    layers: dict[str, dict[str, int]]  # block -> trainable/total params
+    history: list[EpochStats]
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -199,6 +199,12 @@ def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
+def by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Index batches of similar-length examples (shortest first): little padding for inference passes."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def predict_logits(
     model: PreTrainedModel,
     encoded: list[list[int]],
@@ -211,11 +217,9 @@ def predict_logits(
     import torch
 
     model.eval()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out = torch.empty((len(encoded), model.config.num_labels), dtype=torch.float32)
     with torch.inference_mode(), autocast(device, precision):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in by_length([len(s) for s in encoded], batch_size):
             ids, mask = collate([encoded[i] for i in idx], pad_id)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             out[idx] = logits.float().cpu()
@@ -546,11 +550,9 @@ def _frozen_activations(
     from tasks.transfer import bottom
 
     model.eval()
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
     with torch.no_grad(), autocast(device, precision):
-        for start in range(0, len(order), 128):
-            idx = order[start : start + 128]
+        for idx in by_length([len(s) for s in encoded], 128):
             ids, mask = collate([encoded[i] for i in idx], pad_id)
             hidden = bottom(model, ids.to(device), mask.to(device), depth).float().cpu()
             for row, i in enumerate(idx):
@@ -581,11 +583,9 @@ def _logits_from_cache(
     from tasks.transfer import top
 
     model.eval()
-    order = sorted(range(len(cache)), key=lambda i: cache[i].shape[0])
     out = torch.empty((len(cache), model.config.num_labels), dtype=torch.float32)
     with torch.inference_mode(), autocast(device, precision):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in by_length([h.shape[0] for h in cache], batch_size):
             hidden, mask = _collate_hidden([cache[i] for i in idx])
             out[idx] = top(model, hidden.to(device), mask.to(device), depth).float().cpu()
     return out

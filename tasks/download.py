@@ -6,9 +6,10 @@ Sources (``model.source``):
   * ``hf://org/name@rev`` the Hugging Face Hub; ``rev`` (branch, tag or SHA) is resolved to a commit SHA.
 
 Only configs, tokenizer files and safetensors weights are taken: pickled weights (.bin, .pt, ...) can run
-code when loaded, so a source that offers nothing else is refused. The cache folder is named by the
-sha256 over its files' sha256 hashes, so the same bytes always land in the same place and any change
-produces a new identity (recorded on every model version as the base-model SHA).
+code when loaded, so a source that offers nothing else is refused, and so is one whose config asks for remote
+code (``auto_map``: loading it would import the repository's own Python, i.e. need trust_remote_code). The
+cache folder is named by the sha256 over its files' sha256 hashes, so the same bytes always land in the same
+place and any change produces a new identity (recorded on every model version as the base-model SHA).
 """
 
 from __future__ import annotations
@@ -105,6 +106,28 @@ def select_files(names: list[str], origin: str) -> list[str]:
     return chosen
 
 
+def refuse_remote_code(folder: Path, names: list[str], origin: str) -> None:
+    """Refuse a model whose configs map classes to its own Python (``auto_map``).
+
+    transformers imports and runs that code when such a model is loaded with trust_remote_code=True, and
+    transferline never passes it; refusing here gives a clear error at download instead of a confusing one
+    (or a prompt) at training time. The .py files themselves are never copied (see ALLOWED_FILES).
+    """
+    for name in (n for n in names if n.endswith(".json")):
+        try:
+            data = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue  # a broken config is reported by the loader; this check is only about remote code
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        if auto_map:
+            classes = ", ".join(sorted(auto_map)) if isinstance(auto_map, dict) else str(auto_map)
+            raise ModelSourceError(
+                f"{origin}: refused, {name} asks for remote code (auto_map: {classes}), "
+                "which runs the repository's own Python when loaded and would need trust_remote_code=True; "
+                "transferline never passes it. Use a model whose architecture ships with transformers."
+            )
+
+
 def content_digest(files: dict[str, str]) -> str:
     lines = "".join(f"{name} {sha}\n" for name, sha in sorted(files.items()))
     return hashlib.sha256(lines.encode()).hexdigest()
@@ -155,7 +178,12 @@ def _from_package(dist: str) -> tuple[Path, str, str]:
 def _from_hub(repo: str, revision: str | None, staging: Path) -> tuple[Path, str]:
     """Resolve revision -> commit SHA, then download the safe files at exactly that SHA."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from huggingface_hub.utils import httpx  # the Hub client's HTTP stack (httpx2 in hub 2.x)
 
     network_errors = (HfHubHTTPError, httpx.HTTPError, OSError)
@@ -164,7 +192,8 @@ def _from_hub(repo: str, revision: str | None, staging: Path) -> tuple[Path, str
         log.warning("model.source has no @revision: resolving 'main' and recording its commit SHA")
     try:
         info = HfApi().model_info(repo, revision=revision or "main", timeout=HUB_TIMEOUT_S)
-    except (RepositoryNotFoundError, OfflineModeIsEnabled) as err:
+    except (RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled) as err:
+        # a wrong repo or revision is a bad input, not a network fault: retrying it only delays the error
         raise ModelSourceError(f"hf://{repo}@{revision}: {err}") from None
     except network_errors as err:
         raise TransientDownloadError(
@@ -194,6 +223,7 @@ def resolve_model(source: str, cache_root: Path) -> BaseModelRef:
             folder, resolved = _from_hub(ref, revision, Path(tmp))
             model_id = ref
         names = select_files([p.name for p in folder.iterdir() if p.is_file()], source)
+        refuse_remote_code(folder, names, source)
         digest, files, path = materialise(folder, names, cache_root)
     model = BaseModelRef(source, model_id, resolved, digest, files, path)
     verify(model)

@@ -7,6 +7,7 @@ matrix (rows = true label, columns = predicted label, both in ``data.labels`` or
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("transferline.evaluate")
+# The prediction recorded for a row whose logits are NaN/inf: in no class, so never counted correct.
+NON_FINITE = "<non-finite>"
 
 
 @dataclass(frozen=True)
@@ -155,9 +158,14 @@ class Predictor:
         return predict_logits(self.model, encoded, pad, batch_size, self.device, self.precision)
 
     def predict(self, texts: list[str], batch_size: int) -> list[str]:
-        """Label names, in input order."""
+        """Label names, in input order; NON_FINITE where the model's outputs are not numbers."""
+        import torch
+
         id2label = self.model.config.id2label
-        return [id2label[i] for i in self.logits(texts, batch_size).argmax(-1).tolist()]
+        logits = self.logits(texts, batch_size)
+        finite = torch.isfinite(logits).all(-1).tolist()
+        labels = [id2label[i] for i in logits.argmax(-1).tolist()]
+        return [label if ok else NON_FINITE for label, ok in zip(labels, finite, strict=True)]
 
     def latency_p95_ms(self, texts: list[str], runs: int = 60, warmup: int = 5) -> float:
         """p95 wall time of one text -> label (tokenising included), the way a request is served."""
@@ -180,6 +188,10 @@ class Predictor:
 def score(predictor: Predictor, frame: pd.DataFrame, cfg: Config, name: str) -> EvalResult:
     predictions = predictor.predict(frame[TEXT].tolist(), cfg.evaluate.batch_size)
     result = compute_metrics(frame[LABEL].tolist(), predictions, cfg.data.labels, name)
+    broken = predictions.count(NON_FINITE)
+    if broken:  # argmax of NaN logits is some class: the accuracy would look like a real one
+        log.error("%s: non-finite outputs on %d of %d rows: its accuracy is NaN", name, broken, result.n)
+        result = dataclasses.replace(result, accuracy=float("nan"), macro_f1=float("nan"))
     log.info("%s: accuracy %.4f, macro-F1 %.4f on %d rows", name, result.accuracy, result.macro_f1, result.n)
     return result
 

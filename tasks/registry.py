@@ -970,7 +970,8 @@ def _load_hf(model_dir: Path) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     return {
-        "model": AutoModelForSequenceClassification.from_pretrained(model_dir),
+        # safetensors only: a stray pickled pytorch_model.bin in the folder is never unpickled
+        "model": AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True),
         "tokenizer": AutoTokenizer.from_pretrained(model_dir),
     }
 

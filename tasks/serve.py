@@ -310,6 +310,8 @@ def parse_predict_body(body: bytes, max_batch: int) -> list[str]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise RequestError(400, f"the body is not valid JSON: {err}") from None
+    except RecursionError:  # e.g. 100 000 nested '[' fit in a small body; without this: a 500
+        raise RequestError(400, "the body is not valid JSON: nested too deeply") from None
     try:
         texts = PredictRequest.model_validate(data).texts
     except ValidationError as err:
@@ -319,6 +321,14 @@ def parse_predict_body(body: bytes, max_batch: int) -> list[str]:
         raise RequestError(
             413, f"{len(texts)} texts exceed the limit of {max_batch} per request (--max-batch)"
         )
+    for i, text in enumerate(texts):
+        # JSON may escape a lone surrogate ("\ud800"): a Python str, but not text the tokenizer accepts
+        # (it raises TypeError, which would be a 500)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = {"loc": ["texts", i], "msg": "not valid Unicode (lone surrogate)"}
+            raise RequestError(422, [problem]) from None
     return texts
 
 

@@ -42,6 +42,10 @@ METADATA_FILE = "transferline.json"
 ADAPTER_DIR = "adapter"  # lora: PEFT adapter files inside the model folder
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a number: the run is stopped before anything is saved."""
+
+
 @dataclass(frozen=True)
 class EpochStats:
     epoch: int
@@ -413,7 +417,15 @@ def fine_tune(
             state.step_in_epoch += 1
             state.global_step += 1
             state.seen += len(batch)
-            state.loss_sum += loss.item() * len(batch)
+            value = loss.item()
+            if not math.isfinite(value):  # every later step would only spread the NaN into the weights
+                raise TrainingDiverged(
+                    f"training loss became {value} at epoch {state.epoch},"
+                    f" step {state.step_in_epoch + 1}: lower train.learning_rate (now {cfg.learning_rate:g})"
+                    " or set train.precision: fp32;"
+                    " nothing was saved or registered"
+                )
+            state.loss_sum += value * len(batch)
             rate = state.seen / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", rate=f"{rate:.0f}/s", refresh=False)

@@ -22,7 +22,7 @@ import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import caching
+from tasks import caching, faults
 from tasks.config import Config, load_config
 from tasks.paths import ProjectPaths
 from tasks.runtime import retry_on
@@ -104,6 +104,10 @@ def push(paths: ProjectPaths) -> str:
             "no default DVC remote: add one with `dvc remote add -d NAME URL` so data and weights "
             "are stored outside this machine"
         )
+    faults.transient("dvc.push")
+    if faults.armed("dvc.push-partial"):  # a push cut off after some objects reached the remote
+        dvc(paths, "push", "prepare")
+        faults.point("dvc.push-partial")
     out = dvc(paths, "push")
     return out.strip().splitlines()[-1] if out.strip() else "nothing to push"
 

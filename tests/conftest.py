@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,8 @@ TINY = {
     # ~260 training rows give a small vocabulary: fresh reviews cover only ~0.7-0.8 of it by chance.
     "validate.reference_min_vocab_coverage": 0.5,
 }
+# Even smaller, for tests where a model only has to exist (what is trained does not matter).
+QUICK = {**TINY, "data.max_rows": 200, "train.epochs": 1, "train.max_length": 32}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -105,6 +108,43 @@ def make_project(base: Path, params: dict | None = None) -> Path:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)
+
+
+# A secret no file, log, param, tag or artifact may ever contain (reliability row 14): it is in the
+# environment and in a DVC remote's local config while the session's champion is trained.
+CANARY = f"tl-canary-{secrets.token_hex(12)}"
+CANARY_ENV = ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN", "TRANSFERLINE_TEST_SECRET")
+
+
+@pytest.fixture(scope="session")
+def champion_project(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Path:
+    """A project whose registry holds v1 as champion, trained by the real retrain flow once per session,
+    with the canary secret in the environment and in `.dvc/config.local`. Tests that move its aliases put
+    `champion` back on v1 when they end."""
+    from flows.retrain import retrain
+
+    project = make_project(tmp_path_factory.mktemp("champion"))
+    dvc = [sys.executable, "-m", "dvc"]
+    for cmd in (
+        [*dvc, "remote", "add", "backup", "http://127.0.0.1:9/dvc-store"],
+        [*dvc, "remote", "modify", "--local", "backup", "auth", "basic"],
+        [*dvc, "remote", "modify", "--local", "backup", "user", "transferline"],
+        [*dvc, "remote", "modify", "--local", "backup", "password", CANARY],
+    ):
+        result = run(cmd, project)
+        assert result.returncode == 0, result.stderr
+    saved = {key: os.environ.get(key) for key in CANARY_ENV}
+    os.environ.update(dict.fromkeys(CANARY_ENV, CANARY))
+    try:
+        summary = retrain(project_dir=str(project))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert summary.promoted and summary.version == "1"
+    return project
 
 
 def cli(*argv: str) -> int:

@@ -1,4 +1,4 @@
-"""One real champion for the serving tests: the tiny retrain flow, run once per session."""
+"""Helpers of the serving tests (their champion is the session's `champion_project`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import pytest
-
-from tests.conftest import make_project
-
-
-@pytest.fixture(scope="session")
-def champion_project(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Path:
-    """A project whose registry holds v1 as champion, trained by the real retrain flow."""
-    from flows.retrain import retrain
-
-    project = make_project(tmp_path_factory.mktemp("serving"))
-    summary = retrain(project_dir=str(project))
-    assert summary.promoted and summary.version == "1"
-    return project
 
 
 def registry(project: Path):

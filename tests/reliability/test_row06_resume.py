@@ -1,7 +1,10 @@
-"""Kill the training process for real mid-run, damage its newest checkpoint, and start again.
+"""Row 6: kill the training process for real, mid-run and in the middle of a checkpoint save.
 
-The restarted stage must skip the damaged checkpoint, resume from the newest intact one, finish, and
-produce bit-for-bit the weights of a run that was never interrupted.
+- Killed while writing a checkpoint (files written, no completeness marker yet): the next run ignores the
+  half-written folder, resumes from the last complete checkpoint and loses at most the save interval.
+- SIGKILLed mid-run and the newest checkpoint then damaged: the restarted stage skips it, resumes from the
+  newest intact one, finishes, and produces bit-for-bit the weights of a run that was never interrupted.
+- The same loop under torchrun (2 CPU processes), the multi-GPU path.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,10 +51,41 @@ def prepared(tmp_path_factory) -> Path:
     return project
 
 
+def test_killed_while_saving_a_checkpoint_resumes_from_the_last_complete_one(prepared, ledger):
+    from tasks.faults import CRASH_EXIT_CODE
+
+    paths = ProjectPaths.at(prepared)
+    with ledger.fault(6, f"training process killed while writing its 3rd checkpoint (every {EVERY} steps)"):
+        crashed = run(
+            [sys.executable, "-m", "tasks.train"], prepared,
+            env={**os.environ, "TRANSFERLINE_FAULT": "train.checkpoint-partial@3"},
+        )  # fmt: skip
+        assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-2000:]
+        partial = sorted(paths.checkpoints_dir.glob("*/.tmp-*"))
+        assert len(partial) == 1 and not (partial[0] / "COMPLETE.json").exists()
+        crash_step = int(partial[0].name.split("step-")[1].split("-")[0])
+        assert [int(m.parent.name.removeprefix("step-")) for m in intact_steps(paths)] == [EVERY, 2 * EVERY]
+
+        resumed = stage(prepared, "train")
+        meta = json.loads((paths.challenger_dir / "transferline.json").read_text())
+        resumed_from = meta["training"]["resumed_from_step"]
+        assert resumed_from == 2 * EVERY, resumed.stderr[-2000:]
+        assert meta["training"]["steps"] == 51
+        lost = crash_step - resumed_from
+        assert 0 <= lost <= EVERY
+        assert not any(paths.checkpoints_dir.iterdir()), "the half-written folder is cleaned up"
+        ledger.figure(6, steps_lost_on_resume=lost)
+    shutil.rmtree(paths.challenger_dir)  # the next test starts from a project that has not trained
+
+
 def test_killed_training_resumes_from_last_intact_checkpoint_and_matches_an_uninterrupted_run(
-    prepared, tmp_path
+    prepared, tmp_path, ledger
 ):
-    project = prepared
+    with ledger.fault(6, "training SIGKILLed mid-run, then its newest checkpoint corrupted (1 byte)"):
+        resume_after_kill_and_corruption(prepared, tmp_path)
+
+
+def resume_after_kill_and_corruption(project: Path, tmp_path: Path) -> None:
     paths = ProjectPaths.at(project)
 
     log = (tmp_path / "killed.log").open("w")
@@ -92,7 +127,7 @@ def test_killed_training_resumes_from_last_intact_checkpoint_and_matches_an_unin
     assert sha256(paths.challenger_dir / "model.safetensors") == resumed_weights
 
 
-def test_torchrun_data_parallel_runs_the_same_loop_on_cpu(prepared):
+def test_torchrun_data_parallel_runs_the_same_loop_on_cpu(prepared):  # not a fault: the same code path
     """Two processes under torchrun (gloo on CPU): the multi-GPU path, exercised without a GPU."""
     paths = ProjectPaths.at(prepared)
     cmd = [

@@ -1,4 +1,5 @@
-"""Bad input data stops the real retraining flow before training, with a message that says what to fix.
+"""Row 1: bad input data stops the real retraining flow before training, with a message that says what
+to fix (each test is one bad input in the reliability ledger).
 
 One project is built per module and gets a champion (v1) from one good run. Each test then points
 data.source at its own bad file inside that project, runs the real flow (Prefect, DVC, GX; no mocks) and
@@ -23,7 +24,7 @@ from tasks.validate import DataValidationError
 from tests.conftest import make_project, run, set_params
 from tests.pipeline.test_retrain_flow import model_name, real_reviews, registry
 
-pytestmark = pytest.mark.pipeline
+pytestmark = [pytest.mark.pipeline, pytest.mark.bad_input(1)]
 
 DVC = [sys.executable, "-m", "dvc"]
 CHAMPION_RUN = {
@@ -36,7 +37,7 @@ CHAMPION_RUN = {
 
 
 @pytest.fixture(scope="module")
-def champion_project(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Path:
+def refusing_project(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Path:
     """A project (as the `project` fixture builds it) whose first run on the tiny config made champion v1."""
     from flows.retrain import retrain
 
@@ -52,11 +53,11 @@ def champion_project(tmp_path_factory: pytest.TempPathFactory, prefect_server) -
 
 
 @pytest.fixture
-def project(champion_project: Path) -> Iterator[Path]:
+def project(refusing_project: Path) -> Iterator[Path]:
     """The champion project, with params.yaml restored after each test."""
-    params = (champion_project / "params.yaml").read_bytes()
-    yield champion_project
-    (champion_project / "params.yaml").write_bytes(params)
+    params = (refusing_project / "params.yaml").read_bytes()
+    yield refusing_project
+    (refusing_project / "params.yaml").write_bytes(params)
 
 
 def use_source(project: Path, name: str, content: bytes | pd.DataFrame, **params) -> Path:
@@ -236,6 +237,13 @@ def test_texts_shared_across_splits_exactly_and_as_case_or_space_variants(projec
     )
     overlap = next(o for o in err.report.failures if o.table == "train_test_overlap")
     assert overlap.unexpected_count == 20
+
+
+def test_duplicated_rows_over_the_limit(project: Path):
+    df = real_reviews(240)
+    # a source concatenated with part of itself (an export appended twice): 40% of rows are repeats
+    use_source(project, "twice.csv", pd.concat([df, df.head(160)]), drop_duplicates=False)
+    refused(project, DataValidationError, r"duplicate rate .* exceeds max_duplicate_rate")
 
 
 def test_absurdly_long_texts(project: Path):

@@ -1,4 +1,4 @@
-"""Promotions racing for `champion` against one real MLflow store (SQLite), from separate processes.
+"""Row 10: promotions racing for `champion` against one real MLflow store (SQLite), many trials.
 
 Two spawned worker processes each hold their own Registry (own MlflowClient, own DB connections); per
 trial both are released by a barrier at the same moment and call promote() with the same expected
@@ -62,7 +62,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     return reg
 
 
-def test_two_processes_racing_for_champion_have_exactly_one_winner(store: Registry) -> None:
+def test_two_processes_racing_for_champion_have_exactly_one_winner(store: Registry, ledger) -> None:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(RACERS)
     results = ctx.Queue()
@@ -74,6 +74,12 @@ def test_two_processes_racing_for_champion_have_exactly_one_winner(store: Regist
     for w in workers:
         w.start()
     races: list[dict] = []
+    with ledger.fault(10, f"{RACERS} processes race for champion, {TRIALS} trials"):
+        race_in_processes(store, workers, inboxes, results, races)
+        ledger.figure(10, race_trials=TRIALS, race_trials_with_one_winner=len(races))
+
+
+def race_in_processes(store: Registry, workers: list, inboxes: list, results, races: list[dict]) -> None:
     try:
         ready = {results.get(timeout=180)[1] for _ in range(RACERS)}
         assert ready == set(range(RACERS))
@@ -97,11 +103,11 @@ def test_two_processes_racing_for_champion_have_exactly_one_winner(store: Regist
 
             assert store.get_alias(MODEL, CHAMPION).version == winner
             assert store.get_alias(MODEL, PREVIOUS).version == champion
-            ledger = store.ledger(MODEL)
-            last_champion = [e for e in ledger if e.alias == CHAMPION][-1]
+            moves = store.ledger(MODEL)
+            last_champion = [e for e in moves if e.alias == CHAMPION][-1]
             assert (last_champion.from_version, last_champion.to_version) == (champion, winner)
             assert last_champion.actor == f"racer-{won[0][1]}"
-            this_race = [e for e in ledger if e.reason == f"race {trial}"]
+            this_race = [e for e in moves if e.reason == f"race {trial}"]
             # The winner's champion + previous moves; nothing from the loser.
             assert [(e.alias, e.to_version) for e in this_race] == [(CHAMPION, winner), (PREVIOUS, champion)]
             races.append({"trial": trial, "winner": f"racer-{won[0][1]}", "version": winner})
@@ -114,8 +120,8 @@ def test_two_processes_racing_for_champion_have_exactly_one_winner(store: Regist
             if w.is_alive():
                 w.terminate()
 
-    ledger = store.ledger(MODEL)
-    assert [e.to_version for e in ledger if e.alias == CHAMPION] == ["1", *(r["version"] for r in races)]
+    moves = store.ledger(MODEL)
+    assert [e.to_version for e in moves if e.alias == CHAMPION] == ["1", *(r["version"] for r in races)]
     assert store.get_alias(MODEL, CHAMPION).version == races[-1]["version"]
     wins = Counter(r["winner"] for r in races)
     print(
@@ -127,7 +133,7 @@ def test_two_processes_racing_for_champion_have_exactly_one_winner(store: Regist
     assert len(races) == TRIALS
 
 
-def test_threads_racing_in_one_process_have_exactly_one_winner(store: Registry) -> None:
+def test_threads_racing_in_one_process_have_exactly_one_winner(store: Registry, ledger) -> None:
     """The same guarantee for racers sharing a process (the in-process lock), each with its own client."""
     regs = [Registry(store.tracking_uri, None) for _ in range(RACERS)]
     base = int(store.list_versions(MODEL)[-1].version)
@@ -137,29 +143,37 @@ def test_threads_racing_in_one_process_have_exactly_one_winner(store: Registry) 
         client.create_model_version(MODEL, source.source, run_id=source.run_id).version for _ in range(2 * 5)
     ]
     assert int(new[0]) == base + 1
-    for trial in range(5):
-        champion = store.get_alias(MODEL, CHAMPION).version
-        barrier = threading.Barrier(RACERS)
-        out: queue.Queue = queue.Queue()
+    one_winner = 0
+    with ledger.fault(10, f"{RACERS} threads of one process race for champion, 5 trials"):
+        for trial in range(5):
+            race_in_threads(store, regs, new, trial)
+            one_winner += 1
+    ledger.figure(10, race_trials=5, race_trials_with_one_winner=one_winner)
 
-        def race(i: int, version: str, champion: str = champion, barrier=barrier, out=out) -> None:
-            barrier.wait(timeout=30)
-            try:
-                regs[i].promote(MODEL, version, champion, actor=f"thread-{i}", reason="thread race")
-                out.put(("won", version))
-            except PromotionConflict:
-                out.put(("conflict", version))
 
-        threads = [threading.Thread(target=race, args=(i, str(new[2 * trial + i]))) for i in range(RACERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        results = sorted(out.get_nowait() for _ in range(RACERS))
-        assert [r[0] for r in results] == ["conflict", "won"]
-        winner = results[1][1]
-        assert store.get_alias(MODEL, CHAMPION).version == winner
-        assert [e for e in store.ledger(MODEL) if e.alias == CHAMPION][-1].to_version == winner
+def race_in_threads(store: Registry, regs: list[Registry], new: list[str], trial: int) -> None:
+    champion = store.get_alias(MODEL, CHAMPION).version
+    barrier = threading.Barrier(RACERS)
+    out: queue.Queue = queue.Queue()
+
+    def race(i: int, version: str, champion: str = champion, barrier=barrier, out=out) -> None:
+        barrier.wait(timeout=30)
+        try:
+            regs[i].promote(MODEL, version, champion, actor=f"thread-{i}", reason="thread race")
+            out.put(("won", version))
+        except PromotionConflict:
+            out.put(("conflict", version))
+
+    threads = [threading.Thread(target=race, args=(i, str(new[2 * trial + i]))) for i in range(RACERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    results = sorted(out.get_nowait() for _ in range(RACERS))
+    assert [r[0] for r in results] == ["conflict", "won"]
+    winner = results[1][1]
+    assert store.get_alias(MODEL, CHAMPION).version == winner
+    assert [e for e in store.ledger(MODEL) if e.alias == CHAMPION][-1].to_version == winner
 
 
 def test_promotion_conflict_names_both_versions(store: Registry) -> None:

@@ -1,0 +1,56 @@
+"""Row 15: rollback returns `champion` to the previous version, checked by version id, and is recorded."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run
+from tests.pipeline.test_retrain_flow import model_name, registry
+from tests.reliability.ledger import hashes, lost
+
+pytestmark = pytest.mark.pipeline
+
+
+def test_rollback_returns_champion_to_previous(project: Path, prefect_server, ledger):
+    with ledger.fault(15, "rollback of champion v2 to v1"):
+        from flows.retrain import retrain
+
+        reg, name = registry(project), model_name(project)
+        assert retrain(project_dir=str(project)).version == "1"
+        # an equally good model passes in non-inferiority mode and becomes champion v2
+        assert retrain(project_dir=str(project), overrides={"gate.mode": "non_inferiority"}).version == "2"
+        assert (
+            reg.get_alias(name, "champion").version == "2" and reg.get_alias(name, "previous").version == "1"
+        )
+
+        artifacts = hashes([project / "mlartifacts"])  # both versions' files must outlive the rollback
+        cli = [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "rollback",
+            "--project",
+            str(project),
+            "--reason",
+            "bad reviews",
+        ]
+        result = run(cli, project)
+        assert result.returncode == 0, result.stderr
+        assert reg.get_alias(name, "champion").version == "1"  # checked by version id
+        assert reg.get_alias(name, "previous").version == "2"
+        last = [e for e in reg.ledger(name) if e.alias == "champion"][-1]
+        assert (last.from_version, last.to_version, last.reason) == ("2", "1", "bad reviews")
+
+        show = run(
+            [sys.executable, "-m", "flows.cli", "registry", "show", "--project", str(project)], project
+        )
+        assert show.returncode == 0 and "bad reviews" in show.stdout
+        lineage_cmd = [sys.executable, "-m", "flows.cli", "lineage", "2", "--project", str(project)]
+        lineage = run(lineage_cmd, project)
+        assert lineage.returncode == 0, lineage.stderr
+        v2 = reg.get_version(name, "2")
+        assert v2.tags["data_hash"] in lineage.stdout and "dvc" in lineage.stdout
+        ledger.figure(15, data_lost=lost(artifacts, hashes([project / "mlartifacts"])))

@@ -40,24 +40,21 @@ class Ledger:
             fh.write(json.dumps({"test": self.test, **entry}) + "\n")
 
     @contextlib.contextmanager
-    def fault(self, row: int, injected: str) -> Iterator[None]:
-        """A fault injected for real; survived = every assertion in the block held."""
+    def _entry(self, kind: str, row: int, name: str) -> Iterator[None]:
         ok = False
         try:
             yield
             ok = True
         finally:
-            self._write({"kind": "fault", "row": row, "name": injected, "ok": ok})
+            self._write({"kind": kind, "row": row, "name": name, "ok": ok})
 
-    @contextlib.contextmanager
-    def bad_input(self, row: int, tried: str) -> Iterator[None]:
+    def fault(self, row: int, injected: str) -> contextlib.AbstractContextManager[None]:
+        """A fault injected for real; survived = every assertion in the block held."""
+        return self._entry("fault", row, injected)
+
+    def bad_input(self, row: int, tried: str) -> contextlib.AbstractContextManager[None]:
         """A bad input fed to the real entry point; rejected = refused as the plan says (block passed)."""
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            self._write({"kind": "bad_input", "row": row, "name": tried, "ok": ok})
+        return self._entry("bad_input", row, tried)
 
     def figure(self, row: int, **values: float) -> None:
         self._write({"kind": "figure", "row": row, **values})

@@ -40,7 +40,7 @@ import pandas as pd
 import pytest
 
 from tests.reliability.ledger import Ledger
-from tests.serving.conftest import model_name, registry
+from tests.serving.conftest import model_name, register_dir, registry
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -421,7 +421,6 @@ def register_corrupted(project: Path, source_dir: Path, dest: Path) -> str:
     """Register v1's files as a new version, tagged with their hashes as the flow tags them, but with one
     byte of model.safetensors flipped after hashing (bit rot or tampering between hashing and upload)."""
     from tasks.promote import model_files_sha256
-    from tasks.train import METADATA_FILE
 
     shutil.copytree(source_dir, dest)
     files = model_files_sha256(dest)
@@ -429,17 +428,7 @@ def register_corrupted(project: Path, source_dir: Path, dest: Path) -> str:
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01  # inside the tensor data: the header stays valid, the file still loads
     weights.write_bytes(bytes(data))
-    meta = json.loads((dest / METADATA_FILE).read_text())
-    info = registry(project).log_and_register(
-        model_name=model_name(project),
-        experiment="reliability-row13",
-        model_dir=dest,
-        params={"train.max_length": meta["max_length"]},
-        metrics={},
-        artifacts=[],
-        tags={"weights_sha256": files["model.safetensors"], "model_files_sha256": json.dumps(files)},
-    )
-    return info.version
+    return register_dir(project, dest, files, "reliability-row13")
 
 
 def stream(port: int, stop_event: threading.Event, log: list) -> None:

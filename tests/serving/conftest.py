@@ -36,23 +36,28 @@ def register_variant(project: Path, source_dir: Path, dest: Path, bias_shift: fl
     from safetensors.torch import load_file, save_file
 
     from tasks.promote import model_files_sha256
-    from tasks.train import METADATA_FILE
 
     shutil.copytree(source_dir, dest)
     weights = load_file(dest / "model.safetensors")
     weights["classifier.bias"] = weights["classifier.bias"] + shifted(weights["classifier.bias"], bias_shift)
     save_file(weights, dest / "model.safetensors", metadata={"format": "pt"})
-    files = model_files_sha256(dest)
-    tags = {"weights_sha256": files["model.safetensors"], "model_files_sha256": json.dumps(files)}
-    meta = json.loads((dest / METADATA_FILE).read_text())
+    return register_dir(project, dest, model_files_sha256(dest), "serving-tests")
+
+
+def register_dir(project: Path, model_dir: Path, files: dict[str, str], experiment: str) -> str:
+    """Register model_dir as a new version through the real registry API, tagged with `files` (its
+    files' sha256, as the flow tags them); returns the version."""
+    from tasks.train import METADATA_FILE
+
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
     info = registry(project).log_and_register(
         model_name=model_name(project),
-        experiment="serving-tests",
-        model_dir=dest,
+        experiment=experiment,
+        model_dir=model_dir,
         params={"train.max_length": meta["max_length"]},
         metrics={},
         artifacts=[],
-        tags=tags,
+        tags={"weights_sha256": files["model.safetensors"], "model_files_sha256": json.dumps(files)},
     )
     return info.version
 

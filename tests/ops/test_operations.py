@@ -281,9 +281,16 @@ def test_ui_custom_run_from_a_real_browser(ops: Ops, capsys: pytest.CaptureFixtu
             epochs = page.locator(".p-label", has_text="epochs")  # the form's field for `epochs`
             epochs.get_by_role("button", name="int", exact=True).click()
             epochs.locator("input").fill("1")
+            epochs.locator("input").press("Tab")  # commit the field before submitting the form
             page.screenshot(path=str(form_shot), full_page=True)
-            page.get_by_role("button", name="Submit").click()
-            run_id = wait_new_run(known)
+            submit = page.get_by_role("button", name="Submit")
+            submit.wait_for(state="visible")
+            submit.click()
+            try:
+                run_id = wait_new_run(known, timeout=120)
+            except AssertionError:
+                page.screenshot(path=str(OUTPUT / "prefect-ui-after-submit.png"), full_page=True)
+                raise
             run = wait_final(run_id)
             page.goto(f"{ui}/runs/flow-run/{run_id}")
             page.get_by_text("Completed").first.wait_for(timeout=60_000)

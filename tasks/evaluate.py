@@ -24,7 +24,15 @@ from tasks.config import Config, ConfigError, load_config
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
 from tasks.runtime import configure_environment, stage_logging
-from tasks.train import METADATA_FILE, choose_device, choose_precision, encode, predict_logits, read_split
+from tasks.train import (
+    METADATA_FILE,
+    cast_for_inference,
+    choose_device,
+    choose_precision,
+    encode,
+    predict_logits,
+    read_split,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -150,6 +158,7 @@ class Predictor:
         self.device = choose_device("auto")
         self.precision = choose_precision("auto", self.device)
         self.model.to(self.device).eval()
+        cast_for_inference(self.model, self.precision)
 
     def logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
         """Logits (N, C) in input order: the one inference path of evaluation, serving and batch scoring."""

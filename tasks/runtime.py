@@ -28,6 +28,15 @@ def configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def torch_threads(local_world: int = 1) -> int:
+    """Intra-op threads for torch: OMP_NUM_THREADS when the user set it (a shared box, parallel test
+    workers), else one per core shared among the `local_world` processes of this machine (torchrun)."""
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    if wanted.isdigit() and int(wanted) > 0:
+        return int(wanted)
+    return max(1, (os.cpu_count() or 1) // max(1, local_world))
+
+
 def stage_logging() -> None:
     """Progress lines of a `python -m tasks.<stage>` run (dvc repro) on stderr.
 

@@ -30,7 +30,7 @@ from tasks.config import Config, ConfigError, TrainConfig, load_config
 from tasks.download import BaseModelRef, load_base_ref
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
-from tasks.runtime import configure_environment, stage_logging
+from tasks.runtime import configure_environment, stage_logging, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +40,9 @@ log = logging.getLogger("transferline.train")
 
 METADATA_FILE = "transferline.json"
 ADAPTER_DIR = "adapter"  # lora: PEFT adapter files inside the model folder
+# Inference passes inside training (validation, the frozen-layer cache): the evaluation's default batch;
+# as fast as 128 here, with less memory.
+INFERENCE_BATCH = 32
 
 
 class TrainingDiverged(RuntimeError):
@@ -140,6 +143,24 @@ def autocast(device: torch.device, precision: str) -> Any:
 
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
+
+
+def cast_for_inference(model: PreTrainedModel, precision: str) -> None:
+    """Store the Linear layers in autocast's dtype, for a model that only ever runs under `autocast`.
+
+    Autocast casts every fp32 Linear weight to bf16/fp16 on every call (its cast cache lives only as
+    long as one autocast block): for one short text that is most of the work. Casting once gives exactly
+    the same numbers, since autocast would round the same weights the same way; LayerNorm, embeddings and
+    softmax keep fp32, as under autocast.
+    """
+    import torch
+
+    if precision not in ("bf16", "fp16"):
+        return
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(dtype)
 
 
 # -- model ---------------------------------------------------------------------------------------------
@@ -287,9 +308,7 @@ def fine_tune(
     from tasks import checkpoints, transfer
 
     started = time.perf_counter()
-    # One thread per core, shared among the processes of this machine under torchrun.
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // local_world))
+    torch.set_num_threads(cfg.num_threads or torch_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     seed_everything(cfg.seed)
     rank, world = init_distributed(cfg.device)
     device = choose_device(cfg.device)
@@ -337,9 +356,9 @@ def fine_tune(
 
     def val_accuracy() -> float:
         if cache_val is not None:
-            logits = _logits_from_cache(model, cache_val, depth or 0, 128, device, precision)
+            logits = _logits_from_cache(model, cache_val, depth or 0, INFERENCE_BATCH, device, precision)
         else:
-            logits = predict_logits(model, x_val, pad_id, 128, device, precision)
+            logits = predict_logits(model, x_val, pad_id, INFERENCE_BATCH, device, precision)
         return float((logits.argmax(-1) == y_val).float().mean())
 
     state = _Progress(epoch_rng=_rng_state(random.Random(cfg.seed)))
@@ -564,7 +583,7 @@ def _frozen_activations(
     model.eval()
     out: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
     with torch.no_grad(), autocast(device, precision):
-        for idx in by_length([len(s) for s in encoded], 128):
+        for idx in by_length([len(s) for s in encoded], INFERENCE_BATCH):
             ids, mask = collate([encoded[i] for i in idx], pad_id)
             hidden = bottom(model, ids.to(device), mask.to(device), depth).float().cpu()
             for row, i in enumerate(idx):

@@ -26,9 +26,12 @@ def _api_url() -> str:
     return str(PREFECT_API_URL.value())
 
 
-def test_crash_between_version_and_alias_then_an_idempotent_rerun(project: Path, prefect_server, ledger):
+def test_crash_between_version_and_alias_then_an_idempotent_rerun(
+    quick_project: Path, prefect_server, ledger
+):
     """Kill the process right after MLflow created the version: no alias may point at it; the re-run
     reuses it instead of registering a duplicate, and promotes it after its gate."""
+    project = quick_project  # a model only has to exist here
     with ledger.fault(9, "process killed between creating the model version and moving the alias"):
         from tasks.faults import CRASH_EXIT_CODE
 

@@ -192,3 +192,26 @@ def test_bad_strategy_settings_are_refused_with_the_key():
 
     with pytest.raises(ConfigError, match=r"train\.lora_target_modules"):
         apply_lora(model, train_cfg(strategy="lora", lora_target_modules=["no_such_module"]))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_inference_cast_gives_exactly_the_autocast_logits(reviews, precision):
+    """Serving casts the Linear weights once instead of per call; the logits must not change by a bit."""
+    from transformers import AutoTokenizer
+
+    from tasks.train import cast_for_inference, predict_logits
+
+    model = build_model(BASE, LABELS)
+    cast = build_model(BASE, LABELS)
+    cast.load_state_dict(model.state_dict())
+    cast_for_inference(cast, precision)
+    expected_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert cast.classifier.weight.dtype == expected_dtype
+    assert cast.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+    tok = AutoTokenizer.from_pretrained(BASE)
+    encoded = encode(tok, reviews[1]["text"].tolist()[:40], 48)
+    cpu = torch.device("cpu")
+    for batch_size in (1, 16):
+        want = predict_logits(model, encoded, tok.pad_token_id, batch_size, cpu, precision)
+        got = predict_logits(cast, encoded, tok.pad_token_id, batch_size, cpu, precision)
+        assert torch.equal(want, got)

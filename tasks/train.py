@@ -241,13 +241,14 @@ def predict_logits(
     """Logits (N, C) in input order; batches are formed by length for speed and re-ordered after."""
     import torch
 
+    from tasks import transfer
+
     model.eval()
     out = torch.empty((len(encoded), model.config.num_labels), dtype=torch.float32)
     with torch.inference_mode(), autocast(device, precision):
         for idx in by_length([len(s) for s in encoded], batch_size):
             ids, mask = collate([encoded[i] for i in idx], pad_id)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            out[idx] = logits.float().cpu()
+            out[idx] = transfer.logits(model, ids.to(device), mask.to(device)).float().cpu()
     return out
 
 
@@ -422,7 +423,7 @@ def fine_tune(
                     logits = transfer.top(model, hidden.to(device), mask.to(device), depth or 0)
                 else:
                     ids, mask = collate([x_train[i] for i in batch], pad_id)
-                    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                    logits = transfer.logits(model, ids.to(device), mask.to(device))
             loss = F.cross_entropy(logits.float(), y_train[batch].to(device))
             scaler.scale(loss).backward()
             if world > 1:

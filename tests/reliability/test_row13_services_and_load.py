@@ -350,7 +350,6 @@ def test_serve_refuses_traversal_odd_methods_and_malformed_requests(serve: dict,
         ("OPTIONS /predict (CORS preflight from another origin)", "OPTIONS", "/predict", None,
          {"Origin": "https://evil.example.com", "Access-Control-Request-Method": "POST"}, {405}),
         ("Content-Length: 10^12 declared", "POST", "/predict", good, {"Content-Length": str(10**12)}, {413}),
-        ("Content-Length: 12abc", "POST", "/predict", good, {"Content-Length": "12abc"}, {400}),
         ("a body of --max-body-bytes + 1", "POST", "/predict",
          json.dumps({"texts": ["z" * (MAX_BODY - 11)]}).encode()[: MAX_BODY + 1], {}, {413}),
         ("one text larger than --max-body-bytes", "POST", "/predict",
@@ -386,18 +385,28 @@ def test_serve_refuses_traversal_odd_methods_and_malformed_requests(serve: dict,
             assert "access-control-allow-origin" not in answer_headers  # no CORS: browsers can't read it
             still_serving(serve)
 
+    # (what, bytes sent in one write, whether a 400 answer is required rather than a 4xx or a drop)
     raw_cases = [
+        # uvicorn answers a malformed header with 400 and closes at once; http.client writes the body
+        # after the headers, and a body that lands on the closed socket resets the connection before
+        # the answer is read (about 1 request in 10), so this request goes in a single write
+        ("Content-Length: 12abc",
+         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n" + good, True),
         ("two conflicting Content-Length headers (smuggling)",
-         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n" + good),
+         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n" + good,
+         False),
         # h11 caps a header block it has to buffer at 16 KB; one that arrives in a single read (up to
         # ~64-256 KB) is accepted, which bounds it all the same
-        ("a 1 MB header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 1_000_000 + b"\r\n\r\n"),
-        ("a garbage request line", b"GET /../../etc/passwd HTTP/9.9 junk\r\n\r\n"),
-        ("a request without a method", b"/etc/passwd\r\n\r\n"),
+        ("a 1 MB header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 1_000_000 + b"\r\n\r\n",
+         False),
+        ("a garbage request line", b"GET /../../etc/passwd HTTP/9.9 junk\r\n\r\n", False),
+        ("a request without a method", b"/etc/passwd\r\n\r\n", False),
     ]  # fmt: skip
-    for what, data in raw_cases:
-        with ledger.bad_input(0, f"serve: {what} -> 400 or connection dropped"):
+    for what, data, answered in raw_cases:
+        with ledger.bad_input(0, f"serve: {what} -> {'400' if answered else '400 or connection dropped'}"):
             answer = raw_exchange(port, data)
+            if answered:
+                assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
             # the server may drop such a connection instead of answering: either way nothing is served
             if answer:
                 status_line = answer.split(b"\r\n", 1)[0]

@@ -146,21 +146,23 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 
 def cast_for_inference(model: PreTrainedModel, precision: str) -> None:
-    """Store the Linear layers in autocast's dtype, for a model that only ever runs under `autocast`.
+    """Store an inference-only model in its inference dtype once, instead of autocast casting per call.
 
-    Autocast casts every fp32 Linear weight to bf16/fp16 on every call (its cast cache lives only as
-    long as one autocast block): for one short text that is most of the work. Casting once gives exactly
-    the same numbers, since autocast would round the same weights the same way; LayerNorm, embeddings and
-    softmax keep fp32, as under autocast.
+    bf16: the whole model, so LayerNorm, residual sums and attention run in bf16 too. Measured on this CPU
+    (2,000 reviews, batch 32): 11% more texts/s than bf16 autocast over fp32 weights, and 3 of 1,912 test
+    labels differ from autocast's, where fp32 differs from autocast on 4 (same accuracy to 1 row).
+    Evaluation, serving and batch scoring all load models through here, so the gate scores what is
+    served. fp16 (CUDA only): Linear layers only, as autocast would round them; LayerNorm, embeddings
+    and softmax keep fp32, since fp16's range is too narrow for them.
     """
     import torch
 
-    if precision not in ("bf16", "fp16"):
-        return
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.to(dtype)
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    elif precision == "fp16":
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.to(torch.float16)
 
 
 # -- model ---------------------------------------------------------------------------------------------

@@ -219,8 +219,9 @@ def test_bad_strategy_settings_are_refused_with_the_key():
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_inference_cast_gives_exactly_the_autocast_logits(reviews, precision):
-    """Serving casts the Linear weights once instead of per call; the logits must not change by a bit."""
+def test_inference_cast_stores_the_model_in_its_inference_dtype(reviews, precision):
+    """bf16 inference runs the whole model in bf16 (not autocast over fp32 weights), close to autocast's
+    logits; fp32 changes nothing."""
     from transformers import AutoTokenizer
 
     from tasks.train import cast_for_inference, predict_logits
@@ -230,12 +231,15 @@ def test_inference_cast_gives_exactly_the_autocast_logits(reviews, precision):
     cast.load_state_dict(model.state_dict())
     cast_for_inference(cast, precision)
     expected_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    assert cast.classifier.weight.dtype == expected_dtype
-    assert cast.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+    assert {p.dtype for p in cast.parameters()} == {expected_dtype}
     tok = AutoTokenizer.from_pretrained(BASE)
     encoded = encode(tok, reviews[1]["text"].tolist()[:40], 48)
     cpu = torch.device("cpu")
     for batch_size in (1, 16):
         want = predict_logits(model, encoded, tok.pad_token_id, batch_size, cpu, precision)
         got = predict_logits(cast, encoded, tok.pad_token_id, batch_size, cpu, precision)
-        assert torch.equal(want, got)
+        if precision == "fp32":
+            assert torch.equal(want, got)
+        else:  # this untrained head's logits are ~0.07; bf16 moved them by under 0.001 when written
+            assert got.dtype == torch.float32 and torch.isfinite(got).all()
+            assert torch.allclose(got, want, atol=0.005), (got - want).abs().max()

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,13 +153,12 @@ def _trainer(base: Path, train, labels: list[str], t, freeze: bool):
     return time.perf_counter() - started, trainer.model, tokenizer
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def bench_args(doc: str | None, arms: tuple[str, ...]) -> argparse.Namespace:
+    """The options of a benchmark whose arms each train in their own process; sets the runtime up offline."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=0, help="training rows (0 = the whole training split)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
+    parser.add_argument("--arms", default=",".join(arms), help="comma-separated subset of " + ", ".join(arms))
     parser.add_argument("--workdir", type=Path, help="reuse a prepared folder (default: a temporary one)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm, print its JSON
     args = parser.parse_args()
@@ -167,34 +167,35 @@ def main() -> None:
 
     configure_environment()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.arm:
-        print(json.dumps(run_arm(args.arm, args.workdir, args.epochs)))
-        return
+    return args
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-training-"))
+
+def run_arms(script: str, arms: list[str], args: argparse.Namespace) -> Iterator[tuple[str, dict]]:
+    """Each arm as `script --arm NAME` in its own process, on one prepared folder: (arm, its JSON figures)."""
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"bench-{Path(script).stem}-"))
     if not (workdir / "data" / "prepared" / "train.parquet").exists():
         print(f"preparing the sample split and base model in {workdir} ...", flush=True)
         prepare(workdir, args.rows or None)
-    results = {}
-    for arm in args.arms.split(","):
+    for arm in arms:
         print(f"running {arm} ...", flush=True)
-        cmd = [
-            sys.executable,
-            __file__,
-            "--arm",
-            arm,
-            "--workdir",
-            str(workdir),
-            "--epochs",
-            str(args.epochs),
-        ]
+        cmd = [sys.executable, script, "--arm", arm, "--workdir", str(workdir), "--epochs", str(args.epochs)]
         done = subprocess.run(
             cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )
         if done.returncode != 0:
             sys.exit(f"{arm} failed:\n{done.stderr[-3000:]}")
-        results[arm] = json.loads(done.stdout.strip().splitlines()[-1])
-        r = results[arm]
+        yield arm, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    args = bench_args(__doc__, ARMS)
+    if args.arm:
+        print(json.dumps(run_arm(args.arm, args.workdir, args.epochs)))
+        return
+
+    results = {}
+    for arm, r in run_arms(__file__, args.arms.split(","), args):
+        results[arm] = r
         print(
             f"  {arm:<15} {r['train_seconds']:>8.1f} s  {r['samples_per_s']:>7.1f} samples/s  "
             f"test acc {r['test_accuracy']:.4f}  peak RSS {r['peak_rss_gb']:.2f} GB  ({r['precision']})",

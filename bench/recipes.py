@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 import sys
 import time
@@ -123,6 +124,8 @@ def _adapt_mlm(base: Path, texts: list[str], out: Path, max_length: int) -> Path
     import torch.nn.functional as F
     from transformers import AutoTokenizer, BertForMaskedLM, BertModel, DataCollatorForLanguageModeling
 
+    from tasks.train import _schedule, autocast, choose_precision
+
     torch.manual_seed(0)
     rng = random.Random(0)
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -130,12 +133,11 @@ def _adapt_mlm(base: Path, texts: list[str], out: Path, max_length: int) -> Path
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     batch_size = 32
-    steps = -(-len(encoded) // batch_size) * TAPT_EPOCHS
+    batches = math.ceil(len(encoded) / batch_size)
     optimizer = torch.optim.AdamW(mlm.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
-    warmup = max(1, int(0.06 * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / steps)
-    )
+    scheduler = _schedule(optimizer, batches * TAPT_EPOCHS, warmup_ratio=0.06)  # the train stage's schedule
+    cpu = torch.device("cpu")
+    precision = choose_precision("auto", cpu)
     mlm.train()
     for epoch in range(TAPT_EPOCHS):
         order = list(range(len(encoded)))
@@ -143,7 +145,7 @@ def _adapt_mlm(base: Path, texts: list[str], out: Path, max_length: int) -> Path
         total = 0.0
         for start in range(0, len(order), batch_size):
             batch = collator([{"input_ids": encoded[i]} for i in order[start : start + batch_size]])
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast(cpu, precision):
                 hidden = mlm.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 masked = batch["labels"] != -100
                 scores = mlm.cls(hidden.last_hidden_state[masked])
@@ -154,8 +156,11 @@ def _adapt_mlm(base: Path, texts: list[str], out: Path, max_length: int) -> Path
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             total += loss.item()
-        print(f"tapt epoch {epoch + 1}/{TAPT_EPOCHS}: MLM loss {total / -(-len(order) // batch_size):.3f}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"tapt epoch {epoch + 1}/{TAPT_EPOCHS}: MLM loss {total / batches:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
     # BertForMaskedLM has no pooler; keep the pretrained one so the classifier starts where the baseline does.
     encoder = BertModel.from_pretrained(base, use_safetensors=True)
     encoder.load_state_dict(mlm.bert.state_dict(), strict=False)

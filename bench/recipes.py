@@ -14,6 +14,11 @@ split, in one run, against the baseline of the same run:
 - batch16:           batch size 16 and learning rate 5e-5 (twice the optimisation steps)
 - tapt:              task-adaptive pretraining first: masked-language modelling on the training and
                      validation texts (never the test texts) for 3 epochs, then the baseline
+- rdrop:             R-Drop, train.rdrop_alpha 1: each batch runs twice under different dropout masks and
+                     the symmetric KL between the two predictions joins the loss
+- fgm:               FGM adversarial training, train.adversarial_eps 1: one more pass per step with the
+                     batch's word embeddings shifted along their loss gradient
+- rdrop+fgm:         both
 
 mean-pooling and label-smoothing are not servable as they stand (the registry logs a standard
 `BertForSequenceClassification`), so they are measured here rather than offered as settings. Each arm runs
@@ -39,8 +44,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ARMS = ("baseline", "label-smoothing", "mean-pooling", "train+validation", "batch16", "tapt")
+ARMS = (
+    "baseline",
+    "label-smoothing",
+    "mean-pooling",
+    "train+validation",
+    "batch16",
+    "tapt",
+    "rdrop",
+    "fgm",
+    "rdrop+fgm",
+)
 TAPT_EPOCHS = 3
+RDROP_ALPHA = 1.0  # train.rdrop_alpha of the rdrop arms
+FGM_EPS = 1.0  # train.adversarial_eps of the fgm arms
 
 
 def run_arm(arm: str, workdir: Path, epochs: int) -> dict[str, Any]:
@@ -79,6 +96,8 @@ def run_arm(arm: str, workdir: Path, epochs: int) -> dict[str, Any]:
         update |= {"batch_size": 16, "learning_rate": 5e-5}
     elif arm == "tapt":
         base = _adapt_mlm(base, [*train["text"], *val["text"]], workdir / "tapt", cfg.train.max_length)
+    elif arm in ("rdrop", "fgm", "rdrop+fgm"):
+        update |= {"rdrop_alpha": RDROP_ALPHA * ("rdrop" in arm), "adversarial_eps": FGM_EPS * ("fgm" in arm)}
     elif arm != "baseline":
         raise SystemExit(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
     t = cfg.train.model_copy(update=update)

@@ -109,6 +109,8 @@ class TrainConfig(_Section):
     learning_rate: float = Field(gt=0, le=1)
     layer_lr_decay: float = Field(gt=0, le=1)
     weight_decay: float = Field(ge=0, le=1)
+    rdrop_alpha: float = Field(ge=0, le=100)
+    adversarial_eps: float = Field(ge=0, le=100)
     warmup_ratio: float = Field(ge=0, lt=1)
     max_length: int = Field(ge=8, le=512)
     freeze_embeddings: bool

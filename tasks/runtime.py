@@ -12,6 +12,10 @@ _ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # telemetry fails (slowly) without internet
     "PREFECT_LOGGING_EXTRA_LOGGERS": "transferline",  # core functions' logs reach the Prefect UI
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # DVC stage commands run the cores outside flows
+    # The temporary server migrates a fresh Prefect home's database before it answers: ~18 s on an idle
+    # 2-core machine, several times that when other work holds the cores, against Prefect's 20 s default.
+    # Waiting longer costs nothing when it starts fast; a server that never comes up still fails.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
@@ -24,6 +28,7 @@ _ENV_DEFAULTS = {
 
 
 def configure_environment() -> None:
+    """Apply the defaults above; call it before Prefect is imported, which reads its settings once."""
     for key, value in _ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
 

@@ -14,9 +14,9 @@ TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test reliability lint format clean help up down browser postgres
+.PHONY: install run test unit reliability lint format clean help up down system-packages
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,14 +31,21 @@ install: $(STAMP)  ## create .venv and install pinned dependencies (idempotent)
 run: install  ## one full retraining on the embedded defaults
 	$(BIN)/transferline run
 
-test: install browser postgres  ## lint + the whole test suite
+test: install system-packages lint  ## lint + the whole test suite
+	$(BIN)/pytest $(PYTEST_PARALLEL)
+
+# The edit-test loop: pure functions and small real data (no flow runs, servers or training beyond a few
+# steps); the rest of the suite is under tests/{pipeline,serving,ops,reliability}.
+unit: install  ## the fast tests: pure functions and small data (under 2 minutes)
+	$(BIN)/pytest $(PYTEST_PARALLEL) tests/unit tests/data
+
+lint: install  ## ruff: lint (complexity rules included) and formatting
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # The fault and bad-input plan (../shared/reference/reliability.md): every row injected for real, then the
 # summary table and, as the last line, its figures as one JSON object (also printed when a test failed).
-reliability: install postgres  ## the reliability suite with its summary table and JSON figures
+reliability: install system-packages  ## the reliability suite with its summary table and JSON figures
 	@TRANSFERLINE_LOAD_REQUESTS=10000 $(BIN)/pytest $(PYTEST_PARALLEL) tests/reliability; status=$$?; \
 	  $(BIN)/python -m tests.reliability.ledger test-output/reliability.jsonl || status=$$((status ? status : 1)); \
 	  exit $$status
@@ -49,16 +56,18 @@ up: install  ## start the local Prefect server (UI), register the deployments, s
 down:  ## stop what `make up` started
 	$(BIN)/transferline down
 
-# The UI test drives Debian's chromium (Playwright never downloads a browser here); a no-op when present.
-browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
-
-# The PostgreSQL integration test starts its own server from Debian's binaries; a no-op when present.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
-	  echo "installing postgresql for the integration test"; \
+# Debian packages the tests drive for real: chromium (the Prefect UI test; Playwright never downloads a
+# browser here) and postgresql (the PostgreSQL-backed MLflow tests start their own server from its binaries).
+# One target for root (CI) and for a user with sudo; a no-op when everything is present.
+SYSTEM_PACKAGES := chromium postgresql
+system-packages:  ## install the Debian packages the tests need (as root, or through sudo)
+	@missing=$$(for pkg in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || printf ' %s' $$pkg; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 format: install  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

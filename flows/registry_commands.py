@@ -141,7 +141,7 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
                 for e in ledger
             ],
         )
-        print(f"  (in the MLflow UI: the runs of experiment {experiment_name(model)!r})")
+        print(f"  (MLflow UI, Model training view: experiment {experiment_name(model)!r}, one run per move)")
     else:
         print("  no alias moves recorded")
     return Exit.OK

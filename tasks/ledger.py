@@ -3,7 +3,8 @@
 Each move is one MLflow run in the experiment ``<model name>-ledger`` (LEDGER_SUFFIX), so the MLflow UI
 shows the ledger as that experiment's runs table instead of as tags on the registered model:
 
-- run name ``champion: v1 → v2``, start time = the move's time, user (``mlflow.user``) = the actor;
+- run name ``champion: v1 → v2 · actor · reason`` (the UI's runs table shows names by default, params only
+  once picked under Columns), start time = the move's time, user (``mlflow.user``) = the actor;
 - params (immutable once logged, so an entry cannot be edited): model, alias, from_version, to_version,
   actor, reason, at, gate and approval (compact JSON), ``none`` where a version is missing;
 - tag ``ledger_key`` = ``ledger.<epoch ms, 15 digits>.<8 hex>``, which sorts in write order;
@@ -45,6 +46,7 @@ _REASON_LIMIT = 500
 _ACTOR_LIMIT = 200
 _DETAIL_LIMIT = 1500  # gate / approval dicts, as compact JSON
 _PAGE = 1000
+_RUN_NAME_LIMIT = 250  # VARCHAR(250) in MLflow's SQL schema
 
 Move = tuple[str, str | None, str | None]  # (alias, from_version, to_version)
 
@@ -70,6 +72,20 @@ class LedgerEntry:
 def experiment_name(model_name: str) -> str:
     """The MLflow experiment that holds model_name's ledger."""
     return f"{model_name}{LEDGER_SUFFIX}"
+
+
+def experiment_tags(model_name: str) -> dict[str, str]:
+    """Tags of a new ledger experiment: its description, and the kind that makes MLflow's UI open it as
+    a runs table (MLflow 3 otherwise may open an experiment as a GenAI traces overview)."""
+    return {
+        "mlflow.note.content": (
+            f"Alias ledger of the registered model **{model_name}**: one run per move of its aliases "
+            "(champion, challenger, previous), written by transferline with the move. Run name: alias, "
+            "move, actor and reason; params: model, alias, from_version, to_version, actor, reason, at, "
+            "gate, approval (pick them under Columns)."
+        ),
+        "mlflow.experimentKind": "custom_model_development",
+    }
 
 
 def default_actor() -> str:
@@ -132,10 +148,12 @@ def _write_run(
     from mlflow.entities import Param
 
     alias, before, after = entry["alias"], entry["from_version"], entry["to_version"]
+    parts = (f"{alias}: {_v(before)} → {_v(after)}", entry["actor"], entry["reason"])
+    name = " · ".join(" ".join(part.split()) for part in parts if part)  # one line
     run = client.create_run(
         experiment_id,
         start_time=ms,
-        run_name=f"{alias}: {_v(before)} → {_v(after)}",
+        run_name=_clip(name, _RUN_NAME_LIMIT),
         tags={KEY_TAG: key, "mlflow.user": entry["actor"], "mlflow.note.content": _description(entry)},
     )
     fields = {

@@ -393,7 +393,8 @@ class Registry:
 
         return self._call(f"logging evidence run {run_name!r}", log, fast=False)
 
-    def _experiment_id(self, name: str) -> str:
+    def _experiment_id(self, name: str, tags: dict[str, str] | None = None) -> str:
+        """The id of experiment `name`, created (with `tags`) or restored when needed."""
         from mlflow.exceptions import MlflowException
 
         client = self.client()
@@ -401,7 +402,7 @@ class Registry:
         if exp is None:
             location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
             try:
-                return client.create_experiment(name, artifact_location=location)
+                return client.create_experiment(name, artifact_location=location, tags=tags)
             except MlflowException as e:  # another process created it first
                 if e.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -600,7 +601,8 @@ class Registry:
     ) -> None:
         """One ledger run per move; run ids go to `written` as they land, so a failure can take them back."""
         name = ledger.experiment_name(model_name)
-        ledger.append(self.client(), self._experiment_id(name), model_name, moves, meta, tags, written)
+        experiment_id = self._experiment_id(name, ledger.experiment_tags(model_name))
+        ledger.append(self.client(), experiment_id, model_name, moves, meta, tags, written)
         if tags.get(ledger.POINTER_TAG) != name:  # one constant tag says where the ledger is
             self.client().set_registered_model_tag(model_name, ledger.POINTER_TAG, name)
 

@@ -299,7 +299,7 @@ def test_registry_show_reads_legacy_tag_entries_with_the_ledger_runs(project: Pa
         < table.index("beats v1 on test accuracy")
         < table.index("after the upgrade")
     )
-    assert f"the runs of experiment '{MODEL}-ledger'" in table
+    assert f"experiment '{MODEL}-ledger'" in table
     assert [k for k in client.get_registered_model(MODEL).tags if k.startswith("ledger.")] == [key]
 
 

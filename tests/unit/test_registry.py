@@ -512,7 +512,7 @@ def test_the_ledger_experiment_reads_as_the_ledger(registry: Registry) -> None:
     client = registry.client()
     experiment = client.get_experiment_by_name(f"{MODEL}-ledger")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    assert [r.info.run_name for r in runs] == [
+    assert [r.info.run_name.split(" · ")[0] for r in runs] == [
         "challenger: none → v1",
         "challenger: v1 → v2",
         "champion: none → v1",
@@ -520,6 +520,9 @@ def test_the_ledger_experiment_reads_as_the_ledger(registry: Registry) -> None:
         "previous: none → v1",
     ]
     last = runs[-2]
+    assert last.info.run_name == "champion: v1 → v2 · bob@ops · beats v1"  # what the runs table shows
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert MODEL in experiment.tags["mlflow.note.content"]
     assert (last.info.status, last.info.user_id) == ("FINISHED", "bob@ops")
     assert {k: last.data.params[k] for k in ("model", "alias", "from_version", "to_version", "reason")} == {
         "model": MODEL,

@@ -79,3 +79,32 @@ def test_run_with_set_prints_the_follow_up_that_shows_its_model(
     assert json.loads(capsys.readouterr().out)["versions"] == []
     assert cli("lineage", "1", *plain) == 5
     assert "has no version 1" in capsys.readouterr().err
+
+
+@pytest.mark.pipeline
+def test_up_set_becomes_the_overrides_default_of_every_deployment(tmp_path: Path, prefect_server):
+    """`transferline up --set ...` registers the deployments with those overrides, so the scheduled
+    retraining, the data-watch and batch scoring read the same settings the user gave `up`."""
+    from prefect.client.orchestration import get_client
+
+    from flows.cli import _parser
+    from flows.deployments import register
+    from tasks.config import load_config, parse_overrides
+    from tasks.paths import ProjectPaths
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    args = _parser().parse_args(["up", "--project", str(tmp_path), "--set", "registry.model_name=reviews-v2"])
+    given = parse_overrides(args.overrides)
+    paths = ProjectPaths.at(args.project)
+    ops = load_config(paths.params, {**given, "ops.work_pool": "cli-test-pool"}).ops
+    names = register(paths, ops, overrides=given)
+    with get_client(sync_client=True) as client:
+        try:
+            deployed = {name: client.read_deployment_by_name(name).parameters for name in names}
+        finally:
+            for name in names:
+                client.delete_deployment(client.read_deployment_by_name(name).id)
+            client.delete_work_pool(ops.work_pool)
+    assert len(deployed) == 3
+    expected = {"project_dir": str(paths.root), "overrides": {"registry.model_name": "reviews-v2"}}
+    assert all(parameters == expected for parameters in deployed.values()), deployed

@@ -260,8 +260,8 @@ def restore_commands(git_commit: str | None, data_hash: str | None) -> list[str]
     else:
         lines.append("# no git commit recorded: restore by hash")
     lines += [
-        "# by hash, into restore/prepared (cache object .dvc/cache/files/md5/"
-        f"{data_hash[:2]}/{data_hash[2:]}):",
+        "# by hash, into restore/prepared (cache object files/md5/"
+        f"{data_hash[:2]}/{data_hash[2:]} under `dvc cache dir`):",
         "mkdir -p restore && printf 'outs:\\n- md5: %s\\n  hash: md5\\n  path: prepared\\n' "
         f"{data_hash} > restore/prepared.dvc && dvc pull restore/prepared.dvc",
     ]

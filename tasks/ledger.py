@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from tasks import faults
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -132,7 +134,7 @@ def append(
     for i, (alias, before, after) in enumerate(moves):
         key = f"{LEGACY_PREFIX}{ms + i:015d}.{uuid.uuid4().hex[:8]}"
         entry = {"at": _iso(ms + i), "alias": alias, "from_version": before, "to_version": after, **info}
-        written.append(_write_run(client, experiment_id, model_name, key, ms + i, entry))
+        _write_run(client, experiment_id, model_name, key, ms + i, entry, written)
 
 
 def retract(client: MlflowClient, run_ids: list[str]) -> None:
@@ -143,8 +145,14 @@ def retract(client: MlflowClient, run_ids: list[str]) -> None:
 
 
 def _write_run(
-    client: MlflowClient, experiment_id: str, model_name: str, key: str, ms: int, entry: dict
-) -> str:
+    client: MlflowClient,
+    experiment_id: str,
+    model_name: str,
+    key: str,
+    ms: int,
+    entry: dict,
+    written: list[str],
+) -> None:
     from mlflow.entities import Param
 
     alias, before, after = entry["alias"], entry["from_version"], entry["to_version"]
@@ -156,6 +164,8 @@ def _write_run(
         run_name=_clip(name, _RUN_NAME_LIMIT),
         tags={KEY_TAG: key, "mlflow.user": entry["actor"], "mlflow.note.content": _description(entry)},
     )
+    written.append(run.info.run_id)  # from here on a failure retracts it
+    faults.transient("ledger.write")  # reliability tests: a registry call failing halfway through a move
     fields = {
         "model": model_name,
         "alias": alias,
@@ -169,7 +179,6 @@ def _write_run(
     }
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in fields.items()])
     client.set_terminated(run.info.run_id, "FINISHED", end_time=ms)
-    return run.info.run_id
 
 
 def _last_run_ms(client: MlflowClient, experiment_id: str) -> int:

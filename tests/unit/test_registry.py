@@ -540,3 +540,30 @@ def test_the_ledger_experiment_reads_as_the_ledger(registry: Registry) -> None:
 
     with pytest.raises(MlflowException):
         client.log_param(last.info.run_id, "to_version", "1")
+
+
+def test_a_move_whose_ledger_write_fails_leaves_aliases_and_ledger_as_they_were(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.entities import ViewType
+
+    from tasks import faults
+
+    registry.promote(MODEL, "1", None)
+    before = (registry.ledger(MODEL), registry.status(MODEL))
+    faults.reset()
+    monkeypatch.setenv(faults.TRANSIENT_ENV, "ledger.write:1")  # the first ledger run fails after creation
+    with pytest.raises(faults.InjectedFault):
+        registry.promote(MODEL, "2", "1", reason="half written")
+    assert (registry.ledger(MODEL), registry.status(MODEL)) == before  # champion and previous moved back
+    client = registry.client()
+    experiment_id = client.get_experiment_by_name(f"{MODEL}-ledger").experiment_id
+    (retracted,) = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert retracted.info.run_name.startswith("champion: v1 → v2")
+
+    monkeypatch.delenv(faults.TRANSIENT_ENV)
+    assert registry.promote(MODEL, "2", "1", reason="whole") == "1"
+    assert [(e.alias, e.reason) for e in registry.ledger(MODEL)[-2:]] == [
+        ("champion", "whole"),
+        ("previous", "whole"),
+    ]

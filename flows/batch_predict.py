@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -35,6 +36,7 @@ def batch_predict(
     text_column: str = "text",
     project_dir: str = ".",
     alias: str = CHAMPION,
+    overrides: dict[str, Any] | None = None,
 ) -> BatchSummary:
     """Label every row of a csv, parquet or jsonl file with the registered model `alias` points at.
 
@@ -45,9 +47,10 @@ def batch_predict(
         text_column: the input column that holds the texts.
         project_dir: the transferline project (its params.yaml names the registered model).
         alias: the registry alias whose version scores the file.
+        overrides: params.yaml keys to change, dotted, e.g. {"registry.model_name": "reviews-v2"}.
     """
     paths = ProjectPaths.at(project_dir)
-    cfg = load_config(paths.params)
+    cfg = load_config(paths.params, overrides)
     source = Path(input_path) if Path(input_path).is_absolute() else paths.root / input_path
     target = Path(output_path) if output_path else default_output(source)
     if not target.is_absolute():

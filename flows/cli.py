@@ -8,19 +8,20 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
+from flows.cli_common import Exit, Handler, error, follow_up, overrides, settings, settings_options, table
 from flows.data_commands import add_commands as add_data_commands
 from flows.experiment_commands import add_commands as add_experiment_commands
 from flows.ops_commands import add_commands as add_ops_commands
-from flows.registry_commands import add_commands
+from flows.registry_commands import add_commands as add_registry_commands
 from flows.serve_commands import add_commands as add_serve_commands
-from tasks.config import ConfigError, describe_params, load_config, parse_overrides
-from tasks.paths import ProjectPaths
+from tasks.config import ConfigError, describe_params
+from tasks.registry import ALIASES, CHAMPION
 from tasks.runtime import configure_environment
 
-# Exit codes, so schedulers and scripts can tell outcomes apart.
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INVALID_DATA, EXIT_NOT_PROMOTED, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
+# What `status`, `registry show` and `lineage` read of the settings: the --set items they need.
+REGISTRY_SECTIONS = ("registry",)
 
 RUN_EPILOG = """\
 examples:
@@ -35,6 +36,9 @@ version in MLflow as 'challenger' -> move 'champion' to it if the gate passed.
 
 exit codes: 0 promoted, 2 bad parameters or source, 3 data failed validation or drift, 4 trained and
 registered but not promoted (gate failed or approval refused), 5 registry or DVC unavailable, 1 other.
+Every command that reads params.yaml (status, registry, rollback, lineage, data, serve, batch-predict,
+experiment, up, params) takes the same --set, so `transferline status --set registry.model_name=X` shows
+the model a `run --set registry.model_name=X` registered; the run prints that command when it ends.
 
 environment: MLFLOW_TRACKING_URI (default: sqlite:///<project>/mlflow.db), PREFECT_API_URL (default:
 a temporary local Prefect server for the run).
@@ -49,28 +53,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_: str, **kw: object) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, **kw)  # type: ignore[arg-type]
-        p.add_argument("--project", type=Path, default=Path("."), help="project folder (default: current)")
-        return p
+    def add(name: str, help_: str, **kw: Any) -> argparse.ArgumentParser:
+        # run, status and params read params.yaml: --project and --set
+        return sub.add_parser(name, help=help_, description=help_, parents=[settings_options()], **kw)
 
-    run = add(
+    add(
         "run",
         "Run one full retraining (the Prefect flow).",
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a params.yaml key for this run (repeatable); see `transferline params`",
-    )
     status = add("status", "Show the registered model: versions, champion/challenger, metrics, lineage.")
     status.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
-    add("params", "List every parameter of params.yaml with its value and meaning.")
+    add(
+        "params", "List every parameter of params.yaml with its value and meaning (--set: the effective one)."
+    )
     approve = sub.add_parser(
         "approve",
         help="Approve (or --reject) a retraining run that waits for promotion approval.",
@@ -80,15 +77,21 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("flow_run_id", help="the paused flow run's id (printed by the run, shown in the UI)")
     approve.add_argument("--reject", action="store_true", help="reject instead of approving")
     approve.add_argument("--comment", default="", help="recorded with the decision in the alias ledger")
-    parser.set_defaults(
-        _extra_handlers={
-            **add_commands(sub),
-            **add_data_commands(sub),
-            **add_experiment_commands(sub),
-            **add_ops_commands(sub),
-            **add_serve_commands(sub),
-        }
-    )
+    handlers: dict[str, Handler] = {
+        "run": cmd_run,
+        "status": cmd_status,
+        "params": cmd_params,
+        "approve": cmd_approve,
+    }
+    for add_commands in (
+        add_registry_commands,
+        add_data_commands,
+        add_experiment_commands,
+        add_ops_commands,
+        add_serve_commands,
+    ):
+        handlers.update(add_commands(sub))
+    parser.set_defaults(_extra_handlers=handlers)  # every command's handler, by name
     return parser
 
 
@@ -107,21 +110,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tasks.reports import ReportedStop
     from tasks.versioning import VersioningError
 
-    paths = ProjectPaths.at(args.project)
     try:  # refuse bad parameters before any work (no server, no data read)
-        overrides = parse_overrides(args.overrides)
-        cfg = load_config(paths.params, overrides)
+        paths, cfg = settings(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error(err, Exit.BAD_INPUT)
     if cfg.promote.require_approval and not os.environ.get("PREFECT_API_URL"):
-        print(
-            "error: promote.require_approval needs a Prefect server that outlives this process, so that "
+        return error(
+            "promote.require_approval needs a Prefect server that outlives this process, so that "
             "someone can approve: start one with `prefect server start` and set PREFECT_API_URL "
             "(e.g. http://127.0.0.1:4200/api)",
-            file=sys.stderr,
+            Exit.BAD_INPUT,
         )
-        return EXIT_BAD_INPUT
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri
     print(
         f"transferline: retraining {cfg.registry.model_name!r} from {cfg.model.source} on {cfg.data.source}\n"
@@ -133,91 +132,96 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     try:
-        summary = retrain(project_dir=str(paths.root), overrides=overrides or None)
-    except ConfigError as err:
-        return _fail(err, EXIT_BAD_INPUT)
-    except (DataSourceError, ModelSourceError) as err:
-        return _fail(err, EXIT_BAD_INPUT)
+        summary = retrain(project_dir=str(paths.root), overrides=overrides(args) or None)
+    except (ConfigError, DataSourceError, ModelSourceError) as err:
+        return _fail(err, Exit.BAD_INPUT)
     except ReportedStop as err:  # data failed validation or drift blocked
-        return _fail(err, EXIT_INVALID_DATA, "nothing was trained or registered")
+        return _fail(err, Exit.INVALID_DATA, "nothing was trained or registered")
     except GateRejected as err:
         print(f"\nnot promoted: {err}\nsee reports/gate.md", file=sys.stderr)
-        return EXIT_NOT_PROMOTED
+        print(f"  versions: {follow_up('registry show', args, REGISTRY_SECTIONS)}", file=sys.stderr)
+        return Exit.NOT_PROMOTED
     except (RegistryError, VersioningError, TransientDownloadError) as err:
-        return _fail(err, EXIT_BACKEND)
+        return _fail(err, Exit.BACKEND)
     minutes = (time.perf_counter() - started) / 60
     if summary.version == summary.champion_version:
         print(
-            f"\n{summary.model_name} v{summary.version} was already 'champion': this run reproduced it "
+            f"\n{summary.model_name} v{summary.version} was already '{CHAMPION}': this run reproduced it "
             f"exactly (same data, parameters, base model and weights), so no new version was registered "
-            f"({minutes:.1f} min)."
+            f"({minutes:.1f} min).\n"
+            f"  registry: {follow_up('status', args, REGISTRY_SECTIONS)}"
         )
-        return EXIT_OK
+        return Exit.OK
     print(
-        f"\n{summary.model_name} v{summary.version} is now 'champion' (test accuracy "
+        f"\n{summary.model_name} v{summary.version} is now '{CHAMPION}' (test accuracy "
         f"{summary.test_accuracy:.4f}; compared with "
         f"{'v' + summary.champion_version if summary.champion_version else 'no previous champion'}) "
         f"in {minutes:.1f} min.\n"
         f"  reports:  {paths.rel(paths.validation_dir)}/data_docs/index.html, "
         f"{paths.rel(paths.gate_report)}, {paths.rel(paths.evaluation_dir)}/\n"
-        f"  registry: transferline status   |   mlflow ui --backend-store-uri {tracking}\n"
-        f"  load it:  mlflow.pyfunc.load_model('models:/{summary.model_name}@champion')"
+        f"  registry: {follow_up('status', args, REGISTRY_SECTIONS)}   |   "
+        f"mlflow ui --backend-store-uri {tracking}\n"
+        f"  lineage:  {follow_up(f'lineage {summary.version}', args, REGISTRY_SECTIONS)}\n"
+        f"  load it:  mlflow.pyfunc.load_model('models:/{summary.model_name}@{CHAMPION}')"
     )
-    return EXIT_OK
+    return Exit.OK
 
 
-def _fail(err: Exception, code: int, consequence: str = "") -> int:
-    tail = f"\n({consequence})" if consequence else ""
-    print(f"\nerror: {err}{tail}", file=sys.stderr)
-    return code
+def _fail(err: Exception, code: Exit, consequence: str = "") -> int:
+    print(file=sys.stderr)  # a blank line after the run's progress log
+    return error(err, code, consequence)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from tasks.registry import Registry, RegistryError
 
-    paths = ProjectPaths.at(args.project)
     try:
-        cfg = load_config(paths.params)
+        paths, cfg = settings(args)
         status = Registry.for_project(paths).status(cfg.registry.model_name)
-    except (ConfigError, RegistryError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT if isinstance(err, ConfigError) else EXIT_BACKEND
+    except ConfigError as err:
+        return error(err, Exit.BAD_INPUT)
+    except RegistryError as err:
+        return error(err, Exit.BACKEND)
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True, default=str))
-        return EXIT_OK
+        return Exit.OK
     print(f"model {status['model']}  ({status.get('tracking_uri', '')})")
-    for alias in ("champion", "challenger", "previous"):
+    for alias in ALIASES:
         held = status.get(alias)
         print(f"  {alias:<10} {'v' + held['version'] if held else '—'}")
     if not status["versions"]:
         print("  no versions yet: run `transferline run`")
-        return EXIT_OK
-    print(f"\n  {'version':<8} {'aliases':<22} {'test_acc':<9} {'gate':<7} {'data (DVC md5)':<20} base model")
+        return Exit.OK
+    print()
+    rows = []
     for v in status["versions"]:
         tags = v.get("tags", {})
         acc = v.get("metrics", {}).get("test_accuracy")
-        print(
-            f"  {v['version']:<8} {','.join(v.get('aliases', [])) or '-':<22} "
-            f"{f'{acc:.4f}' if acc is not None else '-':<9} {tags.get('gate', '-'):<7} "
-            f"{tags.get('data_hash', '-')[:18]:<20} {tags.get('base_model_id', '-')} "
-            f"({tags.get('base_model_sha256', '')[:12]})"
+        rows.append(
+            [
+                v["version"],
+                ",".join(v.get("aliases", [])) or "-",
+                f"{acc:.4f}" if acc is not None else "-",
+                tags.get("gate", "-"),
+                tags.get("data_hash", "-")[:18],
+                f"{tags.get('base_model_id', '-')} ({tags.get('base_model_sha256', '')[:12]})",
+            ]
         )
-    return EXIT_OK
+    table(["version", "aliases", "test_acc", "gate", "data (DVC md5)", "base model"], rows)
+    return Exit.OK
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
     from uuid import UUID
 
-    from tasks.registry import default_actor
+    from tasks.ledger import default_actor
 
     if not os.environ.get("PREFECT_API_URL"):
-        print("error: set PREFECT_API_URL to the Prefect server the paused run uses", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error("set PREFECT_API_URL to the Prefect server the paused run uses", Exit.BAD_INPUT)
     try:
         run_id = UUID(args.flow_run_id)
     except ValueError:
-        print(f"error: {args.flow_run_id!r} is not a flow run id", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error(f"{args.flow_run_id!r} is not a flow run id", Exit.BAD_INPUT)
     from prefect.flow_runs import resume_flow_run
 
     decision = {
@@ -228,28 +232,31 @@ def cmd_approve(args: argparse.Namespace) -> int:
     try:
         resume_flow_run(run_id, run_input=decision)
     except Exception as err:  # not paused, unknown id, server down: say which
-        print(f"error: could not resume flow run {run_id}: {err}", file=sys.stderr)
-        return EXIT_BACKEND
+        return error(f"could not resume flow run {run_id}: {err}", Exit.BACKEND)
     print(f"{'rejected' if args.reject else 'approved'}: flow run {run_id} resumes")
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    paths = ProjectPaths.at(args.project)
+    try:
+        paths, _ = settings(args)  # validates the file and the overrides
+    except ConfigError as err:
+        return error(err, Exit.BAD_INPUT)
+    given = {key.strip(): raw.strip() for key, _, raw in (item.partition("=") for item in args.overrides)}
     rows = describe_params(paths.params)
     width = max(len(k) for k, _, _ in rows)
     for key, value, comment in rows:
+        if key in given:  # the effective value, as typed, marked
+            value = f"{given[key]} (--set)"
         print(f"{key:<{width}}  {value:<28}  {comment}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def main(argv: list[str] | None = None) -> None:
     configure_environment()
     logging.getLogger("transferline").setLevel(logging.INFO)  # stage progress reaches Prefect's console
     args = _parser().parse_args(argv)
-    handlers = {"run": cmd_run, "status": cmd_status, "params": cmd_params, "approve": cmd_approve}
-    handlers.update(args._extra_handlers)
-    raise SystemExit(handlers[args.command](args))
+    raise SystemExit(args._extra_handlers[args.command](args))
 
 
 if __name__ == "__main__":

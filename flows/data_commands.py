@@ -4,37 +4,36 @@ A dataset version is the DVC md5 of data/prepared (a ".dir" object: the snapshot
 dvc.lock records it and as every registered model version carries it in its ``data_hash`` tag.
 
 flows/cli.py hosts them: ``handlers.update(add_commands(sub))`` registers the ``data`` parser and returns
-its handler (it takes the parsed Namespace and returns an exit code: 0 ok, 2 bad input, 5 registry error).
+its handler (it takes the parsed Namespace and returns an Exit code: 0 ok, 2 bad input, 5 registry error).
+Reading DVC's cache is the DVC adapter's (tasks/versioning.py), which honours a configured cache.dir.
 """
 
 from __future__ import annotations
 
 import argparse
-import configparser
 import hashlib
 import json
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ConfigError, load_config
+from flows.cli_common import Exit, Handler, error, settings, settings_options, table
+from tasks.config import Config, ConfigError
 from tasks.paths import SPLITS, ProjectPaths
+from tasks.registry import CHAMPION
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_BACKEND = 0, 2, 5
 PREPARED = "data/prepared"
-NO_CHAMPION = "no champion yet"
+NO_CHAMPION = f"no {CHAMPION} yet"
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 _PREFIX = re.compile(r"^[0-9a-f]{6,32}$")
-
-Handler = Callable[[argparse.Namespace], int]
 
 DIFF_EPILOG = """\
 versions: a DVC md5 of data/prepared (with or without ".dir", or a unique prefix of at least 6 hex
 digits), `current` (what dvc.lock records) or `champion` (the data_hash tag of the model with the
-'champion' alias). Both versions must be in the local DVC cache (.dvc/cache); `dvc pull` fetches them.
+'champion' alias, of registry.model_name: --set applies as for `transferline run`). Both versions must be
+in the local DVC cache (.dvc/cache, or DVC's cache.dir); `dvc pull` fetches them.
 
 Rows are matched by normalised text (lower case, whitespace collapsed): added = text only in B, removed =
 text only in A, changed = same text with another label. The total also counts texts that moved between
@@ -50,7 +49,6 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     """Add `data status` and `data diff` to the CLI's subparsers; returns {"data": handler}."""
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--project", type=Path, default=Path("."), help="project folder (default: current)")
         p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
 
     data = sub.add_parser(
@@ -65,6 +63,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         help="Current snapshot: version, rows per split and label, source; the champion's dataset.",
         description="Current snapshot (dvc.lock's data/prepared): version, rows per split and label, "
         "source; which dataset version trained the champion and whether the current one differs.",
+        parents=[settings_options()],
     )
     common(status)
     diff = data_sub.add_parser(
@@ -73,6 +72,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         description="Rows added / removed / relabelled between dataset versions A and B.",
         epilog=DIFF_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[settings_options()],
     )
     diff.add_argument("a", metavar="A", help="old version: md5, `current` or `champion`")
     diff.add_argument("b", metavar="B", help="new version: md5, `current` or `champion`")
@@ -86,34 +86,39 @@ def cmd_data(args: argparse.Namespace) -> int:
     return handlers[args.data_command](args)
 
 
-def _answer(args: argparse.Namespace, compute: Callable[[], dict], show: Callable[[dict], None]) -> int:
-    """Run a data command: map errors to exit codes, print JSON or the readable form."""
+def _answer(
+    args: argparse.Namespace,
+    compute: Callable[[ProjectPaths, Config], dict],
+    show: Callable[[dict], None],
+) -> int:
+    """Run a data command on the project's settings (with --set): map errors to exit codes, print JSON
+    or the readable form."""
     from tasks.registry import RegistryError
+    from tasks.versioning import VersioningError
 
     try:
-        info = compute()
-    except (ConfigError, DataCommandError) as err:
-        return _error(err, EXIT_BAD_INPUT)
+        info = compute(*settings(args))
+    except (ConfigError, DataCommandError, VersioningError) as err:
+        return error(err, Exit.BAD_INPUT)
     except RegistryError as err:
-        return _error(err, EXIT_BACKEND)
+        return error(err, Exit.BACKEND)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
         show(info)
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_data_status(args: argparse.Namespace) -> int:
-    return _answer(args, lambda: data_status(ProjectPaths.at(args.project)), _print_status)
+    return _answer(args, data_status, _print_status)
 
 
 def cmd_data_diff(args: argparse.Namespace) -> int:
-    return _answer(args, lambda: data_diff(ProjectPaths.at(args.project), args.a, args.b), _print_diff)
+    return _answer(args, lambda paths, cfg: data_diff(paths, cfg, args.a, args.b), _print_diff)
 
 
-def data_status(paths: ProjectPaths) -> dict[str, Any]:
+def data_status(paths: ProjectPaths, cfg: Config) -> dict[str, Any]:
     """The current snapshot and the champion's dataset version, JSON-ready."""
-    cfg = load_config(paths.params)
     current = current_version(paths)
     manifest = _read_json(paths.prepared_manifest)
     workspace = _workspace_state(paths, current)
@@ -152,7 +157,7 @@ def champion_dataset(paths: ProjectPaths, model_name: str) -> dict[str, Any] | N
     # opening it would create it (and run MLflow's schema migrations).
     if registry.tracking_uri == paths.default_tracking_uri and not paths.mlflow_db.is_file():
         return None
-    champion = registry.get_alias(model_name, "champion")
+    champion = registry.get_alias(model_name, CHAMPION)
     if champion is None:
         return None
     return {
@@ -212,7 +217,7 @@ def _print_status(info: dict[str, Any]) -> None:
     labels = info["labels"] or {}
     names = sorted({label for split in labels.values() for label in split})
     splits = [s for s in SPLITS if s in info["rows"]] + [s for s in info["rows"] if s not in SPLITS]
-    table = [
+    rows = [
         [split, f"{info['rows'][split]:,}", *(f"{labels.get(split, {}).get(x, 0):,}" for x in names)]
         for split in splits
     ]
@@ -221,7 +226,7 @@ def _print_status(info: dict[str, Any]) -> None:
         f"{sum(info['rows'].values()):,}",
         *(f"{sum(labels.get(s, {}).get(x, 0) for s in info['rows']):,}" for x in names),
     ]
-    _table(["split", "rows", *names], [*table, total])
+    table(["split", "rows", *names], [*rows, total], numeric_from=1)
     if info.get("dropped_duplicates"):
         print(f"  ({info['dropped_duplicates']:,} duplicate texts dropped by prepare)")
 
@@ -233,15 +238,11 @@ class _Version:
     md5: str  # "<32 hex>.dir"
 
 
-def data_diff(paths: ProjectPaths, a: str, b: str) -> dict[str, Any]:
+def data_diff(paths: ProjectPaths, cfg: Config, a: str, b: str) -> dict[str, Any]:
     """Row-level differences between two dataset versions, per split and in total, JSON-ready."""
     import pandas as pd
 
-    if not paths.params.is_file():
-        raise ConfigError(
-            f"{paths.params}: no such params file (run from the project folder or pass --project)"
-        )
-    model = load_config(paths.params).registry.model_name
+    model = cfg.registry.model_name
     va, vb = resolve_version(paths, a, model), resolve_version(paths, b, model)
     frames_a, frames_b = read_version(paths, va), read_version(paths, vb)
     splits = [s for s in SPLITS if s in frames_a or s in frames_b]
@@ -265,6 +266,8 @@ def data_diff(paths: ProjectPaths, a: str, b: str) -> dict[str, Any]:
 
 def resolve_version(paths: ProjectPaths, ref: str, model_name: str) -> _Version:
     """`current`, `champion`, an md5 (".dir" optional) or a unique prefix -> the version's ".dir" md5."""
+    from tasks.versioning import cache_objects
+
     word = ref.strip().lower()
     if word == "current":
         current = current_version(paths)
@@ -273,7 +276,7 @@ def resolve_version(paths: ProjectPaths, ref: str, model_name: str) -> _Version:
                 f"`current`: {paths.root / 'dvc.lock'} records no {PREPARED}; run `dvc repro prepare` first"
             )
         return _Version(ref, _with_dir(current))
-    if word == "champion":
+    if word == CHAMPION:
         champion = champion_dataset(paths, model_name)
         if champion is None:
             raise DataCommandError(f"`champion`: {NO_CHAMPION} for {model_name}; name a version instead")
@@ -287,7 +290,7 @@ def resolve_version(paths: ProjectPaths, ref: str, model_name: str) -> _Version:
     if _MD5.match(bare):
         return _Version(ref, bare + ".dir")
     if _PREFIX.match(bare):
-        root = _cache_dir(paths) / "files" / "md5" / bare[:2]
+        root = cache_objects(paths) / bare[:2]
         found = sorted(p.name for p in root.glob(bare[2:] + "*.dir")) if root.is_dir() else []
         if len(found) == 1:
             return _Version(ref, bare[:2] + found[0])
@@ -305,12 +308,15 @@ def read_version(paths: ProjectPaths, version: _Version) -> dict[str, Any]:
     """{split: frame} of a version, read from the DVC cache (nothing is checked out)."""
     import pandas as pd
 
+    from tasks.versioning import cache_object, cache_objects
+
     entries = _dir_entries(paths, version.md5, version.ref)
+    objects = cache_objects(paths)
     frames = {}
     for relpath, md5 in entries.items():
         if not relpath.endswith(".parquet") or "/" in relpath:
             continue
-        obj = _object_path(paths, md5)
+        obj = cache_object(paths, md5, objects)
         if not obj.is_file():
             raise DataCommandError(
                 _not_cached(paths, version.ref, f"its file {relpath} (md5 {md5}) is missing from the cache")
@@ -323,7 +329,9 @@ def read_version(paths: ProjectPaths, version: _Version) -> dict[str, Any]:
 
 def _dir_entries(paths: ProjectPaths, md5: str, ref: str | None = None) -> dict[str, str]:
     """relpath -> md5 of a ".dir" object of the cache."""
-    path = _object_path(paths, _with_dir(md5))
+    from tasks.versioning import cache_object
+
+    path = cache_object(paths, _with_dir(md5))
     if not path.is_file():
         raise DataCommandError(_not_cached(paths, ref or md5, "it is not in the local DVC cache"))
     try:
@@ -336,33 +344,14 @@ def _dir_entries(paths: ProjectPaths, md5: str, ref: str | None = None) -> dict[
 
 
 def _not_cached(paths: ProjectPaths, ref: str, why: str) -> str:
+    from tasks.versioning import cache_dir
+
     return (
-        f"dataset version {ref!r}: {why} ({_cache_dir(paths)}). If the version exists on the DVC remote,"
+        f"dataset version {ref!r}: {why} ({cache_dir(paths)}). If the version exists on the DVC remote,"
         f" fetch it with `dvc pull` (or `dvc fetch`) in {paths.root}, e.g. after `git checkout <commit> --"
         " dvc.lock`; versions are the md5s of data/prepared in dvc.lock and in the models' data_hash tags"
         " (`transferline registry show`)."
     )
-
-
-def _cache_dir(paths: ProjectPaths) -> Path:
-    """The DVC cache folder: .dvc/cache unless the repo config sets cache.dir."""
-    for name in ("config.local", "config"):
-        config = paths.root / ".dvc" / name
-        if not config.is_file():
-            continue
-        parser = configparser.ConfigParser(strict=False, interpolation=None)
-        try:
-            parser.read_string(config.read_text(encoding="utf-8"))
-        except configparser.Error:
-            continue
-        folder = parser.get("cache", "dir", fallback=None)
-        if folder:
-            return (config.parent / folder.strip().strip("'\"")).resolve()
-    return paths.root / ".dvc" / "cache"
-
-
-def _object_path(paths: ProjectPaths, md5: str) -> Path:
-    return _cache_dir(paths) / "files" / "md5" / md5[:2] / md5[2:]
 
 
 def _keyed(frame: Any) -> dict[str, str | None]:
@@ -407,7 +396,7 @@ def _print_diff(info: dict[str, Any]) -> None:
     keys = ["rows_a", "rows_b", "added", "removed", "changed", "unchanged"]
     rows = [[s, *(f"{c[k]:,}" for k in keys)] for s, c in info["splits"].items()]
     rows.append(["total", *(f"{info['total'][k]:,}" for k in keys)])
-    _table(header, rows)
+    table(header, rows, numeric_from=1)
     total = info["total"]
     print(
         f"  (rows keyed by normalised text; changed = same text, another label; {total['moved']:,} texts"
@@ -429,18 +418,3 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _error(err: Exception, code: int) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return code
-
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
-        cells = [
-            f"{x!s:<{w}}" if i == 0 else f"{x!s:>{w}}"
-            for i, (x, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  " + "  ".join(cells).rstrip())

@@ -7,6 +7,7 @@ nothing, so no model version is created; see tasks/watch.py for what counts as u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import flow, get_run_logger, runtime
 
@@ -26,15 +27,20 @@ class WatchResult:
 
 
 @flow(name="data-watch", description=__doc__)
-def data_watch(project_dir: str = ".", retrain_deployment: str = RETRAIN_DEPLOYMENT) -> WatchResult:
+def data_watch(
+    project_dir: str = ".",
+    retrain_deployment: str = RETRAIN_DEPLOYMENT,
+    overrides: dict[str, Any] | None = None,
+) -> WatchResult:
     """Start `retrain_deployment` for the project when its data source holds new data.
 
     Args:
         project_dir: folder holding params.yaml (data.source is read from it).
         retrain_deployment: the retraining deployment to start, as flow-name/deployment-name.
+        overrides: params.yaml keys to change, dotted, as the retraining deployment is given them.
     """
     paths = ProjectPaths.at(project_dir)
-    cfg = load_config(paths.params)
+    cfg = load_config(paths.params, overrides)
     current = source_hash_task(paths, cfg.data)
     trained = trained_sources_task(Registry.for_project(paths), cfg.registry.model_name)
     decision = decide(current, trained, attempts_task(retrain_deployment, current))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tasks.config import OpsConfig
 from tasks.paths import ProjectPaths
@@ -57,9 +57,15 @@ class DeploymentError(RuntimeError):
     """The work pool or a deployment could not be registered; the message says why."""
 
 
-def register(paths: ProjectPaths, ops: OpsConfig, code_root: Path = CODE_ROOT) -> list[str]:
+def register(
+    paths: ProjectPaths,
+    ops: OpsConfig,
+    code_root: Path = CODE_ROOT,
+    overrides: dict[str, Any] | None = None,
+) -> list[str]:
     """Create the work pool (if missing) and create or update every deployment of DEPLOYMENTS on the
-    Prefect API in use (PREFECT_API_URL); returns their full names, e.g. "retrain/transferline"."""
+    Prefect API in use (PREFECT_API_URL); returns their full names, e.g. "retrain/transferline".
+    `overrides` (``transferline up --set``) become the default of each flow's `overrides` parameter."""
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -78,12 +84,15 @@ def register(paths: ProjectPaths, ops: OpsConfig, code_root: Path = CODE_ROOT) -
     names = []
     for spec in DEPLOYMENTS:
         loaded = flow.from_source(source=str(code_root), entrypoint=spec.entrypoint)
-        takes_project = "project_dir" in loaded.parameters.properties
+        takes = loaded.parameters.properties
+        parameters: dict[str, Any] = {"project_dir": str(paths.root)} if "project_dir" in takes else {}
+        if overrides and "overrides" in takes:
+            parameters["overrides"] = overrides
         loaded.deploy(
             name=DEPLOYMENT_NAME,
             work_pool_name=ops.work_pool,
             schedules=[spec.schedule(ops)] if spec.schedule else [],
-            parameters={"project_dir": str(paths.root)} if takes_project else {},
+            parameters=parameters,
             concurrency_limit=spec.concurrency_limit,
             tags=[DEPLOYMENT_NAME],
             build=False,

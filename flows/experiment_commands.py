@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
-Handler = Callable[[argparse.Namespace], int]
+from flows.cli_common import Exit, Handler, error, overrides, settings, settings_options
+from tasks.config import STRATEGIES, ConfigError
 
 EPILOG = """\
 examples:
@@ -33,11 +31,11 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "all training rows) and the strategy table (head, freeze, full, gradual, lora).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[settings_options()],  # --set: every arm trains on the overridden settings
     )
     p.add_argument(
         "part", nargs="?", default="all", choices=("all", "learning-curve", "strategies"), help="what to run"
     )
-    p.add_argument("--project", type=Path, default=Path("."), help="project folder (default: current)")
     p.add_argument(
         "--sizes", help="learning-curve training rows, comma-separated; 0 = all (default 100,500,2000,0)"
     )
@@ -46,37 +44,24 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "--min-steps", type=int, default=60, help="fewest optimisation steps per arm: small subsets get more "
         "epochs (default 60)",
     )  # fmt: skip
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a params.yaml key for every arm (repeatable)",
-    )  # fmt: skip
     return {"experiment": cmd_experiment}
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from tasks.config import ConfigError, load_config, parse_overrides
-    from tasks.paths import ProjectPaths
-    from tasks.transfer import STRATEGIES
-
-    paths = ProjectPaths.at(args.project)
     try:
-        overrides = parse_overrides(args.overrides)
-        load_config(paths.params, overrides)  # refuse bad parameters before any training
+        paths, _ = settings(args)  # refuse bad parameters before any training
         sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
         strategies = args.strategies.split(",") if args.strategies else None
     except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err, Exit.BAD_INPUT)
     if sizes and any(s < 0 for s in sizes):
-        print("error: --sizes: row counts must be >= 0 (0 = all rows)", file=sys.stderr)
-        return 2
+        return error("--sizes: row counts must be >= 0 (0 = all rows)", Exit.BAD_INPUT)
     unknown = sorted(set(strategies or ()) - set(STRATEGIES))
     if unknown:
-        print(
-            f"error: --strategies: unknown {', '.join(unknown)} (choose from {', '.join(STRATEGIES)})",
-            file=sys.stderr,
+        return error(
+            f"--strategies: unknown {', '.join(unknown)} (choose from {', '.join(STRATEGIES)})",
+            Exit.BAD_INPUT,
         )
-        return 2
     from flows.experiment import PARTS, experiment
     from tasks.experiment import curve_table, strategy_table
     from tasks.registry import RegistryError
@@ -88,17 +73,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             parts=parts,
             sizes=sizes,
             strategies=strategies,
-            overrides=overrides,
+            overrides=overrides(args),
             min_steps=args.min_steps,
         )
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return error(err, Exit.BAD_INPUT)
     except RegistryError as err:
-        print(
-            f"error: {err}\n(the tables are written under {paths.rel(paths.results_dir)}/)", file=sys.stderr
-        )
-        return 5
+        return error(err, Exit.BACKEND, f"the tables are written under {paths.rel(paths.results_dir)}/")
     results = json.loads((paths.results_dir / "results.json").read_text())
     from tasks.experiment import ArmResult
 
@@ -109,4 +90,4 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print("\nStrategies\n" + strategy_table(arms))
     print(f"\nwritten: {paths.rel(paths.results_dir)}/ (tables, plots, results.json)")
     print(json.dumps(figures))
-    return 0
+    return Exit.OK

@@ -6,7 +6,9 @@ then starts a worker for the pool. Both processes run in the background; their P
 .prefect/. `down` stops exactly those processes (by the recorded PIDs), worker first.
 
 flows/cli.py hosts the commands: ``add_commands(sub)`` adds the parsers and returns {name: handler}; a
-handler takes the parsed Namespace and returns an exit code (0 ok, 2 bad params.yaml, 5 Prefect failed).
+handler takes the parsed Namespace and returns an Exit code (0 ok, 2 bad params.yaml, 5 Prefect failed).
+`up --set KEY=VALUE` overrides params.yaml as `run --set` does: for the ops settings it reads itself and,
+as their `overrides` default, for every run the deployments start.
 """
 
 from __future__ import annotations
@@ -21,17 +23,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-from tasks.config import ConfigError, OpsConfig, load_config
+from flows.cli_common import Exit, Handler, error, overrides, project_options, settings, settings_options
+from tasks.config import ConfigError, OpsConfig
 from tasks.paths import ProjectPaths
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_BACKEND = 0, 2, 5
 SERVER, WORKER = "server", "worker"
 HOST = "127.0.0.1"  # the server is for this machine; put a reverse proxy in front to share it
-
-Handler = Callable[[argparse.Namespace], int]
 
 UP_EPILOG = """\
 what runs afterwards: the retraining on the ops.schedule cron (default nightly), the data-watch every
@@ -50,17 +49,15 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "retraining and the data-watch deployments on a process work pool, and start a worker for it.",
         epilog=UP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[settings_options()],
     )
-    down = sub.add_parser(
+    sub.add_parser(
         "down",
         help="Stop the Prefect server and worker that `transferline up` started.",
         description="Stop the Prefect server and worker that `transferline up` started (their PIDs are "
         "in .prefect/); the database, and so the run history, stays.",
+        parents=[project_options()],  # reads no settings: it stops what `up` recorded
     )
-    for parser in (up, down):
-        parser.add_argument(
-            "--project", type=Path, default=Path("."), help="project folder (default: current)"
-        )
     up.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait for the server (default 120)"
     )
@@ -170,37 +167,35 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from flows.deployments import DeploymentError, register
 
-    paths = ProjectPaths.at(args.project)
     try:
-        ops = load_config(paths.params).ops
+        paths, cfg = settings(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error(err, Exit.BAD_INPUT)
+    ops = cfg.ops
     url, env = api_url(ops), ops_env(paths, ops)
     server = None
     if running_pid(paths, SERVER) is None:
         if healthy(url):
-            print(f"error: port {ops.port} already serves another Prefect API; set ops.port", file=sys.stderr)
-            return EXIT_BACKEND
+            return error(
+                f"port {ops.port} already serves another Prefect API; set ops.port (or --set ops.port=N)",
+                Exit.BACKEND,
+            )
         server = start(paths, SERVER, ["server", "start", "--host", HOST, "--port", str(ops.port)], env)
         print(
             f"starting the Prefect server on {url} (SQLite in {paths.rel(paths.prefect_home)}/) ...",
             flush=True,
         )
     if not wait_healthy(url, server, args.timeout):
-        print(
-            f"error: the Prefect server did not come up; its log:\n{_tail(log_file(paths, SERVER))}",
-            file=sys.stderr,
-        )
         stop(paths, SERVER)
-        return EXIT_BACKEND
+        return error(
+            f"the Prefect server did not come up; its log:\n{_tail(log_file(paths, SERVER))}", Exit.BACKEND
+        )
     try:
         # deploy() prints a table per deployment; the summary below says the same once
         with temporary_settings(updates={PREFECT_API_URL: url}), contextlib.redirect_stdout(io.StringIO()):
-            names = register(paths, ops)
+            names = register(paths, ops, overrides=overrides(args))
     except (DeploymentError, OSError, RuntimeError, ValueError) as err:
-        print(f"error: registering the deployments failed: {err}", file=sys.stderr)
-        return EXIT_BACKEND
+        return error(f"registering the deployments failed: {err}", Exit.BACKEND)
     if running_pid(paths, WORKER) is None:
         start(paths, WORKER, ["worker", "start", "--pool", ops.work_pool, "--type", "process"], env)
     ui = url.removesuffix("/api")
@@ -214,7 +209,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"logs:         {paths.rel(log_file(paths, SERVER))}, {paths.rel(log_file(paths, WORKER))}\n"
         f"stop:         transferline down   (or make down)"
     )
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -225,4 +220,4 @@ def cmd_down(args: argparse.Namespace) -> int:
         if stopped
         else "nothing to stop: `transferline up` is not running"
     )
-    return EXIT_OK
+    return Exit.OK

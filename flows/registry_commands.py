@@ -1,29 +1,26 @@
 """Registry commands of the `transferline` CLI: `registry show`, `rollback` and `lineage`.
 
 flows/cli.py hosts them: ``handlers.update(add_commands(sub))`` registers the parsers and returns one
-handler per top-level command name (each takes the parsed Namespace and returns an exit code).
+handler per top-level command name (each takes the parsed Namespace and returns an Exit code). Each reads
+the project's settings with the same --set overrides as `run` (flows/cli_common.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.config import ConfigError, load_config
-from tasks.paths import ProjectPaths
+from flows.cli_common import Exit, Handler, error, settings, settings_options, table
+from tasks.config import ConfigError
+from tasks.ledger import experiment_name
+from tasks.registry import ALIASES
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_BACKEND = 0, 2, 5
-ALIASES = ("champion", "challenger", "previous")
 VALIDATION_SUMMARY = "validation/summary.md"
 GATE_REPORT = "gate.md"
-
-Handler = Callable[[argparse.Namespace], int]
 
 ROLLBACK_EPILOG = """\
 examples:
@@ -31,17 +28,15 @@ examples:
   transferline rollback --to 4 --reason "restore the last model before the data change"
 
 'champion' moves to the target, 'previous' to the champion it replaced; both moves are recorded in the
-alias ledger (`transferline registry show`). Serving code that loads models:/NAME@champion picks it up
-on its next load. exit codes: 0 moved, 2 bad parameters, 5 registry unavailable or refused.
+alias ledger (`transferline registry show`; in the MLflow UI, the runs of the experiment '<model>-ledger').
+Serving code that loads models:/NAME@champion picks it up on its next load. --set overrides params.yaml
+as for `transferline run` (e.g. --set registry.model_name=...). exit codes: 0 moved, 2 bad parameters,
+5 registry unavailable or refused.
 """
 
 
 def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     """Add `registry show`, `rollback` and `lineage` to the CLI's subparsers; returns their handlers."""
-
-    def project_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--project", type=Path, default=Path("."), help="project folder (default: current)")
-
     registry = sub.add_parser(
         "registry",
         help="Inspect the MLflow registry: versions, aliases and the alias ledger.",
@@ -51,9 +46,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     show = registry_sub.add_parser(
         "show",
         help="Versions (accuracy, gate, dataset), aliases and every recorded alias move.",
-        description="Versions (accuracy, gate, dataset), aliases and every recorded alias move.",
+        description="Versions (accuracy, gate, dataset), aliases and every recorded alias move (also the "
+        "runs of the MLflow experiment '<model>-ledger').",
+        parents=[settings_options()],
     )
-    project_arg(show)
     show.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
 
     rollback = sub.add_parser(
@@ -62,8 +58,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         description="Move 'champion' back to 'previous' (or to --to VERSION), recording why.",
         epilog=ROLLBACK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[settings_options()],
     )
-    project_arg(rollback)
     rollback.add_argument("--to", dest="to_version", metavar="VERSION", help="version to restore")
     rollback.add_argument("--reason", required=True, help="why (recorded in the alias ledger; required)")
     rollback.add_argument("--actor", help="who rolls back (default: user@host)")
@@ -74,9 +70,9 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "validation and gate results, MLflow and Prefect runs.",
         description="Where a version came from: dataset (and how to restore it), code, params, base "
         "model, validation and gate results, MLflow and Prefect runs.",
+        parents=[settings_options()],
     )
     lineage.add_argument("version", help="model version number, e.g. 3")
-    project_arg(lineage)
     lineage.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
 
     return {"registry": cmd_registry, "rollback": cmd_rollback, "lineage": cmd_lineage}
@@ -92,7 +88,7 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     from tasks.registry import RegistryError
 
     try:
-        registry, model = _resolve(args.project)
+        registry, model = _resolve(args)
         versions = registry.list_versions(model)
         ledger = registry.ledger(model)
     except (ConfigError, RegistryError) as err:
@@ -107,14 +103,14 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
             "ledger": [e.to_dict() for e in ledger],
         }
         print(json.dumps(out, indent=2, sort_keys=True, default=str))
-        return EXIT_OK
+        return Exit.OK
 
     print(f"model {model}  ({registry.tracking_uri})")
     print("  " + "   ".join(f"{a}: {'v' + v if v else '—'}" for a, v in aliases.items()))
     print("\nversions")
     if versions:
         rows = [_version_row(v) for v in versions]
-        _table(
+        table(
             ["version", "aliases", "test_acc", "gate", "data_hash", "created"],
             [
                 [
@@ -132,7 +128,7 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
         print("  no versions yet: run `transferline run`")
     print("\nalias ledger (oldest first)")
     if ledger:
-        _table(
+        table(
             ["time (UTC)", "actor", "alias", "move", "reason"],
             [
                 [
@@ -145,16 +141,17 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
                 for e in ledger
             ],
         )
+        print(f"  (MLflow UI, Model training view: experiment {experiment_name(model)!r}, one run per move)")
     else:
         print("  no alias moves recorded")
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from tasks.registry import RegistryError
 
     try:
-        registry, model = _resolve(args.project)
+        registry, model = _resolve(args)
         before, after = registry.rollback(model, args.to_version, reason=args.reason, actor=args.actor)
     except (ConfigError, RegistryError) as err:
         return _error(err)
@@ -163,26 +160,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         print(f"  previous is now {_v(before)} (roll forward with: transferline rollback --reason ...)")
     print(f"  reason: {args.reason.strip()}")
     print(f"  serving: models:/{model}@champion now loads {_v(after)}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     from tasks.registry import RegistryError
 
     if not str(args.version).strip().lstrip("v").isdigit():
-        print(f"error: version must be a number like 3, got {args.version!r}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error(f"version must be a number like 3, got {args.version!r}", Exit.BAD_INPUT)
     version = str(int(str(args.version).strip().lstrip("v")))
     try:
-        registry, model = _resolve(args.project)
+        registry, model = _resolve(args)
         info = lineage(registry, model, version)
     except (ConfigError, RegistryError) as err:
         return _error(err)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True, default=str))
-        return EXIT_OK
+        return Exit.OK
     _print_lineage(info)
-    return EXIT_OK
+    return Exit.OK
 
 
 # -- lineage -----------------------------------------------------------------------------------------------
@@ -264,8 +260,8 @@ def restore_commands(git_commit: str | None, data_hash: str | None) -> list[str]
     else:
         lines.append("# no git commit recorded: restore by hash")
     lines += [
-        "# by hash, into restore/prepared (cache object .dvc/cache/files/md5/"
-        f"{data_hash[:2]}/{data_hash[2:]}):",
+        "# by hash, into restore/prepared (cache object files/md5/"
+        f"{data_hash[:2]}/{data_hash[2:]} under `dvc cache dir`):",
         "mkdir -p restore && printf 'outs:\\n- md5: %s\\n  hash: md5\\n  path: prepared\\n' "
         f"{data_hash} > restore/prepared.dvc && dvc pull restore/prepared.dvc",
     ]
@@ -314,17 +310,16 @@ def _print_lineage(info: dict) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-def _resolve(project: Path) -> tuple[Any, str]:
+def _resolve(args: argparse.Namespace) -> tuple[Any, str]:
+    """The project's registry and the model name its settings (with --set) give."""
     from tasks.registry import Registry
 
-    paths = ProjectPaths.at(project)
-    cfg = load_config(paths.params)
+    paths, cfg = settings(args)
     return Registry.for_project(paths), cfg.registry.model_name
 
 
 def _error(err: Exception) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return EXIT_BAD_INPUT if isinstance(err, ConfigError) else EXIT_BACKEND
+    return error(err, Exit.BAD_INPUT if isinstance(err, ConfigError) else Exit.BACKEND)
 
 
 def _run_text(registry: Any, run_id: str, artifact: str) -> str | None:
@@ -360,9 +355,3 @@ def _v(version: str | None) -> str:
 def _one_line(text: str, limit: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
-        print("  " + "  ".join(f"{x!s:<{w}}" for x, w in zip(row, widths, strict=True)).rstrip())

@@ -10,14 +10,14 @@ a server when PREFECT_API_URL is set, or as the `retrain/transferline` deploymen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from tasks.caching import code_sha256, in_project
-from tasks.config import ConfigError, load_config
+from tasks.config import ConfigError, GateMode, Strategy, load_config
 from tasks.download import download_task
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
@@ -38,9 +38,6 @@ from tasks.registry import Registry
 from tasks.train import data_sha256, train_task
 from tasks.validate import validate_task
 from tasks.versioning import PIPELINE_STAGES, commit_task, git_commit, push_task
-
-Strategy = Literal["head", "freeze", "full", "gradual", "lora"]
-GateMode = Literal["superiority", "non_inferiority"]
 
 # The flow's typed parameters (the Prefect UI's run form) and the params.yaml key each one sets.
 FORM_KEYS = {

@@ -1,8 +1,8 @@
 """Serving commands of the `transferline` CLI: `serve` (HTTP, follows the champion) and `batch-predict`.
 
 flows/cli.py hosts them: ``add_commands(sub)`` registers the parsers and returns one handler per command
-name (each takes the parsed Namespace and returns an exit code: 0 ok, 2 bad input, 5 registry/model
-unavailable).
+name (each takes the parsed Namespace and returns an Exit code: 0 ok, 2 bad input, 5 registry/model
+unavailable). Both read the project's settings with the same --set overrides as `run`.
 """
 
 from __future__ import annotations
@@ -10,16 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from tasks.config import ConfigError, load_config
-from tasks.paths import ProjectPaths
-
-EXIT_OK, EXIT_BAD_INPUT, EXIT_BACKEND = 0, 2, 5
-
-Handler = Callable[[argparse.Namespace], int]
+from flows.cli_common import Exit, Handler, error, overrides, settings, settings_options
+from tasks.config import ConfigError
 
 SERVE_EPILOG = """\
 endpoints:
@@ -46,8 +40,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "GET /version.",
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[settings_options()],
     )
-    serve.add_argument("--project", type=Path, default=Path("."), help="project folder (default: current)")
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     serve.add_argument(
@@ -71,11 +65,11 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         help="Score a csv/parquet/jsonl file with the champion (the batch-predict Prefect flow).",
         description="Score every row of a file with the champion; writes predictions with the model "
         "version and the input's sha256, plus a JSON sidecar <output>.json.",
+        parents=[settings_options()],
     )
     batch.add_argument("input", type=Path, help="file to score: .csv, .parquet or .jsonl")
     batch.add_argument("--output", type=Path, help="predictions file (default: <input>.predictions.<ext>)")
     batch.add_argument("--text-column", default="text", help="column holding the texts (default: text)")
-    batch.add_argument("--project", type=Path, default=Path("."), help="project folder (default: current)")
     return {"serve": cmd_serve, "batch-predict": cmd_batch_predict}
 
 
@@ -88,17 +82,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tasks.registry import Registry
     from tasks.serve import ServeSettings, build_watcher, run_server
 
-    paths = ProjectPaths.at(args.project)
     try:
-        cfg = load_config(paths.params)
+        paths, cfg = settings(args)
         for name in ("poll_interval", "retry_refused", "max_body_bytes", "max_batch"):
             _positive(f"--{name.replace('_', '-')}", getattr(args, name))
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port must be 0..65535, got {args.port}")
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    settings = ServeSettings(
+        return error(err, Exit.BAD_INPUT)
+    serving = ServeSettings(
         host=args.host,
         port=args.port,
         poll_s=args.poll_interval,
@@ -111,20 +103,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry.for_project(paths)
     watcher = build_watcher(
-        registry, cfg.registry.model_name, paths.serving_cache, settings, cfg.train.max_length
+        registry, cfg.registry.model_name, paths.serving_cache, serving, cfg.train.max_length
     )
 
     def ready() -> None:
         print(
             f"transferline serve: {cfg.registry.model_name}@champion "
             f"({'v' + watcher.current.version if watcher.current else 'not loaded yet'}) on "
-            f"http://{settings.host}:{settings.port}  (registry {registry.tracking_uri}; alias read every "
-            f"{settings.poll_s:g} s)",
+            f"http://{serving.host}:{serving.port}  (registry {registry.tracking_uri}; alias read every "
+            f"{serving.poll_s:g} s)",
             flush=True,
         )
 
-    run_server(watcher, settings, ready)
-    return EXIT_OK
+    run_server(watcher, serving, ready)
+    return Exit.OK
 
 
 def cmd_batch_predict(args: argparse.Namespace) -> int:
@@ -133,14 +125,12 @@ def cmd_batch_predict(args: argparse.Namespace) -> int:
     from tasks.scoring import ScoringInputError, default_output, file_format
     from tasks.serve import VerificationError
 
-    paths = ProjectPaths.at(args.project)
     try:
-        load_config(paths.params)
+        paths, _ = settings(args)
         file_format(args.input)  # an unknown format is refused before a flow run starts
         file_format(args.output or default_output(args.input))
     except (ConfigError, ScoringInputError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error(err, Exit.BAD_INPUT)
     _quiet_prefect_shutdown()
     from flows.batch_predict import batch_predict
 
@@ -150,15 +140,14 @@ def cmd_batch_predict(args: argparse.Namespace) -> int:
             output_path=str(args.output.resolve()) if args.output else None,
             text_column=args.text_column,
             project_dir=str(paths.root),
+            overrides=overrides(args) or None,
         )
     except (ScoringInputError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return error(err, Exit.BAD_INPUT)
     except (RegistryError, VerificationError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BACKEND
+        return error(err, Exit.BACKEND)
     print(
         f"scored {summary.rows} rows with {summary.model} v{summary.version} -> {summary.output}\n"
         f"  sidecar: {summary.sidecar}  (input sha256 {summary.input_sha256[:16]}…)"
     )
-    return EXIT_OK
+    return Exit.OK

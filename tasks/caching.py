@@ -254,12 +254,14 @@ def _stage_files(paths: ProjectPaths, stages: Iterable[str]) -> list[Path]:
 
 def _dvc_recorded(i: Inputs) -> str:
     """What `dvc commit` of these stages left: their dvc.lock entries, and whether the cache has the outs."""
+    from tasks.versioning import cache_object  # here: versioning imports this module
+
     paths, stages = i["paths"], i["stages"]
     lock = paths.root / "dvc.lock"
     entries = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
     picked = {name: entries.get(name) for name in stages}
     cached = [
-        (paths.root / ".dvc" / "cache" / "files" / "md5" / out["md5"][:2] / out["md5"][2:]).is_file()
+        cache_object(paths, out["md5"]).is_file()
         for entry in picked.values()
         for out in (entry or {}).get("outs", [])
         if out.get("md5")

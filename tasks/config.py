@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -83,6 +83,12 @@ class ValidateConfig(_Section):
 
 
 DriftPolicy = Literal["ignore", "warn", "block"]
+# What adapts during fine-tuning (tasks/transfer.py implements each) and how the gate compares with the
+# champion (tasks/gate.py): the flow's run form and the CLI take their choices from here.
+Strategy = Literal["head", "freeze", "full", "gradual", "lora"]
+GateMode = Literal["superiority", "non_inferiority"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+GATE_MODES: tuple[str, ...] = get_args(GateMode)
 
 
 class DriftConfig(_Section):
@@ -103,7 +109,7 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    strategy: Literal["head", "freeze", "full", "gradual", "lora"]
+    strategy: Strategy
     epochs: int = Field(ge=1, le=100)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=1)
@@ -135,7 +141,7 @@ class EvaluateConfig(_Section):
 
 class GateConfig(_Section):
     min_accuracy: float = Field(ge=0, le=1)
-    mode: Literal["superiority", "non_inferiority"]
+    mode: GateMode
     min_improvement: float = Field(ge=-1, le=1)
     margin: float = Field(ge=0, le=1)
     alpha: float = Field(gt=0, le=0.5)

@@ -26,15 +26,15 @@ from tasks.config import Config
 from tasks.download import BaseModelRef
 from tasks.evaluate import Evaluation
 from tasks.gate import Decision, GateRejected, rejection_message
+from tasks.ledger import default_actor
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
-from tasks.registry import Registry, RegistryError, VersionInfo, default_actor
+from tasks.registry import CHALLENGER, CHAMPION, Registry, RegistryError, VersionInfo
 from tasks.train import METADATA_FILE, TrainResult
 from tasks.validate import ValidationReport
 
 log = logging.getLogger("transferline.promote")
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 PREPARED_ARTIFACT = "prepared"  # the run's prepared snapshot, logged with the run
 
 

@@ -1,8 +1,10 @@
 """Thin MLflow adapter: log and register a model version, read versions, move aliases.
 
 Aliases only, never stages: ``challenger`` is the newest logged version, ``champion`` the one that
-serves, ``previous`` the champion it replaced. mlflow is imported inside functions because it costs
-seconds at import, and nothing here touches global state at import time.
+serves, ``previous`` the champion it replaced. Every alias move is written to the alias ledger
+(tasks/ledger.py) in the same critical section; what a logged model is made of is tasks/packaging.py.
+mlflow is imported inside functions because it costs seconds at import, and nothing here touches global
+state at import time.
 """
 
 from __future__ import annotations
@@ -10,17 +12,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import getpass
 import hashlib
 import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from tasks import faults
+from tasks import faults, ledger, packaging
+from tasks.ledger import LedgerEntry, Move
 from tasks.paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -40,13 +40,8 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
+ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)  # the aliases the pipeline moves, in the order people read them
 
-# What the registered pyfunc model is asked to predict when it is logged: MLflow runs it once through
-# the serving path, so a model that cannot predict is never registered.
-_INPUT_EXAMPLE = ["a great movie", "a dull and lifeless film"]
-# Packages the served model needs; exact versions are read at run time. An explicit list also
-# avoids mlflow.transformers' default requirements, which import torchvision (not installed).
-_PIP_PACKAGES = ("mlflow", "transformers", "torch", "accelerate")
 # Registry calls over HTTP: MLflow's defaults (7 retries with exponential backoff, 120 s timeout)
 # turn a dead server into minutes of silence. Worst case here: 3 attempts x 5 s + ~3 s backoff.
 _FAST_HTTP_ENV = {
@@ -57,15 +52,6 @@ _FAST_HTTP_ENV = {
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _COMPLETE_MARKER = ".registry-download.json"
 
-# The alias ledger lives with the registered model as tags ``ledger.<epoch ms, 15 digits>.<8 hex>`` whose
-# values are one JSON entry each; keys sort in write order (ms are kept strictly increasing under the
-# alias lock). MLflow validates registered-model tag values up to 100,000 characters, but the SQL
-# schema's column is VARCHAR(5000), which PostgreSQL/MySQL enforce: entries are kept below that.
-LEDGER_PREFIX = "ledger."
-_LEDGER_VALUE_LIMIT = 5000
-_REASON_LIMIT = 500
-_ACTOR_LIMIT = 200
-_DETAIL_LIMIT = 1500  # gate / approval dicts, as compact JSON
 # Model-version descriptions are VARCHAR(5000) in the SQL schema as well.
 _DESCRIPTION_LIMIT = 5000
 MODEL_CARD_ARTIFACT = "model_card.md"
@@ -101,24 +87,6 @@ class VersionInfo:
 
 
 @dataclass(frozen=True)
-class LedgerEntry:
-    """One alias move, as recorded with the registered model."""
-
-    at: str  # ISO 8601, UTC
-    actor: str
-    alias: str
-    from_version: str | None
-    to_version: str | None
-    reason: str
-    gate: dict | None = None
-    approval: dict | None = None
-    key: str = ""  # the registered-model tag that holds the entry
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
 class RunDetails:
     """What a version's MLflow run recorded: params, metrics, tags and its artifact files."""
 
@@ -132,15 +100,6 @@ class RunDetails:
         d = dataclasses.asdict(self)
         d["artifacts"] = list(self.artifacts)
         return d
-
-
-def default_actor() -> str:
-    """``user@host`` of this process: who moved an alias when no actor is given."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # a container user without a passwd entry
-        user = f"uid{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
 
 
 @dataclass(frozen=True)
@@ -291,14 +250,9 @@ class Registry:
 
     # -- model files -----------------------------------------------------------------------------------
     def download_model_dir(self, model_name: str, version: str, dest: Path) -> Path:
-        """Download a version's logged model as one folder that transformers' from_pretrained loads.
-
-        The transformers flavor stores weights + config under ``model/`` and the tokenizer under
-        ``components/tokenizer/``; the tokenizer files are copied beside the weights. ``dest`` is
-        reused when it already holds a complete copy of the same version.
+        """Download a version's logged model as one folder that transformers' from_pretrained loads
+        (packaging.unpack_hf). ``dest`` is reused when it already holds a complete copy of the same version.
         """
-        from mlflow.models import Model
-
         dest = Path(dest)
         mv = self._call(
             f"reading {model_name} v{version}", lambda: self.client().get_model_version(model_name, version)
@@ -314,15 +268,9 @@ class Registry:
                 lambda: self._download(model_name, str(version), Path(tmp) / "download"),
                 fast=False,
             )
-            flavor = Model.load(str(download / "MLmodel")).flavors.get("transformers")
-            if flavor is None:
-                raise RegistryError(f"{model_name} v{version} was not logged with mlflow.transformers")
             staged = Path(tmp) / "hf"
-            shutil.copytree(download / flavor.get("model_binary", "model"), staged)
-            for component in flavor.get("components", []):
-                for f in (download / "components" / component).iterdir():
-                    if not (staged / f.name).exists():  # the model folder's own files win
-                        shutil.copy2(f, staged / f.name)
+            if not packaging.unpack_hf(download, staged):
+                raise RegistryError(f"{model_name} v{version} was not logged with mlflow.transformers")
             # The marker is written last, so an interrupted download is never taken as complete.
             (staged / _COMPLETE_MARKER).write_text(json.dumps(stamp))
             if dest.exists():
@@ -377,11 +325,10 @@ class Registry:
         experiment_id = self._call(
             f"opening experiment {experiment!r}", lambda: self._experiment_id(experiment)
         )
-        pipeline_parts = _load_hf(model_dir)
+        pipeline_parts = packaging.load_hf(model_dir)
 
         def log() -> str:
             import mlflow
-            from huggingface_hub import ModelCard
 
             with (
                 _fluent_uris(self.tracking_uri),
@@ -395,30 +342,15 @@ class Registry:
                         mlflow.log_artifacts(str(path), artifact_path=path.name)
                     else:
                         mlflow.log_artifact(str(path))
-                info = mlflow.transformers.log_model(
-                    pipeline_parts,
-                    name="model",
-                    task="text-classification",
-                    pip_requirements=_pip_requirements(),
-                    input_example=_INPUT_EXAMPLE,
-                    signature=_signature(),
-                    registered_model_name=model_name,
-                    # Tags given here are on the version from its creation, so a version orphaned by a
-                    # crash still carries them (find_version(run_key) lets a re-run reuse it).
-                    tags={key: str(value) for key, value in tags.items()},
-                    # An explicit card stops MLflow from looking the model up on the Hugging Face Hub.
-                    model_card=ModelCard(
-                        "---\nlibrary_name: transformers\npipeline_tag: text-classification\n---\n"
-                        f"# {model_name}\n\nFine-tuned by transferline in MLflow run {run.info.run_id}.\n"
-                    ),
+                version = packaging.log_model(
+                    pipeline_parts, model_name=model_name, run_id=run.info.run_id, tags=tags
                 )
-            version = str(info.registered_model_version)
             # Reliability tests kill the process here: the version exists, no alias points at it yet.
             faults.point("registry.version-created")
             gate = None
             if "gate" in tags:
                 gate = {"result": tags["gate"], "summary": str(tags.get("gate_summary", ""))}
-            meta = _meta(actor, f"registered v{version} from run {run.info.run_id}", gate, None)
+            meta = ledger.meta(actor, f"registered v{version} from run {run.info.run_id}", gate, None)
             with _alias_lock(self.tracking_uri, model_name):
                 current = (self._alias_map(model_name) or {}).get(CHALLENGER)
                 self._apply_moves(model_name, [(CHALLENGER, current, version)], meta)
@@ -461,15 +393,23 @@ class Registry:
 
         return self._call(f"logging evidence run {run_name!r}", log, fast=False)
 
-    def _experiment_id(self, name: str) -> str:
+    def _experiment_id(self, name: str, tags: dict[str, str] | None = None) -> str:
+        """The id of experiment `name`, created (with `tags`) or restored when needed."""
+        from mlflow.exceptions import MlflowException
+
         client = self.client()
         exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":  # runs cannot start in a deleted experiment
-                client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
-        return client.create_experiment(name, artifact_location=location)
+        if exp is None:
+            location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+            try:
+                return client.create_experiment(name, artifact_location=location, tags=tags)
+            except MlflowException as e:  # another process created it first
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = client.get_experiment_by_name(name)
+        if exp.lifecycle_stage == "deleted":  # runs cannot start in a deleted experiment
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
 
     # -- alias moves (compare-and-set + ledger, one critical section) ----------------------------------
     def set_alias_checked(
@@ -492,7 +432,7 @@ class Registry:
         """
         version = str(version)
         expected = None if expected_current is None else str(expected_current)
-        meta = _meta(actor, reason, gate, approval)
+        meta = ledger.meta(actor, reason, gate, approval)
 
         def swap() -> str | None:
             self._require_version(model_name, version)  # a clear "not found" before anything moves
@@ -523,7 +463,7 @@ class Registry:
         """
         version = str(version)
         expected = None if expected_champion is None else str(expected_champion)
-        meta = _meta(actor, reason or f"promoted v{version}", gate, approval)
+        meta = ledger.meta(actor, reason or f"promoted v{version}", gate, approval)
 
         def swap() -> str | None:
             self._require_version(model_name, version)
@@ -531,7 +471,7 @@ class Registry:
                 aliases = self._alias_map(model_name) or {}
                 current = aliases.get(CHAMPION)
                 _check_expected(model_name, CHAMPION, expected, current, self.tracking_uri)
-                moves: list[_Move] = [(CHAMPION, current, version)]
+                moves: list[Move] = [(CHAMPION, current, version)]
                 if current is not None and current != version:
                     moves.append((PREVIOUS, aliases.get(PREVIOUS), current))
                 if self._apply_moves(model_name, moves, meta):
@@ -548,7 +488,7 @@ class Registry:
         Returns the previous challenger.
         """
         version = str(version)
-        meta = _meta(actor, reason or f"registered v{version}", None, None)
+        meta = ledger.meta(actor, reason or f"registered v{version}", None, None)
 
         def swap() -> str | None:
             self._require_version(model_name, version)
@@ -574,7 +514,7 @@ class Registry:
         if to_version is not None and not str(to_version).strip().isdigit():
             raise RegistryError(f"version must be a number like 3, got {to_version!r}")
         wanted = None if to_version is None else str(int(str(to_version).strip()))
-        meta = _meta(actor, reason.strip(), None, None)
+        meta = ledger.meta(actor, reason.strip(), None, None)
 
         def swap() -> tuple[str | None, str]:
             with _alias_lock(self.tracking_uri, model_name):
@@ -591,7 +531,7 @@ class Registry:
                 self._require_version(model_name, target)
                 if target == current:
                     raise RegistryError(f"v{target} already is the champion of {model_name}; nothing moved")
-                moves: list[_Move] = [(CHAMPION, current, target)]
+                moves: list[Move] = [(CHAMPION, current, target)]
                 if current is not None:
                     moves.append((PREVIOUS, aliases.get(PREVIOUS), current))
                 self._apply_moves(model_name, moves, meta)
@@ -612,7 +552,7 @@ class Registry:
                 ) from e
             raise
 
-    def _apply_moves(self, model_name: str, moves: list[_Move], meta: dict) -> bool:
+    def _apply_moves(self, model_name: str, moves: list[Move], meta: dict) -> bool:
         """Write alias moves, check they held, then append one ledger entry per move. Call under the
         alias lock. No-op moves are skipped. Returns whether anything moved.
 
@@ -623,7 +563,7 @@ class Registry:
         if not moves:
             return False
         client = self.client()
-        done: list[_Move] = []
+        done: list[Move] = []
         written: list[str] = []
         try:
             for move in moves:
@@ -646,9 +586,7 @@ class Registry:
                     )
             self._append_ledger(model_name, dict(rm.tags or {}), moves, meta, written)
         except BaseException:
-            for key in written:
-                with contextlib.suppress(Exception):
-                    client.delete_registered_model_tag(model_name, key)
+            ledger.retract(client, written)
             for alias, before, _after in reversed(done):
                 with contextlib.suppress(Exception):
                     if before is None:
@@ -659,17 +597,14 @@ class Registry:
         return True
 
     def _append_ledger(
-        self, model_name: str, tags: dict[str, str], moves: list[_Move], meta: dict, written: list[str]
+        self, model_name: str, tags: dict[str, str], moves: list[Move], meta: dict, written: list[str]
     ) -> None:
-        """One tag per move; keys go to `written` as they land, so a failure can take them back."""
-        last_ms = max((_ledger_ms(k) for k in tags if k.startswith(LEDGER_PREFIX)), default=0)
-        ms = max(int(time.time() * 1000), last_ms + 1)
-        client = self.client()
-        for i, (alias, before, after) in enumerate(moves):
-            key = f"{LEDGER_PREFIX}{ms + i:015d}.{uuid.uuid4().hex[:8]}"
-            entry = {"at": _now_iso(), "alias": alias, "from_version": before, "to_version": after, **meta}
-            client.set_registered_model_tag(model_name, key, _ledger_value(entry))
-            written.append(key)
+        """One ledger run per move; run ids go to `written` as they land, so a failure can take them back."""
+        name = ledger.experiment_name(model_name)
+        experiment_id = self._experiment_id(name, ledger.experiment_tags(model_name))
+        ledger.append(self.client(), experiment_id, model_name, moves, meta, tags, written)
+        if tags.get(ledger.POINTER_TAG) != name:  # one constant tag says where the ledger is
+            self.client().set_registered_model_tag(model_name, ledger.POINTER_TAG, name)
 
     # -- ledger, lookups, run artifacts, model card ----------------------------------------------------
     def ledger(self, model_name: str) -> list[LedgerEntry]:
@@ -683,8 +618,7 @@ class Registry:
                 if e.error_code == "RESOURCE_DOES_NOT_EXIST":
                     return []
                 raise
-            tags = dict(rm.tags or {})
-            return [_parse_entry(k, tags[k]) for k in sorted(k for k in tags if k.startswith(LEDGER_PREFIX))]
+            return ledger.read(self.client(), model_name, dict(rm.tags or {}))
 
         return self._call(f"reading the alias ledger of {model_name}", read)
 
@@ -819,9 +753,6 @@ class Registry:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-_Move = tuple[str, str | None, str | None]  # (alias, from_version, to_version)
-
-
 def _v(version: str | None) -> str:
     return "nothing" if version is None else f"v{version}"
 
@@ -836,73 +767,6 @@ def _check_expected(model_name: str, alias: str, expected: str | None, current: 
             f"{alias} moved from {_v(expected)} to {_v(current)} since the gate evaluated against "
             f"{_v(expected)}; re-run to evaluate against the new {alias} (model {model_name}, registry {uri})"
         )
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _small(detail: dict | None, limit: int = _DETAIL_LIMIT) -> dict | None:
-    """A gate/approval dict small enough for a ledger entry: long strings cut, then nested values
-    dropped, then the whole dict replaced by its cut JSON text."""
-    if detail is None:
-        return None
-    detail = json.loads(json.dumps(detail, default=str))
-    if len(json.dumps(detail)) <= limit:
-        return detail
-    cut = {k: _clip(v, 120) if isinstance(v, str) else v for k, v in detail.items()}
-    if len(json.dumps(cut)) <= limit:
-        return cut
-    scalars = {k: v for k, v in cut.items() if isinstance(v, str | int | float | bool) or v is None}
-    if len(json.dumps(scalars)) <= limit:
-        return {**scalars, "truncated": True}
-    return {"truncated": _clip(json.dumps(detail), limit - 20)}
-
-
-def _meta(actor: str | None, reason: str, gate: dict | None, approval: dict | None) -> dict:
-    return {
-        "actor": _clip(actor or default_actor(), _ACTOR_LIMIT),
-        "reason": _clip(reason or "", _REASON_LIMIT),
-        "gate": _small(gate),
-        "approval": _small(approval),
-    }
-
-
-def _ledger_value(entry: dict) -> str:
-    text = json.dumps(entry, separators=(",", ":"), sort_keys=True)
-    if len(text) > _LEDGER_VALUE_LIMIT:  # cannot happen with the clips above; kept as the last guard
-        entry = {**entry, "gate": _small(entry["gate"], 200), "approval": _small(entry["approval"], 200)}
-        text = json.dumps(entry, separators=(",", ":"), sort_keys=True)
-    return text
-
-
-def _ledger_ms(key: str) -> int:
-    try:
-        return int(key.split(".")[1])
-    except (IndexError, ValueError):
-        return 0
-
-
-def _parse_entry(key: str, value: str) -> LedgerEntry:
-    try:
-        d = json.loads(value)
-    except ValueError:
-        d = {"reason": f"unreadable ledger entry: {value[:200]}"}
-
-    def version(x: object) -> str | None:
-        return None if x is None else str(x)
-
-    return LedgerEntry(
-        at=str(d.get("at", "")),
-        actor=str(d.get("actor", "")),
-        alias=str(d.get("alias", "")),
-        from_version=version(d.get("from_version")),
-        to_version=version(d.get("to_version")),
-        reason=str(d.get("reason", "")),
-        gate=d.get("gate"),
-        approval=d.get("approval"),
-        key=key,
-    )
 
 
 def _literal(name: str) -> str:
@@ -933,47 +797,6 @@ def _stringify_params(params: dict[str, Any]) -> dict[str, str]:
 def _metric_key(name: str) -> str:
     # MLflow metric names allow letters, digits and _-./ and spaces only ("pretrained@500" has an "@").
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.version import Version
-
-    reqs = []
-    for package in _PIP_PACKAGES:
-        try:
-            # Drop local labels (torch "2.13.0+cpu"): PyPI cannot resolve them, as MLflow itself does.
-            reqs.append(f"{package}=={Version(version(package)).public}")
-        except PackageNotFoundError:
-            continue  # accelerate is optional for inference
-    return reqs
-
-
-def _signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    # A list of strings in; the text-classification pyfunc answers one (label, score) row per text.
-    return ModelSignature(
-        inputs=Schema([ColSpec("string")]),
-        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
-    )
-
-
-def _load_hf(model_dir: Path) -> dict[str, Any]:
-    """Model + tokenizer for mlflow.transformers.
-
-    Logging the folder path itself fails with transformers 5 (mlflow 3.17's local-checkpoint branch
-    expects pipeline classes where transformers now keeps names), so the components are loaded.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    return {
-        # safetensors only: a stray pickled pytorch_model.bin in the folder is never unpickled
-        "model": AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True),
-        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
-    }
 
 
 @contextmanager

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("transferline.transfer")
 
-STRATEGIES = ("head", "freeze", "full", "gradual", "lora")
 # Architectures whose forward pass `bottom`/`top` reproduce (embeddings -> layer list -> pooler -> head);
 # the others get no activation cache and are trained and scored through their own forward pass.
 CACHEABLE_MODEL_TYPES = ("bert",)

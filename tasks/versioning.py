@@ -96,6 +96,32 @@ def output_hashes(paths: ProjectPaths) -> dict[str, str]:
     return hashes
 
 
+def cache_dir(paths: ProjectPaths) -> Path:
+    """The project's DVC cache folder as DVC resolves it: `cache.dir` of its config (any level, relative
+    paths taken from the config file that sets it), else .dvc/cache."""
+    from dvc.config import Config, ConfigError
+
+    dvc_dir = paths.root / ".dvc"
+    try:
+        configured = Config(dvc_dir=str(dvc_dir))["cache"].get("dir")
+    except ConfigError as err:
+        raise VersioningError(f"{dvc_dir}: unreadable DVC config: {err}") from None
+    return Path(configured) if configured else dvc_dir / "cache"
+
+
+def cache_objects(paths: ProjectPaths) -> Path:
+    """Where the DVC cache keeps file and directory objects by md5 (``<cache>/files/md5``)."""
+    from dvc.cachemgr import CacheManager
+    from dvc_data.hashfile.hash import DEFAULT_ALGORITHM
+
+    return cache_dir(paths) / CacheManager.FILES_DIR / DEFAULT_ALGORITHM
+
+
+def cache_object(paths: ProjectPaths, md5: str, objects: Path | None = None) -> Path:
+    """The cache path of one object (``<md5>.dir`` for a directory listing); `objects` saves a config read."""
+    return (objects or cache_objects(paths)) / md5[:2] / md5[2:]
+
+
 def push(paths: ProjectPaths) -> str:
     """Push cached outputs to the default remote; returns DVC's summary line."""
     remote = dvc(paths, "remote", "default").strip()

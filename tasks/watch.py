@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import DataConfig
 from tasks.paths import ProjectPaths
 from tasks.prepare import source_sha256
-from tasks.registry import Registry
+from tasks.registry import CHAMPION, Registry
 
 log = logging.getLogger("transferline.watch")
 
@@ -64,9 +64,9 @@ def trained_sources_task(registry: Registry, model_name: str) -> dict[str, str]:
     """Source hashes the champion and the latest version were trained on (versions without the tag,
     registered before it existed, are left out)."""
     versions = registry.list_versions(model_name)
-    champion = next((v for v in versions if "champion" in v.aliases), None)
+    champion = next((v for v in versions if CHAMPION in v.aliases), None)
     found = {}
-    for label, version in (("champion", champion), ("latest", versions[-1] if versions else None)):
+    for label, version in ((CHAMPION, champion), ("latest", versions[-1] if versions else None)):
         if version is not None and version.tags.get(SOURCE_TAG):
             found[f"{label} v{version.version}"] = version.tags[SOURCE_TAG]
     return found

@@ -186,3 +186,35 @@ def test_bad_params_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "no such params file" in capsys.readouterr().err
     assert cli("data", "diff", "current", "champion", "--project", str(tmp_path)) == 2
     assert "no such params file" in capsys.readouterr().err
+
+
+def test_a_moved_dvc_cache_is_read_where_dvc_config_puts_it(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dvc config cache.dir` moves the cache (here relative to the project, as a user would type it):
+    the DVC adapter finds it through DVC's own config, and the data commands read the versions there."""
+    from tasks.versioning import cache_dir, cache_object
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    moved = project.parent / "moved-dvc-cache"
+    result = run([sys.executable, "-m", "dvc", "config", "cache.dir", "../moved-dvc-cache"], project)
+    assert result.returncode == 0, result.stderr
+    version = repro_prepare(project)
+
+    paths = ProjectPaths.at(project)
+    assert cache_dir(paths) == moved.resolve()
+    listing = cache_object(paths, version)
+    assert listing == moved.resolve() / "files" / "md5" / version[:2] / version[2:] and listing.is_file()
+    assert not (project / ".dvc" / "cache" / "files").exists()  # nothing went to the default place
+
+    proj = ["--project", str(project)]
+    assert cli("data", "status", "--json", *proj) == 0
+    assert json.loads(capsys.readouterr().out)["workspace"] == "matches dvc.lock"  # read from the listing
+    assert (
+        cli("data", "diff", version[:8], "current", "--json", *proj) == 0
+    )  # prefix found in the moved cache
+    diff = json.loads(capsys.readouterr().out)
+    assert diff["identical"] and diff["total"]["unchanged"] == diff["total"]["rows_a"] == 400
+
+    assert cli("data", "diff", "0123456789abcdef0123456789abcdef", "current", *proj) == 2
+    assert str(moved.resolve()) in capsys.readouterr().err  # the message names the cache actually used

@@ -260,3 +260,57 @@ def test_unreachable_registry_exits_5(project: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no-such-dir/mlflow.db")
     assert cli("registry", "show", "--project", str(project)) == 5
     assert "/proc/no-such-dir/mlflow.db" in capsys.readouterr().err
+
+
+def test_registry_show_reads_legacy_tag_entries_with_the_ledger_runs(project: Path, capsys) -> None:
+    """A registry written before the ledger experiment holds its moves as `ledger.*` model tags: `registry
+    show` lists them with the new entries, in time order, and a new move adds no tag."""
+    reg = Registry(f"sqlite:///{project / 'mlflow.db'}", None)
+    client = reg.client()
+    first_ms = int(reg.ledger(MODEL)[0].key.split(".")[1])
+    legacy = {
+        "at": "2026-01-05T02:00:00.000+00:00",
+        "actor": "cron@old-host",
+        "alias": "champion",
+        "from_version": None,
+        "to_version": "1",
+        "reason": "legacy move",
+        "gate": None,
+        "approval": None,
+    }
+    key = f"ledger.{first_ms - 86_400_000:015d}.0badc0de"  # a day before the registry's first run entry
+    client.set_registered_model_tag(MODEL, key, json.dumps(legacy))
+    assert cli("rollback", "--reason", "after the upgrade", "--project", str(project)) == 0
+    capsys.readouterr()
+
+    assert cli("registry", "show", "--json", "--project", str(project)) == 0
+    ledger = json.loads(capsys.readouterr().out)["ledger"]
+    assert (ledger[0]["key"], ledger[0]["actor"], ledger[0]["reason"]) == (
+        key,
+        "cron@old-host",
+        "legacy move",
+    )
+    assert [e["reason"] for e in ledger[-2:]] == ["after the upgrade"] * 2
+    assert [e["key"] for e in ledger] == sorted(e["key"] for e in ledger) and len(ledger) == 9
+    assert cli("registry", "show", "--project", str(project)) == 0
+    table = capsys.readouterr().out
+    assert (
+        table.index("legacy move")
+        < table.index("beats v1 on test accuracy")
+        < table.index("after the upgrade")
+    )
+    assert f"experiment '{MODEL}-ledger'" in table
+    assert [k for k in client.get_registered_model(MODEL).tags if k.startswith("ledger.")] == [key]
+
+
+def test_every_registry_command_reads_the_settings_with_set(project: Path, capsys) -> None:
+    other = ["--set", "registry.model_name=another-model", "--project", str(project)]
+    assert cli("registry", "show", "--json", *other) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["model"], shown["versions"], shown["ledger"]) == ("another-model", [], [])
+    assert cli("lineage", "1", *other) == 5
+    assert "another-model has no version 1" in capsys.readouterr().err
+    assert cli("rollback", "--reason", "x", *other) == 5
+    assert "no registered model 'another-model'" in capsys.readouterr().err
+    assert cli("registry", "show", "--set", "registry.model_nam=x", "--project", str(project)) == 2
+    assert "did you mean 'model_name'" in capsys.readouterr().err

@@ -481,7 +481,7 @@ def test_the_real_loaders_take_safetensors_and_never_run_a_planted_pickle(
     from safetensors.torch import load_file
 
     from tasks.evaluate import Predictor
-    from tasks.registry import _load_hf
+    from tasks.packaging import load_hf
     from tasks.train import build_model
 
     folder, marker = model_with_planted_pickle
@@ -497,7 +497,7 @@ def test_the_real_loaders_take_safetensors_and_never_run_a_planted_pickle(
         loaded = {
             "Predictor": predictor.model,
             "build_model": build_model(folder, ["rotten", "fresh"]),  # training
-            "registry._load_hf": _load_hf(folder)["model"],  # logging to MLflow
+            "packaging.load_hf": load_hf(folder)["model"],  # logging to MLflow
         }
         for name, model in loaded.items():
             weights = model.state_dict()[key]  # inference keeps them in bf16 where the CPU has it
@@ -509,7 +509,7 @@ def test_the_real_loaders_take_safetensors_and_never_run_a_planted_pickle(
         for name, load in {
             "Predictor": lambda: Predictor(folder, max_length=16),
             "build_model": lambda: build_model(folder, ["rotten", "fresh"]),
-            "registry._load_hf": lambda: _load_hf(folder),
+            "packaging.load_hf": lambda: load_hf(folder),
         }.items():
             with pytest.raises(OSError, match="safetensors"):
                 load()

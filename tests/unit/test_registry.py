@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import pytest
 
-from tasks.registry import PromotionConflict, Registry, RegistryError, VersionInfo, default_actor
+from tasks.ledger import default_actor
+from tasks.registry import PromotionConflict, Registry, RegistryError, VersionInfo
 from tasks.runtime import configure_environment
 
 MODEL = "textclf"
@@ -357,8 +358,9 @@ def test_set_challenger_records_the_move(registry: Registry) -> None:
 def test_ledger_entries_stay_small(registry: Registry) -> None:
     huge = {"summary": "y" * 20_000, "checks": [{"name": f"c{i}", "detail": "z" * 500} for i in range(50)]}
     registry.promote(MODEL, "1", None, reason="r" * 20_000, gate=huge, approval={"comment": "w" * 20_000})
-    tags = registry.client().get_registered_model(MODEL).tags
-    values = [v for k, v in tags.items() if k.startswith("ledger.")]
+    client = registry.client()
+    runs = client.search_runs([client.get_experiment_by_name(f"{MODEL}-ledger").experiment_id])
+    values = [v for run in runs for v in (*run.data.params.values(), *run.data.tags.values())]
     assert values and max(len(v) for v in values) <= 5000
     entry = registry.ledger(MODEL)[-1]
     assert len(entry.reason) == 500 and entry.reason.endswith("…")
@@ -466,3 +468,102 @@ def test_get_version_and_run_details(logged: Logged) -> None:
     assert details.tags["git.sha"] == "abc123"
     with pytest.raises(RegistryError, match="has no version 9"):
         reg.get_version(MODEL, "9")
+
+
+def _legacy_entry(registry: Registry, ms: int, alias: str, before: str | None, after: str | None) -> str:
+    """What registries written before the ledger experiment hold: one registered-model tag per move."""
+    key = f"ledger.{ms:015d}.{ms % 0xFFFFFFFF:08x}"
+    at = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    value = {"at": at, "actor": "old@host", "alias": alias, "from_version": before, "to_version": after}
+    value |= {"reason": f"legacy {alias}", "gate": None, "approval": None}
+    registry.client().set_registered_model_tag(MODEL, key, json.dumps(value, separators=(",", ":")))
+    return key
+
+
+def test_legacy_tag_entries_and_ledger_runs_read_as_one_ledger(registry: Registry) -> None:
+    client = registry.client()
+    new_before = registry.ledger(MODEL)  # the two registrations, written as ledger runs
+    now_ms = int(time.time() * 1000)
+    day = 86_400_000
+    old = [
+        _legacy_entry(registry, now_ms - 2 * day, "champion", None, "1"),
+        _legacy_entry(registry, now_ms - day, "champion", "1", "2"),
+    ]
+    skewed = _legacy_entry(registry, now_ms + 3_600_000, "previous", None, "1")  # a clock an hour ahead
+
+    registry.promote(MODEL, "1", expected_champion=None, actor="new@host", reason="after the upgrade")
+    ledger = registry.ledger(MODEL)
+    assert [e.key for e in ledger[:2]] == old and ledger[2:4] == new_before
+    assert ledger[4].key == skewed and ledger[4].reason == "legacy previous"
+    assert [(e.alias, e.from_version, e.to_version, e.actor) for e in ledger[5:]] == [
+        ("champion", None, "1", "new@host")
+    ]
+    assert ledger[5].key > skewed  # new entries are keyed after every recorded one, whatever the clock
+    # Nothing new is written as a registered-model tag: the model's tags are the legacy ones and the pointer.
+    tags = client.get_registered_model(MODEL).tags
+    assert sorted(k for k in tags if k.startswith("ledger.")) == sorted([*old, skewed])
+    assert tags["alias_ledger"] == f"{MODEL}-ledger"
+
+
+def test_the_ledger_experiment_reads_as_the_ledger(registry: Registry) -> None:
+    gate = {"passed": True, "failed": []}
+    registry.promote(MODEL, "1", None, actor="prefect-flow-run:f1", reason="first model", gate=gate)
+    registry.promote(MODEL, "2", "1", actor="bob@ops", reason="beats v1", approval={"approver": "alice"})
+    client = registry.client()
+    experiment = client.get_experiment_by_name(f"{MODEL}-ledger")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.info.run_name.split(" · ")[0] for r in runs] == [
+        "challenger: none → v1",
+        "challenger: v1 → v2",
+        "champion: none → v1",
+        "champion: v1 → v2",
+        "previous: none → v1",
+    ]
+    last = runs[-2]
+    assert last.info.run_name == "champion: v1 → v2 · bob@ops · beats v1"  # what the runs table shows
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert MODEL in experiment.tags["mlflow.note.content"]
+    assert (last.info.status, last.info.user_id) == ("FINISHED", "bob@ops")
+    assert {k: last.data.params[k] for k in ("model", "alias", "from_version", "to_version", "reason")} == {
+        "model": MODEL,
+        "alias": "champion",
+        "from_version": "1",
+        "to_version": "2",
+        "reason": "beats v1",
+    }
+    assert json.loads(last.data.params["approval"]) == {"approver": "alice"}
+    assert json.loads(runs[2].data.params["gate"]) == gate and runs[2].data.params["approval"] == ""
+    assert "beats v1" in last.data.tags["mlflow.note.content"]
+    assert [e.key for e in registry.ledger(MODEL)] == [r.data.tags["ledger_key"] for r in runs]
+    # Entries are params: MLflow refuses to change one once logged.
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
+        client.log_param(last.info.run_id, "to_version", "1")
+
+
+def test_a_move_whose_ledger_write_fails_leaves_aliases_and_ledger_as_they_were(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.entities import ViewType
+
+    from tasks import faults
+
+    registry.promote(MODEL, "1", None)
+    before = (registry.ledger(MODEL), registry.status(MODEL))
+    faults.reset()
+    monkeypatch.setenv(faults.TRANSIENT_ENV, "ledger.write:1")  # the first ledger run fails after creation
+    with pytest.raises(faults.InjectedFault):
+        registry.promote(MODEL, "2", "1", reason="half written")
+    assert (registry.ledger(MODEL), registry.status(MODEL)) == before  # champion and previous moved back
+    client = registry.client()
+    experiment_id = client.get_experiment_by_name(f"{MODEL}-ledger").experiment_id
+    (retracted,) = client.search_runs([experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert retracted.info.run_name.startswith("champion: v1 → v2")
+
+    monkeypatch.delenv(faults.TRANSIENT_ENV)
+    assert registry.promote(MODEL, "2", "1", reason="whole") == "1"
+    assert [(e.alias, e.reason) for e in registry.ledger(MODEL)[-2:]] == [
+        ("champion", "whole"),
+        ("previous", "whole"),
+    ]

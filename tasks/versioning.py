@@ -26,10 +26,11 @@ from tasks import caching, faults
 from tasks.config import Config, load_config
 from tasks.paths import ProjectPaths
 from tasks.runtime import retry_on
+from tasks.stages import STAGES
 
 log = logging.getLogger("transferline.versioning")
 
-PIPELINE_STAGES = ("prepare", "validate", "download", "train", "evaluate")
+PIPELINE_STAGES = tuple(STAGES)  # in dvc.yaml order
 
 
 class VersioningError(RuntimeError):

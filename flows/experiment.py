@@ -68,7 +68,7 @@ def experiment(
         arms += curve_arms(tuple(sizes)) if sizes else curve_arms()
     if "strategies" in parts:
         arms += strategy_arms(tuple(strategies)) if strategies else strategy_arms()
-    prepared = prepare_task(paths, cfg.data)
+    prepared = prepare_task(paths, cfg)
     base = download_task(paths, cfg.model)
     results = [arm_task(paths, cfg, base.path, arm, min_steps) for arm in arms]
     context = {

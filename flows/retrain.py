@@ -1,4 +1,4 @@
-"""The retraining flow: validate -> download -> drift -> fine-tune -> evaluate -> gate -> promote.
+"""The retraining flow: prepare -> champion -> validate -> drift -> fine-tune -> evaluate -> gate -> promote.
 
 It only composes the stage tasks of tasks/ (the same functions dvc.yaml runs) and records the result:
 DVC for data and weights, MLflow for the run and the model version. Steps whose inputs did not change are
@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from tasks.caching import code_sha256, in_project
+from tasks.champion import Champion, champion_task
 from tasks.config import ConfigError, GateMode, Strategy, load_config
 from tasks.download import download_task
 from tasks.drift import drift_task
@@ -25,8 +26,6 @@ from tasks.gate import gate_task
 from tasks.paths import ProjectPaths
 from tasks.prepare import prepare_task
 from tasks.promote import (
-    Champion,
-    champion_task,
     lineage_tags,
     model_card_task,
     promote_task,
@@ -108,25 +107,19 @@ def retrain(
         paths, prepare_task, commit_task, validate_task, drift_task, train_task, evaluate_task, gate_task
     )
 
-    prepared = prepare(paths, cfg.data)
+    prepared = prepare(paths, cfg)
     commit(paths, cfg, ("prepare",))  # the snapshot is versioned even if validation rejects it
     base = download_task(paths, cfg.model)
-    champion = champion_task(registry, cfg, paths)
-    code = code_sha256()
+    champion = champion_task(registry, cfg, paths)  # also writes models/champion.json
+    code = code_sha256()  # every stage's code
     if champion is not None and champion.trained_on(run_inputs(cfg, data_sha256(paths), base, code)):
         return _reproduced(cfg.registry.model_name, champion)  # same data, params, model and code
     reference = champion.reference() if champion else None  # new data must resemble the champion's
     validation = validate(paths, cfg, reference)
     drift(paths, cfg, reference, base.path)  # raises DriftBlocked when a `block` check drifted
     trained = train(paths, cfg, base)
-    evaluation = evaluate(
-        paths,
-        cfg,
-        champion.model_dir if champion else None,
-        champion.version if champion else None,
-        champion.retention_file if champion else None,
-    )
-    decision = gate(paths, evaluation, cfg.gate)
+    evaluation = evaluate(paths, cfg, champion)
+    decision = gate(paths, cfg, evaluation)
     hashes = commit(paths, cfg, PIPELINE_STAGES)
     push_task(paths)  # data and weights reach the remote before any version points at them
     flow_run_id = str(runtime.flow_run.id or "")

@@ -1,10 +1,9 @@
 """Prefect cache policies of the pipeline's steps: a re-run whose inputs did not change skips the step.
 
-A step's cache key covers what its dvc.yaml stage depends on: the dataset version (sha256 of the prepared
-split files; for prepare, of data.source itself), the params sections the step reads (Config.digest),
-the base model's sha256, the upstream outputs it reads (e.g. the challenger's weights for evaluate), and
-its code (every source file of the task's package). The project folder is part of
-every key, because results name paths inside it.
+A stage's cache key is what tasks/stages.py declares for it, as dvc.yaml does: the params it reads
+(Config.digest of its keys), the files it reads (their content), and its code (its module and every
+module of tasks/ it imports); prepare adds the identity of data.source, which may live outside the
+project. The project folder is part of every key, because results name paths inside it.
 
 A cache hit must never hand back a result whose files are gone or were rewritten since (by a run with other
 inputs, or by hand). So when a step completes, a stamp beside its cache record keeps a digest of the files
@@ -31,9 +30,9 @@ import yaml
 from prefect.cache_policies import CachePolicy
 
 from tasks.paths import ProjectPaths
+from tasks.stages import CODE_ROOT, STAGES, code_files, params_digest, stage_code
 
 if TYPE_CHECKING:
-    import pandas as pd
     from prefect import Task
     from prefect.context import TaskRunContext
     from prefect.transactions import Transaction
@@ -78,36 +77,29 @@ def tree_sha256(paths: Iterable[Path | None]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def frame_sha256(frame: pd.DataFrame | None) -> str:
-    """Content hash of a frame (e.g. the champion's training split passed to validate and drift)."""
-    if frame is None:
-        return "none"
-    import pandas as pd
-
-    rows = pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes()
-    return hashlib.sha256(rows + repr(list(frame.columns)).encode()).hexdigest()
+def code_sha256(*stages: str, root: Path = CODE_ROOT) -> str:
+    """Identity of the named stages' code (every stage's when none are named; see stages.stage_code)."""
+    return files_sha256(stage_code(*stages, root=root), root)
 
 
-def code_sha256() -> str:
-    """Identity of the pipeline's stage code: sha256 over every module of the tasks package."""
-    package = Path(__file__).resolve().parent
-    return tree_sha256(sorted(package.glob("*.py")))
-
-
-def dataset_version(paths: ProjectPaths) -> str:
-    """The prepared snapshot the downstream steps read (split files and manifest)."""
-    return tree_sha256([paths.prepared_dir])
+def files_sha256(files: Iterable[str], root: Path) -> str:
+    """sha256 over "relative path, content hash" lines: two copies of the same code get the same hash."""
+    lines = "".join(f"{rel} {file_digest(root / rel)}\n" for rel in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 @dataclass
 class StepCache(CachePolicy):
-    """Cache key = project + `parts(inputs)` + the task module's source; hit only while outputs are intact.
+    """Cache key = project + code + `key_parts(inputs)`; a hit only while the step's outputs are intact.
 
     Args:
-        parts: the step's inputs -> what its result depends on (hashes, params digests), as strings.
+        stage: the tasks/stages.py stage the step runs: its code, params, reads and writes make the key
+            and the stamp. None for a step that is no stage; then `parts` and `outputs` say it all.
+        parts: the step's inputs -> what else its result depends on, as strings.
         outputs: the step's inputs -> digest of what it wrote (stamped on completion, checked on lookup).
     """
 
+    stage: str | None = None
     parts: Callable[[Inputs], dict[str, str]] | None = None
     outputs: Callable[[Inputs], str] | None = None
 
@@ -118,27 +110,39 @@ class StepCache(CachePolicy):
         paths = inputs.get("paths")
         if folder is None or not isinstance(paths, ProjectPaths) or folder != paths.task_results:
             return None  # not bound to the project's results (see in_project): no caching
-        assert self.parts is not None and self.outputs is not None
         try:
-            parts = self.parts(inputs)
+            parts = self.key_parts(inputs)
         except Exception as err:  # e.g. a missing data source: the step itself reports it, uncached
             log.debug("%s: not cached (%s)", task_ctx.task.name, err)
             return None
-        module = Path(inspect.getsourcefile(inspect.unwrap(task_ctx.task.fn)) or "")
-        # Every module of the package, not only the task's own: train's result also depends on
-        # transfer.py and checkpoints.py, evaluate's on train.py. A code change re-runs every step.
-        code = tree_sha256(sorted(module.parent.glob("*.py")))
-        identity = {"project": str(paths.root), "code": code, **parts}
+        module = STAGES[self.stage].module if self.stage else inspect.unwrap(task_ctx.task.fn).__module__
+        identity = {"project": str(paths.root), "code": files_sha256(code_files(module), CODE_ROOT), **parts}
         key = f"{task_ctx.task.name}-" + hashlib.sha256(yaml.safe_dump(identity).encode()).hexdigest()
         log.debug("cache key %s from %s", key, identity)
         record, stamp = folder / key, folder / f"{key}{STAMP_SUFFIX}"
         if record.exists():
             recorded = stamp.read_text() if stamp.is_file() else None
-            if recorded != self.outputs(inputs):
+            if recorded != self.written(inputs):
                 log.info("%s: its outputs changed since it was cached; running it again", task_ctx.task.name)
                 record.unlink(missing_ok=True)
                 stamp.unlink(missing_ok=True)
         return key
+
+    def key_parts(self, inputs: Inputs) -> dict[str, str]:
+        """What the result depends on besides code: a stage's params and the content of what it reads."""
+        extra = self.parts(inputs) if self.parts is not None else {}
+        if self.stage is None:
+            return extra
+        paths = inputs["paths"]
+        reads = {paths.rel(p): tree_sha256([p]) for p in STAGES[self.stage].reads(paths)}
+        return {"params": params_digest(inputs["cfg"], self.stage), **reads, **extra}
+
+    def written(self, inputs: Inputs) -> str:
+        """Digest of what the step wrote: a stage's outs, metrics and plots."""
+        if self.stage is not None:
+            return tree_sha256(STAGES[self.stage].writes(inputs["paths"]))
+        assert self.outputs is not None
+        return self.outputs(inputs)
 
     def stamp(self, txn: Transaction) -> None:
         """On-commit hook: record the digest of what the step just wrote beside its cache record."""
@@ -146,11 +150,11 @@ class StepCache(CachePolicy):
 
         ctx = TaskRunContext.get()
         folder = results_folder(ctx) if ctx else None
-        if ctx is None or folder is None or txn.key is None or self.outputs is None:
+        if ctx is None or folder is None or txn.key is None:
             return
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{txn.key}{STAMP_SUFFIX}.{os.getpid()}"
-        tmp.write_text(self.outputs(ctx.parameters or {}))
+        tmp.write_text(self.written(ctx.parameters or {}))
         tmp.replace(folder / f"{txn.key}{STAMP_SUFFIX}")
 
 
@@ -179,101 +183,16 @@ def in_project(paths: ProjectPaths, *steps: T) -> tuple[T, ...]:
 # -- the steps' policies -------------------------------------------------------------------------------
 
 
-def _files(*pick: Callable[[ProjectPaths], Path]) -> Callable[[Inputs], str]:
-    return lambda i: tree_sha256([p(i["paths"]) for p in pick])
-
-
-def _prepare_parts(i: Inputs) -> dict[str, str]:
+def _source_identity(i: Inputs) -> dict[str, str]:
+    """data.source may live outside data/raw (the packaged sample, an absolute path, a Hub dataset)."""
     from tasks.prepare import source_sha256
 
-    return {"source": source_sha256(i["cfg"].source, i["paths"].root), "data": i["cfg"].model_dump_json()}
+    return {"source": source_sha256(i["cfg"].data.source, i["paths"].root)}
 
 
-PREPARE = StepCache(parts=_prepare_parts, outputs=_files(lambda p: p.prepared_dir))
-
-VALIDATE = StepCache(
-    parts=lambda i: {
-        "data": dataset_version(i["paths"]),
-        "params": i["cfg"].digest("data", "validate"),
-        "reference": frame_sha256(i.get("reference")),
-    },
-    outputs=_files(lambda p: p.validation_dir),
-)
-
-DRIFT = StepCache(
-    parts=lambda i: {
-        "data": dataset_version(i["paths"]),
-        "params": i["cfg"].digest("data", "drift"),
-        "reference": frame_sha256(i.get("reference")),
-        "encoder": str(i.get("encoder_dir")),  # the base model's cache folder is named by its sha256
-    },
-    outputs=_files(lambda p: p.drift_dir),
-)
-
-TRAIN = StepCache(
-    parts=lambda i: {
-        "data": dataset_version(i["paths"]),
-        "params": i["cfg"].digest("data", "train"),
-        "base_model": i["base"].sha256,
-    },
-    outputs=_files(lambda p: p.challenger_dir),
-)
-
-EVALUATE = StepCache(
-    parts=lambda i: {
-        "data": dataset_version(i["paths"]),
-        "params": i["cfg"].digest("data", "train", "evaluate"),
-        "challenger": tree_sha256([i["paths"].challenger_dir]),
-        "champion": f"{i.get('champion_version')} {tree_sha256([i.get('champion_dir')])}",
-        "retention": tree_sha256([i.get("retention_file")]),
-    },
-    outputs=_files(lambda p: p.evaluation_dir),
-)
-
-
-def _gate_parts(i: Inputs) -> dict[str, str]:
-    from prefect.utilities.hashing import hash_objects
-
-    return {"evaluation": str(hash_objects(i["evaluation"])), "policy": i["policy"].model_dump_json()}
-
-
-GATE = StepCache(parts=_gate_parts, outputs=_files(lambda p: p.gate_report, lambda p: p.gate_json))
-
-
-def _stage_files(paths: ProjectPaths, stages: Iterable[str]) -> list[Path]:
-    """Every dep and out that dvc.yaml declares for the stages (what `dvc commit` hashes)."""
-    spec = yaml.safe_load((paths.root / "dvc.yaml").read_text())["stages"]
-    found: set[str] = set()
-    for name in stages:
-        stage = spec[name]
-        for group in ("deps", "outs", "metrics", "plots"):
-            for item in stage.get(group, []):
-                found.add(next(iter(item)) if isinstance(item, dict) else str(item))
-    return [paths.root / rel for rel in sorted(found)]
-
-
-def _dvc_recorded(i: Inputs) -> str:
-    """What `dvc commit` of these stages left: their dvc.lock entries, and whether the cache has the outs."""
-    from tasks.versioning import cache_object  # here: versioning imports this module
-
-    paths, stages = i["paths"], i["stages"]
-    lock = paths.root / "dvc.lock"
-    entries = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
-    picked = {name: entries.get(name) for name in stages}
-    cached = [
-        cache_object(paths, out["md5"]).is_file()
-        for entry in picked.values()
-        for out in (entry or {}).get("outs", [])
-        if out.get("md5")
-    ]
-    return hashlib.sha256(yaml.safe_dump({"lock": picked, "cached": cached}).encode()).hexdigest()
-
-
-DVC_COMMIT = StepCache(
-    parts=lambda i: {
-        "stages": " ".join(i["stages"]),
-        "params": i["cfg"].digest(),
-        "files": tree_sha256(_stage_files(i["paths"], i["stages"])),
-    },
-    outputs=_dvc_recorded,
-)
+PREPARE = StepCache(stage="prepare", parts=_source_identity)
+VALIDATE = StepCache(stage="validate")
+DRIFT = StepCache(stage="drift")
+TRAIN = StepCache(stage="train")
+EVALUATE = StepCache(stage="evaluate")
+GATE = StepCache(stage="gate")

@@ -217,11 +217,23 @@ class Config(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
-    def digest(self, *sections: str) -> str:
-        """sha256 of the named sections (when none named: all but `ops`): the params hash on versions."""
+    def digest(self, *keys: str) -> str:
+        """sha256 of the named params: sections (``train``) or dotted keys (``data.labels``), as a stage
+        declares them in tasks/stages.py; when none are named, every section but `ops`."""
         full = self.to_dict()
-        picked = {k: full[k] for k in (sections or tuple(k for k in full if k not in OPERATIONS_SECTIONS))}
+        names = keys or tuple(k for k in full if k not in OPERATIONS_SECTIONS)
+        picked = {name: _lookup(full, name) for name in names}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+
+def _lookup(params: dict[str, Any], dotted: str) -> Any:
+    """The value of a section or dotted key of params data, or ConfigError naming the unknown key."""
+    value: Any = params
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(_unknown(dotted, part, sorted(value) if isinstance(value, dict) else []))
+        value = value[part]
+    return value
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

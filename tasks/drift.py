@@ -34,6 +34,7 @@ import logging
 import math
 import re
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -45,10 +46,13 @@ import pandas as pd
 from prefect import task
 
 from tasks import caching
-from tasks.config import Config, DriftConfig
+from tasks.champion import load_champion
+from tasks.config import Config, ConfigError, DriftConfig, load_config
+from tasks.download import load_base_ref
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT
 from tasks.reports import ReportedStop
+from tasks.runtime import configure_environment, stage_logging
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -628,3 +632,29 @@ def drift_task(
         logger.warning("%s", warning)
     create_markdown_artifact(markdown=report.summary_markdown(), key="drift-report", description="data drift")
     return report
+
+
+def main() -> None:
+    """DVC stage entry point: ``python -m tasks.drift`` from the project root, against the champion the
+    champion stage resolved, with the base model the download stage resolved as the encoder."""
+    configure_environment()
+    stage_logging()
+    paths = ProjectPaths.at(".")
+    try:
+        cfg = load_config(paths.params)
+        champion = load_champion(paths)
+        reference = champion.reference() if champion else None
+        report = run_drift(paths, cfg, reference, load_base_ref(paths).path)
+    except (ConfigError, FileNotFoundError, DriftBlocked) as err:
+        print(f"drift: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if report is None:
+        print("drift: no champion yet, nothing to compare")
+        return
+    for warning in report.warnings:
+        print(f"drift: {warning}")
+    print(f"drift: {len(report.checks)} checks; report in {paths.rel(paths.drift_dir)}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,8 @@
 """evaluate stage: score a model on the held-out test split.
 
-The challenger and (in the flow) the current champion are scored on exactly the same rows, so the gate
-compares like with like. Metrics: accuracy, macro-F1, per-class precision/recall/F1 and the confusion
-matrix (rows = true label, columns = predicted label, both in ``data.labels`` order).
+The challenger and the current champion (models/champion.json) are scored on exactly the same rows, so
+the gate compares like with like. Metrics: accuracy, macro-F1, per-class precision/recall/F1 and the
+confusion matrix (rows = true label, columns = predicted label, both in ``data.labels`` order).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pandas as pd
 from prefect import task
 
 from tasks import caching
+from tasks.champion import Champion, load_champion
 from tasks.config import Config, ConfigError, load_config
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
@@ -259,15 +260,9 @@ def _retention(
     )
 
 
-@task(name="evaluate", cache_policy=caching.EVALUATE)
-def evaluate_task(
-    paths: ProjectPaths,
-    cfg: Config,
-    champion_dir: Path | None,
-    champion_version: str | None,
-    retention_file: Path | None = None,
-) -> Evaluation:
-    """Challenger and champion on this run's test rows, both on the retention set, and serving budgets.
+def evaluate_models(paths: ProjectPaths, cfg: Config, champion: Champion | None) -> Evaluation:
+    """Challenger and champion on this run's test rows, both on the retention set, and serving budgets;
+    writes the evaluation reports and reports/evaluation/evaluation.json (the gate's input).
 
     The retention set is the champion's own test split (logged with its MLflow run): a challenger trained
     on new data must not forget what the champion was judged on.
@@ -276,17 +271,53 @@ def evaluate_task(
     challenger, predictor = run_evaluate(paths, cfg, test)
     budgets = predictor.budgets(test[TEXT].tolist())
     log.info("budgets: p95 latency %.1f ms, weights %.1f MB", budgets.latency_p95_ms, budgets.weights_mb)
-    champion = retention = None
-    if champion_dir is not None and champion_version is not None:
-        champ = Predictor(champion_dir, cfg.train.max_length)
-        champion = score(champ, test, cfg, f"champion v{champion_version}")
+    scored = retention = None
+    if champion is not None:
+        champ = Predictor(champion.model_dir, cfg.train.max_length)
+        scored = score(champ, test, cfg, f"champion v{champion.version}")
+        retention_file = champion.retention_file
         if retention_file is not None and retention_file.is_file():
-            frame = pd.read_parquet(retention_file)
             if file_sha256(retention_file) == file_sha256(paths.split_file("test")):
-                retention = Retention(challenger, champion)  # same rows: no need to score twice
+                retention = Retention(challenger, scored)  # same rows: no need to score twice
             else:
-                retention = _retention(predictor, champ, frame, cfg, champion_version)
-    return Evaluation(challenger, champion, champion_version, budgets, retention)
+                frame = pd.read_parquet(retention_file)
+                retention = _retention(predictor, champ, frame, cfg, champion.version)
+    evaluation = Evaluation(challenger, scored, champion.version if champion else None, budgets, retention)
+    write_evaluation(paths, evaluation)
+    return evaluation
+
+
+def write_evaluation(paths: ProjectPaths, evaluation: Evaluation) -> None:
+    """evaluation.json: every field, per-row predictions included (the gate's paired tests need them).
+    Keys keep their order: per-class results follow data.labels, which breaks the gate's ties."""
+    paths.evaluation_dir.mkdir(parents=True, exist_ok=True)
+    paths.evaluation_file.write_text(json.dumps(asdict(evaluation)) + "\n")
+
+
+def read_evaluation(paths: ProjectPaths) -> Evaluation:
+    """The Evaluation that evaluate_models wrote (what the gate stage decides on)."""
+    if not paths.evaluation_file.is_file():
+        raise FileNotFoundError(f"{paths.evaluation_file} is missing: run the evaluate stage first")
+    data = json.loads(paths.evaluation_file.read_text())
+    champion, budgets, kept = data["champion"], data["budgets"], data["retention"]
+    retention = Retention(_eval_result(kept["challenger"]), _eval_result(kept["champion"])) if kept else None
+    return Evaluation(
+        challenger=_eval_result(data["challenger"]),
+        champion=_eval_result(champion) if champion else None,
+        champion_version=data["champion_version"],
+        budgets=Budgets(**budgets) if budgets else None,
+        retention=retention,
+    )
+
+
+def _eval_result(fields: dict) -> EvalResult:
+    per_class = {label: ClassMetrics(**m) for label, m in fields["per_class"].items()}
+    return EvalResult(**{**fields, "per_class": per_class})
+
+
+@task(name="evaluate", cache_policy=caching.EVALUATE)
+def evaluate_task(paths: ProjectPaths, cfg: Config, champion: Champion | None) -> Evaluation:
+    return evaluate_models(paths, cfg, champion)
 
 
 def main() -> None:
@@ -295,11 +326,13 @@ def main() -> None:
     stage_logging()
     paths = ProjectPaths.at(".")
     try:
-        result, _ = run_evaluate(paths, load_config(paths.params), read_split(paths, "test"))
-    except ConfigError as err:
+        evaluation = evaluate_models(paths, load_config(paths.params), load_champion(paths))
+    except (ConfigError, FileNotFoundError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    print(f"evaluate: test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}")
+    ch, champion = evaluation.challenger, evaluation.champion
+    versus = f"; champion v{evaluation.champion_version} {champion.accuracy:.4f}" if champion else ""
+    print(f"evaluate: test accuracy {ch.accuracy:.4f}, macro-F1 {ch.macro_f1:.4f}{versus}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,9 +29,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import caching
-from tasks.config import GateConfig
-from tasks.evaluate import Budgets, EvalResult, Evaluation, Retention
+from tasks.config import Config, ConfigError, GateConfig, load_config
+from tasks.evaluate import Budgets, EvalResult, Evaluation, Retention, read_evaluation
 from tasks.paths import ProjectPaths
+from tasks.runtime import configure_environment, stage_logging
 from tasks.stats import Interval, McNemar, mcnemar, paired_bootstrap_ci, recall_drops
 
 FIRST_MODEL = "first model: no champion yet — floor and budgets only"
@@ -424,14 +426,13 @@ def rejection_message(decision: Decision, version: str | None) -> str:
     )
 
 
-@task(name="gate", cache_policy=caching.GATE)
-def gate_task(paths: ProjectPaths, evaluation: Evaluation, policy: GateConfig) -> Decision:
-    """Decide, write reports/gate.md and publish it as a Prefect artifact; never raises on a failed gate
-    (the version is registered as a challenger first; promote_task raises)."""
+def run_gate(paths: ProjectPaths, cfg: Config, evaluation: Evaluation) -> Decision:
+    """Decide and write reports/gate.md and reports/gate.json; a failed gate is a decision, not an error
+    (the flow registers the version as a challenger first; promote_task raises)."""
     decision = decide(
         evaluation.challenger,
         evaluation.champion,
-        policy,
+        cfg.gate,
         champion_version=evaluation.champion_version,
         retention=evaluation.retention,
         budgets=evaluation.budgets,
@@ -439,7 +440,32 @@ def gate_task(paths: ProjectPaths, evaluation: Evaluation, policy: GateConfig) -
     paths.gate_report.parent.mkdir(parents=True, exist_ok=True)
     paths.gate_report.write_text(decision.report_markdown())
     paths.gate_json.write_text(json.dumps(decision.to_dict(), indent=2, sort_keys=True) + "\n")
+    return decision
+
+
+@task(name="gate", cache_policy=caching.GATE)
+def gate_task(paths: ProjectPaths, cfg: Config, evaluation: Evaluation) -> Decision:
+    """run_gate, publishing the report as the "gate-report" Prefect artifact."""
+    decision = run_gate(paths, cfg, evaluation)
     create_markdown_artifact(
         markdown=decision.report_markdown(), key="gate-report", description="Evaluation gate"
     )
     return decision
+
+
+def main() -> None:
+    """DVC stage entry point: ``python -m tasks.gate`` from the project root. Exits 0 on a failed gate
+    too: the decision is this stage's output; acting on it (promotion) is the flow's step."""
+    configure_environment()
+    stage_logging()
+    paths = ProjectPaths.at(".")
+    try:
+        decision = run_gate(paths, load_config(paths.params), read_evaluation(paths))
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"gate: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"gate: {decision.summary()} (report: {paths.rel(paths.gate_report)})")
+
+
+if __name__ == "__main__":
+    main()

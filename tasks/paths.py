@@ -33,6 +33,11 @@ class ProjectPaths:
     def params(self) -> Path:
         return self.root / "params.yaml"
 
+    @property
+    def dvc_yaml(self) -> Path:
+        """The pipeline's stages, generated from tasks/stages.py."""
+        return self.root / "dvc.yaml"
+
     # -- data: prepared snapshot (a DVC output) -------------------------------------------------------
     @property
     def prepared_dir(self) -> Path:
@@ -78,6 +83,11 @@ class ProjectPaths:
         return self.evaluation_dir / "confusion_matrix.png"
 
     @property
+    def evaluation_file(self) -> Path:
+        """Every score of the evaluate stage (both models, per row; retention; budgets): the gate's input."""
+        return self.evaluation_dir / "evaluation.json"
+
+    @property
     def gate_report(self) -> Path:
         return self.root / "reports" / "gate.md"
 
@@ -93,6 +103,11 @@ class ProjectPaths:
     @property
     def challenger_dir(self) -> Path:
         return self.root / "models" / "challenger"
+
+    @property
+    def champion_manifest(self) -> Path:
+        """Which registered version is champion (or that none is), and where its files were downloaded."""
+        return self.root / "models" / "champion.json"
 
     @property
     def results_dir(self) -> Path:

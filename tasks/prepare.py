@@ -31,7 +31,7 @@ import yaml
 from prefect import task
 
 from tasks import caching
-from tasks.config import ConfigError, DataConfig, load_config
+from tasks.config import Config, ConfigError, DataConfig, load_config
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.runtime import configure_environment, stage_logging
 
@@ -546,8 +546,8 @@ def _display_name(paths: ProjectPaths, path: Path, source: str) -> str:
 
 
 @task(name="prepare", cache_policy=caching.PREPARE)
-def prepare_task(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
-    return run_prepare(paths, cfg)
+def prepare_task(paths: ProjectPaths, cfg: Config) -> PreparedData:
+    return run_prepare(paths, cfg.data)
 
 
 def main() -> None:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -29,13 +27,12 @@ from tasks.gate import Decision, GateRejected, rejection_message
 from tasks.ledger import default_actor
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
-from tasks.registry import CHALLENGER, CHAMPION, Registry, RegistryError, VersionInfo
+from tasks.registry import CHALLENGER, CHAMPION, Registry, VersionInfo
+from tasks.stages import params_digest
 from tasks.train import METADATA_FILE, TrainResult
 from tasks.validate import ValidationReport
 
 log = logging.getLogger("transferline.promote")
-
-PREPARED_ARTIFACT = "prepared"  # the run's prepared snapshot, logged with the run
 
 
 class ApprovalRejected(GateRejected):
@@ -48,30 +45,6 @@ class Approval(RunInput):
     approve: bool
     comment: str = ""
     approver: str = ""
-
-
-@dataclass(frozen=True)
-class Champion:
-    version: str
-    model_dir: Path
-    data_dir: Path | None  # the champion's prepared snapshot (train/validation/test), if its run logged it
-    tags: dict[str, str] = field(default_factory=dict)  # its lineage tags (see lineage_tags)
-    test_accuracy: float | None = None
-
-    def trained_on(self, inputs: dict[str, str]) -> bool:
-        """True when this champion was trained on exactly these inputs (see run_inputs): a run with them
-        would reproduce it, so there is nothing to validate, train, evaluate or promote."""
-        return all(self.tags.get(key) == value for key, value in inputs.items())
-
-    @property
-    def retention_file(self) -> Path | None:
-        """The champion's own test split: what a challenger must not forget."""
-        return self.data_dir / "test.parquet" if self.data_dir else None
-
-    def reference(self) -> pd.DataFrame | None:
-        """The champion's training split: what new data should resemble (validation, drift)."""
-        path = self.data_dir / "train.parquet" if self.data_dir else None
-        return pd.read_parquet(path) if path is not None and path.is_file() else None
 
 
 def actor(flow_run_id: str | None = None) -> str:
@@ -104,9 +77,9 @@ def run_inputs(cfg: Config, data_sha256: str, base: BaseModelRef, code_sha256: s
     """Everything a training result depends on, under the names of the version tags that record them."""
     return {
         "data_sha256": data_sha256,  # the prepared split files
-        "params_hash": cfg.digest(),
+        "params_hash": params_digest(cfg),  # every param a stage reads (tasks/stages.py)
         "base_model_sha256": base.sha256,
-        "code_sha256": code_sha256,  # the pipeline's stage code (tasks/)
+        "code_sha256": code_sha256,  # every stage's code (caching.code_sha256)
     }
 
 
@@ -132,7 +105,7 @@ def lineage_tags(
         # Every file the registered model is made of (weights, label map, tokenizer), so whoever loads a
         # version (`transferline serve`) can verify exactly what it downloads before trusting it.
         "model_files_sha256": json.dumps(model_files_sha256(trained.model_dir), sort_keys=True),
-        "params_hash": cfg.digest(),
+        "params_hash": params_digest(cfg),
         "git_commit": git,
         "base_model_id": base.model_id,
         "base_model_revision": base.revision,
@@ -214,24 +187,6 @@ def model_card(
 - Limitations: the accuracy above holds for data that look like the test split; the model inherits the
   biases of its base model and of the training source. Check the drift and validation reports of new data.
 """
-
-
-@task(name="find-champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
-def champion_task(registry: Registry, cfg: Config, paths: ProjectPaths) -> Champion | None:
-    """The current champion's weights and data snapshot, downloaded once per version (cached)."""
-    info = registry.get_alias(cfg.registry.model_name, CHAMPION)
-    if info is None:
-        log.info("no champion for %s yet: the first-model rule applies", cfg.registry.model_name)
-        return None
-    dest = paths.registry_cache / cfg.registry.model_name / f"v{info.version}"
-    model_dir = registry.download_model_dir(cfg.registry.model_name, info.version, dest / "model")
-    data_dir = None
-    if info.run_id:
-        try:
-            data_dir = registry.download_run_artifact(info.run_id, PREPARED_ARTIFACT, dest / "data")
-        except RegistryError as err:  # a champion logged without its data: the gate and drift say so
-            log.warning("champion v%s has no logged data snapshot (%s)", info.version, err)
-    return Champion(info.version, model_dir, data_dir, dict(info.tags), info.metrics.get("test_accuracy"))
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])

@@ -34,6 +34,7 @@ from tasks.download import BaseModelRef, load_base_ref
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256
 from tasks.runtime import configure_environment, stage_logging, torch_threads
+from tasks.stages import params_digest
 
 if TYPE_CHECKING:
     import torch
@@ -722,8 +723,11 @@ def save_model(
 
 
 def run_identity(paths: ProjectPaths, cfg: Config, base: BaseModelRef) -> str:
-    """What a training run depends on: the checkpoints of one identity are only resumed by the same run."""
-    key = f"{cfg.digest('data', 'model', 'train')} {data_sha256(paths)} {base.sha256}"
+    """What a training run depends on: the checkpoints of one identity are only resumed by the same run.
+
+    The params are those the train stage declares (tasks/stages.py); the data and the base model by content.
+    """
+    key = f"{params_digest(cfg, 'train')} {data_sha256(paths)} {base.sha256}"
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -741,7 +745,7 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
         "labels": cfg.data.labels,
         "label2id": {label: i for i, label in enumerate(cfg.data.labels)},
         "max_length": cfg.train.max_length,
-        "params_sha256": cfg.digest("data", "model", "train"),
+        "params_sha256": params_digest(cfg, "train"),
         "data_sha256": data_sha256(paths),
         "base_model": base.manifest(),
         "training": {k: v for k, v in asdict(result).items() if k not in ("model_dir", "history")},

@@ -49,6 +49,7 @@ import pandas as pd
 from prefect import task
 
 from tasks import caching
+from tasks.champion import load_champion
 from tasks.config import Config, ConfigError, ValidateConfig, load_config
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.reports import ReportedStop
@@ -859,7 +860,8 @@ def main() -> None:
     paths = ProjectPaths.at(".")
     try:
         cfg = load_config(paths.params)
-        report = run_validate(paths, cfg)
+        champion = load_champion(paths)  # new data must resemble the champion's training data
+        report = run_validate(paths, cfg, champion.reference() if champion else None)
     except (DataValidationError, ConfigError, FileNotFoundError) as err:
         print(err, file=sys.stderr)
         raise SystemExit(1) from None

@@ -10,6 +10,7 @@ effective values, so dvc.lock tells the truth and `dvc status` then reports that
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
@@ -26,10 +27,11 @@ from tasks import caching, faults
 from tasks.config import Config, load_config
 from tasks.paths import ProjectPaths
 from tasks.runtime import retry_on
+from tasks.stages import STAGES, dvc_files, params_digest
 
 log = logging.getLogger("transferline.versioning")
 
-PIPELINE_STAGES = ("prepare", "validate", "download", "train", "evaluate")
+PIPELINE_STAGES = tuple(STAGES)  # in dvc.yaml order
 
 
 class VersioningError(RuntimeError):
@@ -153,8 +155,35 @@ def git_commit(root: Path) -> str:
     return f"{sha}-dirty" if dirty else sha
 
 
+def _dvc_recorded(i: caching.Inputs) -> str:
+    """What `dvc commit` of these stages left: their dvc.lock entries, and whether the cache has the outs."""
+    paths, stages = i["paths"], i["stages"]
+    lock = paths.root / "dvc.lock"
+    entries = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    picked = {name: entries.get(name) for name in stages}
+    cached = [
+        cache_object(paths, out["md5"]).is_file()
+        for entry in picked.values()
+        for out in (entry or {}).get("outs", [])
+        if out.get("md5")
+    ]
+    return hashlib.sha256(yaml.safe_dump({"lock": picked, "cached": cached}).encode()).hexdigest()
+
+
+# The commit step's cache policy lives with the adapter, so stage code (which imports caching) never
+# depends on this module.
+DVC_COMMIT = caching.StepCache(
+    parts=lambda i: {
+        "stages": " ".join(i["stages"]),
+        "params": params_digest(i["cfg"], *i["stages"]),
+        "files": caching.tree_sha256(dvc_files(i["paths"], i["stages"])),
+    },
+    outputs=_dvc_recorded,
+)
+
+
 @task(
-    name="dvc-commit", cache_policy=caching.DVC_COMMIT, retries=3, retry_delay_seconds=[2, 5, 15],
+    name="dvc-commit", cache_policy=DVC_COMMIT, retries=3, retry_delay_seconds=[2, 5, 15],
     retry_condition_fn=retry_on(DvcLockBusy),
 )  # fmt: skip
 def commit_task(paths: ProjectPaths, cfg: Config, stages: tuple[str, ...]) -> dict[str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tasks.champion import write_manifest
 from tasks.config import Config, ValidateConfig, load_config
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.runtime import _ENV_DEFAULTS
@@ -269,6 +270,7 @@ def test_main_exit_codes(
     for key in _ENV_DEFAULTS:  # main() sets these; let monkeypatch restore them afterwards
         monkeypatch.setenv(key, os.environ.get(key, _ENV_DEFAULTS[key]))
     write_splits(paths, make_splits())
+    write_manifest(paths, "model", None)  # what the champion stage writes when there is no champion yet
     main()
     assert "validate: OK" in capsys.readouterr().out
     splits = make_splits()

@@ -8,23 +8,78 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import run, set_params
 
 pytestmark = pytest.mark.pipeline
 DVC = [sys.executable, "-m", "dvc"]
+# The champion stage asks the registry on every repro (DVC cannot see it): the one stage status lists.
+CHAMPION_ALWAYS = {"champion": ["always changed"]}
 
 
 def test_dvc_repro_on_the_tiny_configuration(project: Path):
+    from tasks.stages import STAGES
+
     repro = run([*DVC, "repro"], project)
     assert repro.returncode == 0, repro.stdout + repro.stderr
-    for stage in ("prepare", "validate", "download", "train", "evaluate"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in repro.stdout
     status = run([*DVC, "status", "--json"], project)
-    assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout
+    assert status.returncode == 0 and json.loads(status.stdout or "{}") == CHAMPION_ALWAYS, status.stdout
     metrics = json.loads((project / "reports" / "evaluation" / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 100
-    # Nothing changed, so nothing runs again; and the outputs push to the local remote.
+    assert json.loads((project / "models" / "champion.json").read_text())["version"] is None
+    gate = json.loads((project / "reports" / "gate.json").read_text())
+    assert gate["first_model"] and gate["challenger_accuracy"] == metrics["accuracy"]
+    # Nothing changed, so nothing runs again but the champion stage, which finds the same (no) champion;
+    # and the outputs push to the local remote.
     again = run([*DVC, "repro"], project)
-    assert again.returncode == 0 and "Running stage" not in again.stdout
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("Running stage") == 1 and "Running stage 'champion'" in again.stdout
     push = run([*DVC, "push"], project)
     assert push.returncode == 0, push.stderr
+
+
+def comparable(gate: dict) -> dict:
+    """A gate report without the measured p95 latency, which depends on how busy the machine is."""
+    checks = [
+        {**check, "value": None, "detail": None} if check["name"] == "latency budget" else check
+        for check in gate["checks"]
+    ]
+    return {**gate, "checks": checks}
+
+
+def test_dvc_repro_gates_against_the_registry_champion_as_the_flow_does(quick_project: Path, prefect_server):
+    from flows.retrain import retrain
+    from tasks.gate import GateRejected
+    from tasks.paths import ProjectPaths
+
+    project, paths = quick_project, ProjectPaths.at(quick_project)
+    first = retrain(project_dir=str(project))
+    assert first.version == "1" and first.promoted
+    set_params(project, {"train.seed": 7})  # a new challenger; DVC and the flow both read params.yaml
+
+    repro = run([*DVC, "repro"], project)
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    for stage in ("champion", "validate", "drift", "train", "evaluate", "gate"):
+        assert f"Running stage '{stage}'" in repro.stdout
+    assert "Stage 'prepare' didn't change" in repro.stdout  # the flow's dvc.lock holds for DVC too
+    assert json.loads(paths.champion_manifest.read_text())["version"] == "1"
+    by_dvc, dvc_scores = (
+        json.loads(paths.gate_json.read_text()),
+        json.loads(paths.evaluation_file.read_text()),
+    )
+    assert not by_dvc["first_model"] and by_dvc["champion_version"] == "1"
+    assert dvc_scores["retention"] is not None and (paths.drift_dir / "report.json").is_file()
+
+    try:  # the same inputs through the flow: it gates the same way, then acts on the decision
+        promoted = retrain(project_dir=str(project)).version == "2"
+    except GateRejected:
+        promoted = False
+    by_flow, flow_scores = (
+        json.loads(paths.gate_json.read_text()),
+        json.loads(paths.evaluation_file.read_text()),
+    )
+    assert comparable(by_flow) == comparable(by_dvc)
+    for side in ("challenger", "champion", "retention"):  # every score, row by row
+        assert flow_scores[side] == dvc_scores[side], side
+    assert promoted == by_dvc["passed"]

@@ -404,6 +404,22 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# -- the prepared splits: what the later stages read -----------------------------------------------------
+
+
+def read_split(paths: ProjectPaths, split: str) -> pd.DataFrame:
+    path = paths.split_file(split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the prepare stage first")
+    return pd.read_parquet(path)
+
+
+def data_sha256(paths: ProjectPaths) -> str:
+    """Identity of the prepared snapshot: sha256 over the split files' sha256 hashes."""
+    lines = "".join(f"{split} {file_sha256(paths.split_file(split))}\n" for split in SPLITS)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 # -- pure core -----------------------------------------------------------------------------------------
 
 

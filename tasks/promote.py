@@ -15,6 +15,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from prefect import task
@@ -26,11 +27,14 @@ from tasks.config import Config
 from tasks.download import BaseModelRef
 from tasks.evaluate import Evaluation
 from tasks.gate import Decision, GateRejected, rejection_message
+from tasks.inference import METADATA_FILE
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
 from tasks.registry import Registry, RegistryError, VersionInfo, default_actor
-from tasks.train import METADATA_FILE, TrainResult
 from tasks.validate import ValidationReport
+
+if TYPE_CHECKING:
+    from tasks.train import TrainResult
 
 log = logging.getLogger("transferline.promote")
 

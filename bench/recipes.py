@@ -70,8 +70,10 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
     from tasks import transfer
     from tasks.config import load_config
     from tasks.download import load_base_ref
+    from tasks.inference import encode, padding_id, predict_logits
     from tasks.paths import ProjectPaths
-    from tasks.train import encode, fine_tune, predict_logits, read_split
+    from tasks.prepare import read_split
+    from tasks.train import fine_tune
 
     paths = ProjectPaths.at(workdir)
     cfg = load_config(paths.params)
@@ -108,9 +110,7 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
     model, tokenizer, result = fine_tune(base, train, val, labels, t, progress=False)
     seconds = time.perf_counter() - started
     encoded = encode(tokenizer, test["text"].tolist(), t.max_length)
-    logits = predict_logits(
-        model, encoded, tokenizer.pad_token_id or 0, 128, torch.device("cpu"), result.precision
-    )
+    logits = predict_logits(model, encoded, padding_id(tokenizer), 128, torch.device("cpu"), result.precision)
     truth = torch.tensor([labels.index(v) for v in test["label"]])
     return {
         "arm": arm,
@@ -148,7 +148,8 @@ def _adapt_mlm(base: Path, texts: list[str], out: Path, max_length: int) -> Path
     import torch.nn.functional as F
     from transformers import AutoTokenizer, BertForMaskedLM, BertModel, DataCollatorForLanguageModeling
 
-    from tasks.train import _schedule, autocast, choose_precision
+    from tasks.inference import autocast, choose_precision
+    from tasks.train import _schedule
 
     torch.manual_seed(0)
     rng = random.Random(0)

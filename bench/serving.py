@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,20 @@ def pipeline_batch_s(pipe: Any, texts: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class Measured:
+    """What one run timed: the served side (over HTTP) and the in-process pipeline, on the same texts."""
+
+    texts: list[str]
+    max_length: int  # the champion's trained length, as the service reports it
+    served: dict  # the `single` client's output: single_ms, labels, precision
+    pipe_ms: list[float]
+    pipe_labels: list[str]
+    served_batch_s: float  # fastest pass of each side
+    pipe_batch_s: float
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, help="serve this project's champion (default: train one)")
     parser.add_argument("--texts", type=int, default=1000, help="texts to send (default: 1000)")
@@ -174,24 +188,21 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--client", nargs=2, metavar=("PORT", "TEXTS_FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=("single", "batch"), default="single", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.client:
-        client(int(args.client[0]), Path(args.client[1]), args.request_texts, args.warmup, args.phase)
-        return
+    return parser.parse_args()
 
-    import numpy as np
 
-    from tasks.config import load_config
-    from tasks.paths import ProjectPaths
-    from tasks.registry import Registry
+def run_client(args: argparse.Namespace, port: int, texts_file: Path, phase: str) -> dict:
+    """One `client` phase in a second process; its JSON timings."""
+    measured = subprocess.run(
+        [sys.executable, __file__, "--client", str(port), str(texts_file), "--request-texts",
+         str(args.request_texts), "--warmup", str(args.warmup), "--phase", phase],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(measured.stdout.strip().splitlines()[-1])
 
-    tmp = Path(tempfile.mkdtemp(prefix="transferline-bench-serving-"))
-    project = args.project.resolve() if args.project else build_champion(tmp)
-    paths = ProjectPaths.at(project)
-    name = load_config(paths.params).registry.model_name
-    version = Registry.for_project(paths).get_alias(name, "champion").version
-    model_dir = paths.serving_cache / name / f"v{version}"  # what the service verifies and loads
 
+def measure(args: argparse.Namespace, project: Path, model_dir: Path, tmp: Path) -> Measured:
+    """Start `transferline serve` on `project`, time it and the pipeline on `model_dir`, stop it."""
     port, log = free_port(), tmp / "serve.log"
     cmd = [sys.executable, "-m", "flows.cli", "serve", "--project", str(project), "--port", str(port),
            "--poll-interval", "3600", "--max-batch", str(max(args.request_texts, 256))]  # fmt: skip
@@ -205,46 +216,42 @@ def main() -> None:
         texts = sample_texts(model_dir, args.texts, max_length)
         texts_file = tmp / "texts.json"
         texts_file.write_text(json.dumps(texts))
-
-        def run_client(phase: str) -> dict:
-            measured = subprocess.run(
-                [sys.executable, __file__, "--client", str(port), str(texts_file), "--request-texts",
-                 str(args.request_texts), "--warmup", str(args.warmup), "--phase", phase],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            return json.loads(measured.stdout.strip().splitlines()[-1])
-
-        served = run_client("single")
+        served = run_client(args, port, texts_file, "single")
         pipe, pipe_ms, pipe_labels = pipeline_single(model_dir, texts, args.warmup)
         # The sides alternate, pass by pass, so that both see the same phases of a shared machine.
         served_batch_s = pipe_batch_s = math.inf
         for _ in range(args.repeats):
-            served_batch_s = min(served_batch_s, run_client("batch")["batch_s"])
+            served_batch_s = min(served_batch_s, run_client(args, port, texts_file, "batch")["batch_s"])
             pipe_batch_s = min(pipe_batch_s, pipeline_batch_s(pipe, texts))
     finally:
         server.terminate()
         server.wait(timeout=60)
-    shutil.rmtree(tmp, ignore_errors=True)  # the temporary project, texts and server log
+    return Measured(texts, max_length, served, pipe_ms, pipe_labels, served_batch_s, pipe_batch_s)
+
+
+def report(args: argparse.Namespace, name: str, version: str, m: Measured) -> None:
+    """The comparison table, then the one-line JSON result."""
+    import numpy as np
 
     def pct(values: list[float], q: float) -> float:
         return float(np.percentile(values, q))
 
-    n = len(texts)
-    served_tps, pipe_tps = n / served_batch_s, n / pipe_batch_s
-    agree = sum(a == b for a, b in zip(served["labels"], pipe_labels, strict=True)) / n
+    n = len(m.texts)
+    served_tps, pipe_tps = n / m.served_batch_s, n / m.pipe_batch_s
+    agree = sum(a == b for a, b in zip(m.served["labels"], m.pipe_labels, strict=True)) / n
     result = {
-        "p50_ms": round(pct(served["single_ms"], 50), 2),
-        "p99_ms": round(pct(served["single_ms"], 99), 2),
+        "p50_ms": round(pct(m.served["single_ms"], 50), 2),
+        "p99_ms": round(pct(m.served["single_ms"], 99), 2),
         "batch_speedup_vs_pipeline": round(served_tps / pipe_tps, 2),
     }
     rows = [
-        ("one text per request: p50 ms", pct(served["single_ms"], 50), pct(pipe_ms, 50)),
-        ("one text per request: p99 ms", pct(served["single_ms"], 99), pct(pipe_ms, 99)),
+        ("one text per request: p50 ms", pct(m.served["single_ms"], 50), pct(m.pipe_ms, 50)),
+        ("one text per request: p99 ms", pct(m.served["single_ms"], 99), pct(m.pipe_ms, 99)),
         (f"batch: texts/s ({args.request_texts}/request vs batch_size=32)", served_tps, pipe_tps),
     ]
     print(
         f"\n{name} v{version} on {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}; {n} sample "
-        f"reviews of at most {max_length} tokens"
+        f"reviews of at most {m.max_length} tokens"
     )
     print(f"{'':<52} {'serve (HTTP)':>14} {'pipeline':>10} {'ratio':>7}")
     for label, ours, base in rows:
@@ -252,8 +259,29 @@ def main() -> None:
             f"{label:<52} {ours:>14.2f} {base:>10.2f} {base / ours if 'ms' in label else ours / base:>6.2f}x"
         )
     print(f"label agreement with the pipeline: {agree:.3f} (serve uses the offline evaluation's precision,")
-    print(f"here {served['precision']}; the pipeline runs fp32)")
+    print(f"here {m.served['precision']}; the pipeline runs fp32)")
     print(json.dumps(result))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.client:
+        client(int(args.client[0]), Path(args.client[1]), args.request_texts, args.warmup, args.phase)
+        return
+
+    from tasks.config import load_config
+    from tasks.paths import ProjectPaths
+    from tasks.registry import Registry
+
+    tmp = Path(tempfile.mkdtemp(prefix="transferline-bench-serving-"))
+    project = args.project.resolve() if args.project else build_champion(tmp)
+    paths = ProjectPaths.at(project)
+    name = load_config(paths.params).registry.model_name
+    version = Registry.for_project(paths).get_alias(name, "champion").version
+    model_dir = paths.serving_cache / name / f"v{version}"  # what the service verifies and loads
+    measured = measure(args, project, model_dir, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # the temporary project, texts and server log
+    report(args, name, version, measured)
 
 
 if __name__ == "__main__":

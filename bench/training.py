@@ -64,8 +64,10 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
 
     from tasks.config import load_config
     from tasks.download import load_base_ref
+    from tasks.inference import encode, padding_id, predict_logits
     from tasks.paths import ProjectPaths
-    from tasks.train import encode, fine_tune, predict_logits, read_split, seed_everything
+    from tasks.prepare import read_split
+    from tasks.train import fine_tune, seed_everything
 
     paths = ProjectPaths.at(workdir)
     cfg = load_config(paths.params)
@@ -93,7 +95,7 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
         precision = "fp32"
     seed_everything(0)
     encoded = encode(tokenizer, test["text"].tolist(), t.max_length)
-    logits = predict_logits(model, encoded, tokenizer.pad_token_id or 0, 128, torch.device("cpu"), precision)
+    logits = predict_logits(model, encoded, padding_id(tokenizer), 128, torch.device("cpu"), precision)
     truth = torch.tensor([labels.index(v) for v in test["label"]])
     accuracy = float((logits.argmax(-1) == truth).float().mean())
     return {

@@ -29,9 +29,8 @@ from tasks.experiment import (
     write_results,
 )
 from tasks.paths import SPLITS, ProjectPaths
-from tasks.prepare import prepare_task
+from tasks.prepare import prepare_task, read_split
 from tasks.registry import Registry
-from tasks.train import read_split
 
 PARTS = ("learning-curve", "strategies")
 

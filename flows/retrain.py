@@ -24,7 +24,7 @@ from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
 from tasks.gate import gate_task
 from tasks.paths import ProjectPaths
-from tasks.prepare import prepare_task
+from tasks.prepare import data_sha256, prepare_task
 from tasks.promote import (
     lineage_tags,
     model_card_task,
@@ -34,7 +34,7 @@ from tasks.promote import (
     run_inputs,
 )
 from tasks.registry import Registry
-from tasks.train import data_sha256, train_task
+from tasks.train import train_task
 from tasks.validate import validate_task
 from tasks.versioning import PIPELINE_STAGES, commit_task, git_commit, push_task
 

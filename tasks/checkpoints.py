@@ -137,3 +137,63 @@ def _prune(root: Path, keep: int) -> None:
 
 def clear(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
+
+
+# -- a training run's state ----------------------------------------------------------------------------
+
+
+def save_training(
+    root: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: dict[str, Any],
+    best: dict[str, torch.Tensor] | None,
+) -> Path:
+    """Checkpoint `step` of a run: what a restarted run needs to continue as if it had never stopped.
+
+    Args:
+        weights: the parameters that adapt, by name (the rest are the base model's and never change).
+        scheduler: a LambdaLR; its lambdas are code, rebuilt by the run, so they are not saved.
+        progress: where the loop is (epoch, step, the python RNG state of the epoch, ...), JSON-able.
+        best: the weights of the best epoch so far, when it is not the current one.
+    """
+    import torch
+
+    tensors = {"weights": dict(weights), "optimizer": {}, "rng": {"torch": torch.get_rng_state()}}
+    opt = optimizer.state_dict()
+    for index, param_state in opt["state"].items():
+        for key, value in param_state.items():
+            tensors["optimizer"][f"{index}.{key}"] = value
+    if best is not None:
+        tensors["best"] = best
+    meta = {
+        "progress": progress,
+        "optimizer_groups": opt["param_groups"],
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+    }
+    return write(root, step, tensors, meta)
+
+
+def restore_training(
+    ckpt: Checkpoint, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any
+) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Load a save_training checkpoint into the run's weights, optimizer, scheduler and torch RNG.
+
+    Returns:
+        (the progress it was saved with, the best epoch's weights or None).
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, value in ckpt.tensors["weights"].items():
+            weights[name].copy_(value)
+    opt_state: dict[str, Any] = {"state": {}, "param_groups": ckpt.state["optimizer_groups"]}
+    for key, value in ckpt.tensors["optimizer"].items():
+        index, name = key.split(".", 1)
+        opt_state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict({**ckpt.state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    torch.set_rng_state(ckpt.tensors["rng"]["torch"])
+    return ckpt.state["progress"], ckpt.tensors.get("best")

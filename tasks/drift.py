@@ -439,7 +439,7 @@ def embed(
     """
     import torch
 
-    from tasks.train import by_length, collate
+    from tasks.inference import by_length, collate
 
     tokenizer, model = _load_encoder(str(Path(encoder_dir).resolve()), quantize)
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
@@ -574,7 +574,7 @@ def run_drift(
     summary.md is written and None returned). Writes report.json, summary.md and drift.png, replacing the
     folder's previous contents, and raises DriftBlocked after writing when a blocking check found drift.
     """
-    from tasks.train import read_split
+    from tasks.prepare import read_split
 
     current = read_split(paths, "train")
     out = paths.drift_dir

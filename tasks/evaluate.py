@@ -11,10 +11,8 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from prefect import task
@@ -22,25 +20,12 @@ from prefect import task
 from tasks import caching
 from tasks.champion import Champion, load_champion
 from tasks.config import Config, ConfigError, load_config
+from tasks.inference import NON_FINITE, Predictor
 from tasks.paths import ProjectPaths
-from tasks.prepare import LABEL, TEXT, file_sha256
+from tasks.prepare import LABEL, TEXT, file_sha256, read_split
 from tasks.runtime import configure_environment, stage_logging
-from tasks.train import (
-    METADATA_FILE,
-    cast_for_inference,
-    choose_device,
-    choose_precision,
-    encode,
-    predict_logits,
-    read_split,
-)
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger("transferline.evaluate")
-# The prediction recorded for a row whose logits are NaN/inf: in no class, so never counted correct.
-NON_FINITE = "<non-finite>"
 
 
 @dataclass(frozen=True)
@@ -141,58 +126,10 @@ def compute_metrics(y_true: list[str], y_pred: list[str], labels: list[str], nam
     )
 
 
-class Predictor:
-    """A saved model loaded once (safetensors only) for batch scoring and latency measurement."""
-
-    def __init__(self, model_dir: Path, max_length: int) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        meta_file = model_dir / METADATA_FILE
-        if meta_file.is_file():  # score with the length the model was trained with
-            max_length = json.loads(meta_file.read_text()).get("max_length", max_length)
-        self.model_dir = model_dir
-        self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-        self.device = choose_device("auto")
-        self.precision = choose_precision("auto", self.device)
-        self.model.to(self.device).eval()
-        cast_for_inference(self.model, self.precision)
-
-    def logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
-        """Logits (N, C) in input order: the one inference path of evaluation, serving and batch scoring."""
-        encoded = encode(self.tokenizer, texts, self.max_length)
-        pad = self.tokenizer.pad_token_id or 0
-        return predict_logits(self.model, encoded, pad, batch_size, self.device, self.precision)
-
-    def predict(self, texts: list[str], batch_size: int) -> list[str]:
-        """Label names, in input order; NON_FINITE where the model's outputs are not numbers."""
-        import torch
-
-        id2label = self.model.config.id2label
-        logits = self.logits(texts, batch_size)
-        finite = torch.isfinite(logits).all(-1).tolist()
-        labels = [id2label[i] for i in logits.argmax(-1).tolist()]
-        return [label if ok else NON_FINITE for label, ok in zip(labels, finite, strict=True)]
-
-    def latency_p95_ms(self, texts: list[str], runs: int = 60, warmup: int = 5) -> float:
-        """p95 wall time of one text -> label (tokenising included), the way a request is served."""
-        import numpy as np
-
-        sample = [texts[i % len(texts)] for i in range(runs + warmup)]
-        times = []
-        for i, text in enumerate(sample):
-            started = time.perf_counter()
-            self.predict([text], batch_size=1)
-            if i >= warmup:
-                times.append((time.perf_counter() - started) * 1000)
-        return float(np.percentile(times, 95))
-
-    def budgets(self, texts: list[str]) -> Budgets:
-        weights = sum(p.stat().st_size for p in self.model_dir.glob("*.safetensors"))
-        return Budgets(latency_p95_ms=self.latency_p95_ms(texts), weights_mb=weights / 1e6)
+def measure_budgets(predictor: Predictor, texts: list[str]) -> Budgets:
+    """Serving costs of `predictor`'s model on this machine: warm one-text p95 latency, weights size."""
+    weights = sum(p.stat().st_size for p in predictor.model_dir.glob("*.safetensors"))
+    return Budgets(latency_p95_ms=predictor.latency_p95_ms(texts), weights_mb=weights / 1e6)
 
 
 def score(predictor: Predictor, frame: pd.DataFrame, cfg: Config, name: str) -> EvalResult:
@@ -269,7 +206,7 @@ def evaluate_models(paths: ProjectPaths, cfg: Config, champion: Champion | None)
     """
     test = read_split(paths, "test")
     challenger, predictor = run_evaluate(paths, cfg, test)
-    budgets = predictor.budgets(test[TEXT].tolist())
+    budgets = measure_budgets(predictor, test[TEXT].tolist())
     log.info("budgets: p95 latency %.1f ms, weights %.1f MB", budgets.latency_p95_ms, budgets.weights_mb)
     scored = retention = None
     if champion is not None:

@@ -104,7 +104,8 @@ def run_arm(
     """Train one arm and score it on the test split."""
     import torch
 
-    from tasks.train import encode, fine_tune, predict_logits
+    from tasks.inference import encode, padding_id, predict_logits
+    from tasks.train import fine_tune
 
     train = subsample(splits["train"], arm.train_rows or None, seed)
     cfg = arm_config(train_cfg, arm, len(train), min_steps)
@@ -117,7 +118,7 @@ def run_arm(
     test = splits["test"]
     encoded = encode(tokenizer, test[TEXT].tolist(), cfg.max_length)
     device = next(model.parameters()).device
-    logits = predict_logits(model, encoded, tokenizer.pad_token_id or 0, 128, device, result.precision)
+    logits = predict_logits(model, encoded, padding_id(tokenizer), 128, device, result.precision)
     truth = torch.tensor([labels.index(v) for v in test[LABEL]])
     accuracy = float((logits.argmax(-1) == truth).float().mean())
     log.info("arm %s: test accuracy %.4f in %.0f s", arm.name, accuracy, seconds)

@@ -169,30 +169,12 @@ def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
     Raises DataSourceError for a missing, empty, non-UTF-8 or malformed file.
     """
     name = name or str(path)
-    if not path.is_file():
-        hint = (
-            f"; it is tracked by DVC ({path.name}.dvc): run `dvc pull {name}` or `dvc checkout {name}`"
-            if _dvc_file(path).is_file()
-            else " (check data.source in params.yaml; relative paths start at the project folder)"
-        )
-        raise DataSourceError(f"data source {name} does not exist{hint}")
-    if path.stat().st_size == 0:
-        raise DataSourceError(
-            f"data source {name} is empty (0 bytes): export the data again or point data.source at the"
-            " right file"
-        )
+    _check_present(path, name)
     suffixes = [s.lower() for s in path.suffixes]
     is_csv = ".csv" in suffixes or ".tsv" in suffixes
     sep = "\t" if ".tsv" in suffixes else ","
     try:
-        if ".parquet" in suffixes:
-            df = pd.read_parquet(path)
-        elif ".jsonl" in suffixes or ".ndjson" in suffixes:
-            df = pd.read_json(path, lines=True, dtype=False)
-        elif is_csv:
-            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-        else:
-            raise DataSourceError(f"data source {name}: unknown format; use .csv, .tsv, .parquet or .jsonl")
+        df = _read_format(path, name, suffixes, sep)
     except DataSourceError:
         raise
     except UnicodeDecodeError as err:
@@ -218,6 +200,33 @@ def read_table(path: Path, name: str | None = None) -> pd.DataFrame:
             f"data source {name} has {has}: export the data again or point data.source at the right file"
         )
     return df
+
+
+def _check_present(path: Path, name: str) -> None:
+    """Raise DataSourceError, saying what to do, when the file is missing or has 0 bytes."""
+    if not path.is_file():
+        hint = (
+            f"; it is tracked by DVC ({path.name}.dvc): run `dvc pull {name}` or `dvc checkout {name}`"
+            if _dvc_file(path).is_file()
+            else " (check data.source in params.yaml; relative paths start at the project folder)"
+        )
+        raise DataSourceError(f"data source {name} does not exist{hint}")
+    if path.stat().st_size == 0:
+        raise DataSourceError(
+            f"data source {name} is empty (0 bytes): export the data again or point data.source at the"
+            " right file"
+        )
+
+
+def _read_format(path: Path, name: str, suffixes: list[str], sep: str) -> pd.DataFrame:
+    """The file read by the reader its suffixes name; CSV/TSV values stay strings ("NA" is not missing)."""
+    if ".parquet" in suffixes:
+        return pd.read_parquet(path)
+    if ".jsonl" in suffixes or ".ndjson" in suffixes:
+        return pd.read_json(path, lines=True, dtype=False)
+    if ".csv" in suffixes or ".tsv" in suffixes:
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    raise DataSourceError(f"data source {name}: unknown format; use .csv, .tsv, .parquet or .jsonl")
 
 
 def _dvc_file(path: Path) -> Path:
@@ -402,6 +411,22 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# -- the prepared splits: what the later stages read -----------------------------------------------------
+
+
+def read_split(paths: ProjectPaths, split: str) -> pd.DataFrame:
+    path = paths.split_file(split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the prepare stage first")
+    return pd.read_parquet(path)
+
+
+def data_sha256(paths: ProjectPaths) -> str:
+    """Identity of the prepared snapshot: sha256 over the split files' sha256 hashes."""
+    lines = "".join(f"{split} {file_sha256(paths.split_file(split))}\n" for split in SPLITS)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 # -- pure core -----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -24,13 +25,16 @@ from tasks.config import Config
 from tasks.download import BaseModelRef
 from tasks.evaluate import Evaluation
 from tasks.gate import Decision, GateRejected, rejection_message
+from tasks.inference import METADATA_FILE
 from tasks.ledger import default_actor
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
 from tasks.registry import CHALLENGER, CHAMPION, Registry, VersionInfo
 from tasks.stages import params_digest
-from tasks.train import METADATA_FILE, TrainResult
 from tasks.validate import ValidationReport
+
+if TYPE_CHECKING:
+    from tasks.train import TrainResult
 
 log = logging.getLogger("transferline.promote")
 

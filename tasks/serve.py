@@ -2,7 +2,7 @@
 
 A version is served only after its downloaded files match the sha256 hashes recorded when it was
 registered (``weights_sha256`` and ``model_files_sha256`` model-version tags, see tasks/promote.py).
-Inference is the evaluation's own path (tasks/evaluate.py Predictor: same tokenisation, max length,
+Inference is the evaluation's own path (tasks/inference.py Predictor: same tokenisation, max length,
 length-sorted batches, precision), so a served label is the label the gate saw offline.
 
 A watcher thread polls the alias. When it moves, the new version is downloaded, verified and warmed up
@@ -25,15 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.inference import Predictor
 from tasks.prepare import file_sha256
 from tasks.registry import CHAMPION, Registry, RegistryError, VersionInfo
-
-if TYPE_CHECKING:
-    from tasks.evaluate import Predictor
 
 log = logging.getLogger("transferline.serve")
 T = TypeVar("T")
@@ -177,8 +175,6 @@ def load_version(
     Raises:
         VerificationError, RegistryError, OSError: the version cannot be served.
     """
-    from tasks.evaluate import Predictor
-
     dest = cache_root / info.name / f"v{info.version}"
     model_dir = registry.download_model_dir(info.name, info.version, dest)
     try:

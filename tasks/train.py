@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,11 +28,23 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from prefect import task
 
-from tasks import caching
+from tasks import caching, checkpoints, transfer
 from tasks.config import Config, ConfigError, TrainConfig, load_config
 from tasks.download import BaseModelRef, load_base_ref
-from tasks.paths import SPLITS, ProjectPaths
-from tasks.prepare import LABEL, TEXT, file_sha256
+from tasks.inference import (
+    INFERENCE_BATCH,
+    METADATA_FILE,
+    autocast,
+    by_length,
+    choose_device,
+    choose_precision,
+    collate,
+    encode,
+    padding_id,
+    predict_logits,
+)
+from tasks.paths import ProjectPaths
+from tasks.prepare import LABEL, TEXT, data_sha256, read_split
 from tasks.runtime import configure_environment, stage_logging, torch_threads
 from tasks.stages import params_digest
 
@@ -42,11 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("transferline.train")
 
-METADATA_FILE = "transferline.json"
 ADAPTER_DIR = "adapter"  # lora: PEFT adapter files inside the model folder
-# Batch of the inference passes inside training (validation, the frozen-layer cache): 32 ran as fast as
-# 128 here, with less peak memory.
-INFERENCE_BATCH = 32
 
 
 class TrainingDiverged(RuntimeError):
@@ -108,65 +116,40 @@ class _Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-# -- hardware ------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """One fine-tuning run as `_set_up` builds it: what every step reads, and the objects steps advance."""
 
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); else autocast is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choose_device(preference: str) -> torch.device:
-    import torch
-
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available (use auto or cpu)")
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def choose_precision(preference: str, device: torch.device) -> str:
-    import torch
-
-    if preference == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 or auto on a CPU)")
-    if preference != "auto":
-        return preference
-    if device.type == "cuda":  # older GPUs without bf16 get fp16 with loss scaling
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    import torch
-
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=precision in ("bf16", "fp16"))
-
-
-def cast_for_inference(model: PreTrainedModel, precision: str) -> None:
-    """Store an inference-only model in its inference dtype once, instead of autocast casting per call.
-
-    bf16: the whole model, so LayerNorm, residual sums and attention run in bf16 too. Measured on this CPU
-    (2,000 reviews, batch 32): 11% more texts/s than bf16 Linear layers under autocast, and 3 of 1,912 test
-    labels differ from autocast's, where fp32 differs from autocast on 4 (same accuracy to 1 row).
-    Evaluation, serving and batch scoring all load models through here, so the gate scores what is
-    served. fp16 (CUDA only): Linear layers only, as autocast would round them; LayerNorm, embeddings
-    and softmax keep fp32, since fp16's range is too narrow for them.
-    """
-    import torch
-
-    if precision == "bf16":
-        model.to(torch.bfloat16)
-    elif precision == "fp16":
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.to(torch.float16)
+    cfg: TrainConfig
+    rank: int  # this process, of `world` (1 without torchrun)
+    world: int
+    device: torch.device
+    precision: str
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    plan: transfer.Plan
+    x_train: list[list[int]]  # token ids per example, unpadded
+    y_train: torch.Tensor  # (N,) class ids
+    x_val: list[list[int]]
+    y_val: torch.Tensor
+    pad_id: int
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    adapting: dict[str, torch.Tensor]  # name -> parameter, every one the optimiser holds
+    trainable: int  # parameters that learn at some point of the run
+    total: int
+    layers: dict[str, dict[str, int]]  # block -> trainable/total params, as set up
+    cache_train: list[torch.Tensor] | None  # per example, the output of the fixed layers (None: no cache)
+    cache_val: list[torch.Tensor] | None
+    checkpoint_dir: Path | None
+    show: bool  # draw a progress bar
+    rng: random.Random  # draws each epoch's batch order; reset from _Progress.epoch_rng every epoch
+    # Changed by the loop: the best epoch's weights (None until an epoch improves), and the fixed layer
+    # count the trainable flags were last set for (-1: not yet), so gradual unfreezing acts on a change.
+    best: dict[str, torch.Tensor] | None = None
+    frozen_layers: int = -1
 
 
 # -- model ---------------------------------------------------------------------------------------------
@@ -196,10 +179,6 @@ def build_model(base: Path, labels: list[str], pretrained: bool = True) -> PreTr
 # -- batching ------------------------------------------------------------------------------------------
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-
-
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Batches of similar-length examples, in random order: little padding, still shuffled each epoch.
 
@@ -215,47 +194,6 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
-
-
-def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence of the batch: (input_ids, attention_mask), each (B, T)."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
-
-
-def by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Index batches of similar-length examples (shortest first): little padding for inference passes."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def predict_logits(
-    model: PreTrainedModel,
-    encoded: list[list[int]],
-    pad_id: int,
-    batch_size: int,
-    device: torch.device,
-    precision: str,
-) -> torch.Tensor:
-    """Logits (N, C) in input order; batches are formed by length for speed and re-ordered after."""
-    import torch
-
-    from tasks import transfer
-
-    model.eval()
-    out = torch.empty((len(encoded), model.config.num_labels), dtype=torch.float32)
-    with torch.inference_mode(), autocast(device, precision):
-        for idx in by_length([len(s) for s in encoded], batch_size):
-            ids, mask = collate([encoded[i] for i in idx], pad_id)
-            out[idx] = transfer.logits(model, ids.to(device), mask.to(device)).float().cpu()
-    return out
 
 
 # -- the loop ------------------------------------------------------------------------------------------
@@ -315,8 +253,6 @@ def adversarial_embeddings(model: PreTrainedModel, ids: torch.Tensor, eps: float
     """
     import torch
 
-    from tasks import transfer
-
     table = transfer.backbone(model).embeddings.word_embeddings.weight
     rows = ids.unique()
     grad = None if table.grad is None else table.grad[rows]
@@ -359,29 +295,45 @@ def fine_tune(
         model_dir unset).
     """
     import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-
-    from tasks import checkpoints, transfer
 
     started = time.perf_counter()
     torch.set_num_threads(cfg.num_threads or torch_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     seed_everything(cfg.seed)
-    rank, world = init_distributed(cfg.device)
-    device = choose_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    precision = choose_precision(cfg.precision, device)
+    show = sys.stderr.isatty() if progress is None else progress
+    run = _set_up(base, train, validation, labels, cfg, checkpoint_dir, show, pretrained)
+    state, resumed_from = _resume(run)
+    while state.epoch <= cfg.epochs and not state.stopped_early:
+        seconds = _train_epoch(run, state)
+        _close_epoch(run, state, seconds)
+        if state.epoch <= cfg.epochs and not state.stopped_early:
+            _save_checkpoint(run, state)
+    _keep_best(run, state)
+    return run.model, run.tokenizer, _result(run, state, time.perf_counter() - started, resumed_from)
 
+
+# -- set-up --------------------------------------------------------------------------------------------
+
+
+def _set_up(
+    base: Path,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    labels: list[str],
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None,
+    show: bool,
+    pretrained: bool,
+) -> _Run:
+    """Device, precision, tokenizer, model, encoded data, plan, optimiser and the frozen-layer cache."""
+    import torch
+    from transformers import AutoTokenizer
+
+    rank, world, device, precision = _placement(cfg)
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = build_model(base, labels, pretrained)
-    label_id = {label: i for i, label in enumerate(labels)}
-    x_train = encode(tokenizer, train[TEXT].tolist(), cfg.max_length)
-    y_train = torch.tensor([label_id[v] for v in train[LABEL]], dtype=torch.long)
-    x_val = encode(tokenizer, validation[TEXT].tolist(), cfg.max_length)
-    y_val = torch.tensor([label_id[v] for v in validation[LABEL]], dtype=torch.long)
-    pad_id = tokenizer.pad_token_id or 0
-    lengths = [len(s) for s in x_train]
+    x_train, y_train = _encode_split(tokenizer, train, labels, cfg.max_length)
+    x_val, y_val = _encode_split(tokenizer, validation, labels, cfg.max_length)
+    pad_id = padding_id(tokenizer)
     # Under torchrun each of `world` processes takes every world-th batch: the same number of steps each.
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size) // world or 1
 
@@ -390,11 +342,7 @@ def fine_tune(
         model = transfer.apply_lora(model, cfg)
     transfer.set_trainable(model, plan, 0)
     model.to(device)
-    # fused: one kernel for all parameters; the default on CPU loops over them in Python every step.
-    optimizer = torch.optim.AdamW(transfer.param_groups(model, plan, cfg), lr=cfg.learning_rate, fused=True)
-    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
-    names = {id(p): n for n, p in model.named_parameters()}
-    adapting = {names[id(p)]: p for group in optimizer.param_groups for p in group["params"]}
+    optimizer, scheduler, adapting = _optimiser(model, plan, cfg, steps_per_epoch)
     trainable = sum(p.numel() for p in adapting.values())
     total = sum(p.numel() for p in model.parameters())
     layers = transfer.layer_map(model)
@@ -402,176 +350,305 @@ def fine_tune(
         "fine-tuning on %s (%s): %d train / %d validation rows, %s of %s parameters adapt\n  %s",
         device, precision, len(train), len(validation), f"{trainable:,}", f"{total:,}", plan.describe(),
     )  # fmt: skip
-
-    depth = plan.cache_depth
     cache_train = cache_val = None
-    if depth is not None:
-        t0 = time.perf_counter()
-        cache_train = _frozen_activations(model, x_train, pad_id, depth, device, precision)
-        cache_val = _frozen_activations(model, x_val, pad_id, depth, device, precision)
-        log.info("cached the output of the %d fixed layer(s) in %.1f s", depth, time.perf_counter() - t0)
-
-    def val_accuracy() -> float:
-        if cache_val is not None:
-            logits = _logits_from_cache(model, cache_val, depth or 0, INFERENCE_BATCH, device, precision)
-        else:
-            logits = predict_logits(model, x_val, pad_id, INFERENCE_BATCH, device, precision)
-        return float((logits.argmax(-1) == y_val).float().mean())
-
-    state = _Progress(epoch_rng=_rng_state(random.Random(cfg.seed)))
-    best_state: dict[str, torch.Tensor] | None = None
-    resumed_from = None
-    if checkpoint_dir is not None:
-        ckpt = checkpoints.latest(checkpoint_dir)
-        if ckpt is not None and set(ckpt.tensors.get("weights", {})) == set(adapting):
-            state, best_state = _restore(ckpt, adapting, optimizer, scheduler)
-            resumed_from = ckpt.step
-            log.info("resumed from checkpoint %s (step %d, epoch %d)", ckpt.path.name, ckpt.step, state.epoch)
-        elif ckpt is not None:
-            log.warning("ignoring checkpoint %s: it holds other parameters than this run trains", ckpt.path)
-
-    def save_checkpoint() -> None:
-        if checkpoint_dir is None or rank != 0:
-            return
-        tensors = {"weights": dict(adapting), "optimizer": {}, "rng": {"torch": torch.get_rng_state()}}
-        opt = optimizer.state_dict()
-        for index, param_state in opt["state"].items():
-            for key, value in param_state.items():
-                tensors["optimizer"][f"{index}.{key}"] = value
-        if best_state is not None:
-            tensors["best"] = best_state
-        meta = {
-            "progress": asdict(state),
-            "optimizer_groups": opt["param_groups"],
-            "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
-        }
-        checkpoints.write(checkpoint_dir, state.global_step, tensors, meta)
-
-    rng = random.Random(cfg.seed)
-    show = (sys.stderr.isatty() if progress is None else progress) and rank == 0
-    log_every = max(1, steps_per_epoch // 4)
-    clip = list(adapting.values())
-    # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a pass-through.
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    frozen_now = -1
-    # R-Drop runs each batch twice in one pass (rows [x; x]): the two halves see different dropout masks.
-    passes = 2 if cfg.rdrop_alpha else 1
-    while state.epoch <= cfg.epochs and not state.stopped_early:
-        rng.setstate(_rng_tuple(state.epoch_rng))
-        batches = length_grouped_batches(lengths, cfg.batch_size, rng)
-        if world > 1:
-            batches = batches[rank::world][:steps_per_epoch]
-        transfer.set_modes(model, plan, state.global_step, training=True)
-        t0 = time.perf_counter() - state.epoch_seconds
-        bar = tqdm(
-            total=len(batches), initial=state.step_in_epoch, desc=f"epoch {state.epoch}/{cfg.epochs}",
-            unit="batch", disable=not show, dynamic_ncols=True,
-        )  # fmt: skip
-        while state.step_in_epoch < len(batches):
-            if plan.frozen_layers_at(state.global_step) != frozen_now:  # gradual unfreezing
-                frozen_now = plan.frozen_layers_at(state.global_step)
-                transfer.set_trainable(model, plan, state.global_step)
-                transfer.set_modes(model, plan, state.global_step, training=True)
-                if plan.strategy == "gradual":
-                    log.info("step %d: %s", state.global_step, plan.describe(state.global_step))
-            batch = batches[state.step_in_epoch]
-            target = y_train[batch].to(device)
-            if cache_train is not None:
-                hidden, mask = _collate_hidden([cache_train[i] for i in batch])
-                hidden, mask = hidden.repeat(passes, 1, 1).to(device), mask.repeat(passes, 1).to(device)
-                forward = functools.partial(transfer.top, model, hidden, mask, depth or 0)
-            else:
-                ids, mask = collate([x_train[i] for i in batch], pad_id)
-                ids, mask = ids.repeat(passes, 1).to(device), mask.repeat(passes, 1).to(device)
-                forward = functools.partial(transfer.logits, model, ids, mask)
-            with autocast(device, precision):
-                logits = forward()
-            loss = task_loss(logits.float(), target, cfg.rdrop_alpha)
-            scaler.scale(loss).backward()
-            if cfg.adversarial_eps:  # refused where the embeddings are fixed, so never on the cached path
-                with adversarial_embeddings(model, ids, cfg.adversarial_eps), autocast(device, precision):
-                    adversarial = task_loss(forward().float(), target, cfg.rdrop_alpha)
-                scaler.scale(adversarial).backward()
-            if world > 1:
-                _average_gradients(clip, world)
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(clip, 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step_in_epoch += 1
-            state.global_step += 1
-            state.seen += len(batch)
-            value = loss.item()
-            if not math.isfinite(value):  # every later step would only spread the NaN into the weights
-                raise TrainingDiverged(
-                    f"training loss became {value} at epoch {state.epoch},"
-                    f" step {state.step_in_epoch + 1}: lower train.learning_rate (now {cfg.learning_rate:g})"
-                    " or set train.precision: fp32;"
-                    " nothing was saved or registered"
-                )
-            state.loss_sum += value * len(batch)
-            rate = state.seen / max(time.perf_counter() - t0, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", rate=f"{rate:.0f}/s", refresh=False)
-            # Without a bar (CI logs, Prefect workers), a line each quarter epoch shows the run is alive.
-            if not show and state.step_in_epoch % log_every == 0 and state.step_in_epoch < len(batches):
-                log.info(
-                    "epoch %d/%d: %d/%d batches, loss %.4f, %.0f samples/s",
-                    state.epoch, cfg.epochs, state.step_in_epoch, len(batches),
-                    state.loss_sum / state.seen, rate,
-                )  # fmt: skip
-            every = cfg.checkpoint_every_steps
-            if every and state.global_step % every == 0 and state.step_in_epoch < len(batches):
-                state.epoch_seconds = time.perf_counter() - t0
-                save_checkpoint()
-        bar.close()
-        seconds = time.perf_counter() - t0
-        val_acc = val_accuracy()
-        mean_loss = state.loss_sum / max(state.seen, 1)
-        stats = EpochStats(state.epoch, mean_loss, val_acc, seconds, state.seen / seconds)
-        state.history.append(asdict(stats))
-        log.info(
-            "epoch %d/%d: loss %.4f, validation accuracy %.4f, %.0f samples/s",
-            state.epoch, cfg.epochs, stats.train_loss, val_acc, stats.samples_per_s,
-        )  # fmt: skip
-        if val_acc > state.best_acc:
-            state.best_acc, state.best_epoch, state.stale_epochs = val_acc, state.epoch, 0
-            best_state = {n: p.detach().clone() for n, p in adapting.items()}
-        else:
-            state.stale_epochs += 1
-            if cfg.early_stopping_patience and state.stale_epochs >= cfg.early_stopping_patience:
-                state.stopped_early = True
-                log.info("early stop: no better validation accuracy for %d epoch(s)", state.stale_epochs)
-        state.epoch += 1
-        state.step_in_epoch, state.seen, state.loss_sum, state.epoch_seconds = 0, 0, 0.0, 0.0
-        state.epoch_rng = _rng_state(rng)
-        if state.epoch <= cfg.epochs and not state.stopped_early:
-            save_checkpoint()
-    if best_state is not None and state.best_epoch != len(state.history):
-        with torch.no_grad():
-            for name, value in best_state.items():
-                adapting[name].copy_(value)
-        log.info("keeping epoch %d (best validation accuracy %.4f)", state.best_epoch, state.best_acc)
-    result = TrainResult(
-        model_dir=Path(),
-        device=str(device),
+    if plan.cache_depth is not None:
+        cache_train, cache_val = _cache_frozen(model, [x_train, x_val], pad_id, plan, device, precision)
+    return _Run(
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
         precision=precision,
-        trainable_params=trainable,
-        total_params=total,
+        tokenizer=tokenizer,
+        model=model,
+        plan=plan,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        pad_id=pad_id,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a pass-through.
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        adapting=adapting,
+        trainable=trainable,
+        total=total,
+        layers=layers,
+        cache_train=cache_train,
+        cache_val=cache_val,
+        checkpoint_dir=checkpoint_dir,
+        show=show and rank == 0,
+        rng=random.Random(cfg.seed),
+    )
+
+
+def _optimiser(
+    model: PreTrainedModel, plan: transfer.Plan, cfg: TrainConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Any, dict[str, torch.Tensor]]:
+    """(AdamW over the plan's parameter groups, its learning-rate schedule, the parameters it updates by
+    name)."""
+    import torch
+
+    # fused: one kernel for all parameters; the default on CPU loops over them in Python every step.
+    optimizer = torch.optim.AdamW(transfer.param_groups(model, plan, cfg), lr=cfg.learning_rate, fused=True)
+    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs, cfg.warmup_ratio)
+    names = {id(p): n for n, p in model.named_parameters()}
+    adapting = {names[id(p)]: p for group in optimizer.param_groups for p in group["params"]}
+    return optimizer, scheduler, adapting
+
+
+def _placement(cfg: TrainConfig) -> tuple[int, int, torch.device, str]:
+    """(rank, world size, device, precision) of this process."""
+    import torch
+
+    rank, world = init_distributed(cfg.device)
+    device = choose_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return rank, world, device, choose_precision(cfg.precision, device)
+
+
+def _encode_split(
+    tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, labels: list[str], max_length: int
+) -> tuple[list[list[int]], torch.Tensor]:
+    """(token ids per row, class ids (N,)) of a frame with text and label columns."""
+    import torch
+
+    label_id = {label: i for i, label in enumerate(labels)}
+    encoded = encode(tokenizer, frame[TEXT].tolist(), max_length)
+    return encoded, torch.tensor([label_id[v] for v in frame[LABEL]], dtype=torch.long)
+
+
+def _cache_frozen(
+    model: PreTrainedModel,
+    splits: list[list[list[int]]],
+    pad_id: int,
+    plan: transfer.Plan,
+    device: Any,
+    precision: str,
+) -> list[list[torch.Tensor]]:
+    """Per split, per example, the output of the layers the plan fixes (see _frozen_activations)."""
+    depth = plan.cache_depth or 0
+    started = time.perf_counter()
+    out = [_frozen_activations(model, encoded, pad_id, depth, device, precision) for encoded in splits]
+    log.info("cached the output of the %d fixed layer(s) in %.1f s", depth, time.perf_counter() - started)
+    return out
+
+
+def _resume(run: _Run) -> tuple[_Progress, int | None]:
+    """(where the loop starts, the step resumed from): the newest intact checkpoint of this run, if any."""
+    fresh = _Progress(epoch_rng=_rng_state(random.Random(run.cfg.seed)))
+    if run.checkpoint_dir is None:
+        return fresh, None
+    ckpt = checkpoints.latest(run.checkpoint_dir)
+    if ckpt is None:
+        return fresh, None
+    if set(ckpt.tensors.get("weights", {})) != set(run.adapting):
+        log.warning("ignoring checkpoint %s: it holds other parameters than this run trains", ckpt.path)
+        return fresh, None
+    progress, run.best = checkpoints.restore_training(ckpt, run.adapting, run.optimizer, run.scheduler)
+    state = _Progress(**progress)
+    log.info("resumed from checkpoint %s (step %d, epoch %d)", ckpt.path.name, ckpt.step, state.epoch)
+    return state, ckpt.step
+
+
+# -- one epoch -----------------------------------------------------------------------------------------
+
+
+def _train_epoch(run: _Run, state: _Progress) -> float:
+    """The epoch's optimisation steps, from `state.step_in_epoch` on; returns the epoch's seconds."""
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    run.rng.setstate(_rng_tuple(state.epoch_rng))
+    batches = length_grouped_batches([len(s) for s in run.x_train], cfg.batch_size, run.rng)
+    if run.world > 1:
+        batches = batches[run.rank :: run.world][: run.steps_per_epoch]
+    transfer.set_modes(run.model, run.plan, state.global_step, training=True)
+    t0 = time.perf_counter() - state.epoch_seconds
+    bar = tqdm(
+        total=len(batches), initial=state.step_in_epoch, desc=f"epoch {state.epoch}/{cfg.epochs}",
+        unit="batch", disable=not run.show, dynamic_ncols=True,
+    )  # fmt: skip
+    while state.step_in_epoch < len(batches):
+        _follow_unfreezing(run, state.global_step)
+        batch = batches[state.step_in_epoch]
+        value = _step(run, batch)
+        state.step_in_epoch += 1
+        state.global_step += 1
+        state.seen += len(batch)
+        if not math.isfinite(value):  # every later step would only spread the NaN into the weights
+            raise TrainingDiverged(
+                f"training loss became {value} at epoch {state.epoch},"
+                f" step {state.step_in_epoch + 1}: lower train.learning_rate (now {cfg.learning_rate:g})"
+                " or set train.precision: fp32;"
+                " nothing was saved or registered"
+            )
+        state.loss_sum += value * len(batch)
+        _report_step(run, state, bar, time.perf_counter() - t0, len(batches))
+        every = cfg.checkpoint_every_steps
+        if every and state.global_step % every == 0 and state.step_in_epoch < len(batches):
+            state.epoch_seconds = time.perf_counter() - t0
+            _save_checkpoint(run, state)
+    bar.close()
+    return time.perf_counter() - t0
+
+
+def _follow_unfreezing(run: _Run, step: int) -> None:
+    """Set the trainable flags and dropout modes when the plan fixes another number of layers at `step`."""
+    if run.plan.frozen_layers_at(step) == run.frozen_layers:
+        return
+    run.frozen_layers = run.plan.frozen_layers_at(step)
+    transfer.set_trainable(run.model, run.plan, step)
+    transfer.set_modes(run.model, run.plan, step, training=True)
+    if run.plan.strategy == "gradual":
+        log.info("step %d: %s", step, run.plan.describe(step))
+
+
+def _step(run: _Run, batch: list[int]) -> float:
+    """One optimisation step on the examples `batch`; returns the batch's loss (before the step)."""
+    import torch
+
+    cfg, device = run.cfg, run.device
+    target = run.y_train[batch].to(device)
+    forward, ids = _forward(run, batch)
+    with autocast(device, run.precision):
+        logits = forward()
+    loss = task_loss(logits.float(), target, cfg.rdrop_alpha)
+    run.scaler.scale(loss).backward()
+    if cfg.adversarial_eps:  # refused where the embeddings are fixed, so never on the cached path
+        with adversarial_embeddings(run.model, ids, cfg.adversarial_eps), autocast(device, run.precision):
+            adversarial = task_loss(forward().float(), target, cfg.rdrop_alpha)
+        run.scaler.scale(adversarial).backward()
+    clip = list(run.adapting.values())
+    if run.world > 1:
+        _average_gradients(clip, run.world)
+    run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _forward(run: _Run, batch: list[int]) -> tuple[Callable[[], torch.Tensor], torch.Tensor | None]:
+    """The batch's forward pass, as a call (FGM runs it twice), and its token ids (None: from the cache).
+
+    R-Drop runs each batch twice in one pass (rows [x; x]): the two halves see different dropout masks.
+    """
+    passes = 2 if run.cfg.rdrop_alpha else 1
+    device = run.device
+    if run.cache_train is not None:
+        hidden, mask = _collate_hidden([run.cache_train[i] for i in batch])
+        hidden, mask = hidden.repeat(passes, 1, 1).to(device), mask.repeat(passes, 1).to(device)
+        return functools.partial(transfer.top, run.model, hidden, mask, run.plan.cache_depth or 0), None
+    ids, mask = collate([run.x_train[i] for i in batch], run.pad_id)
+    ids, mask = ids.repeat(passes, 1).to(device), mask.repeat(passes, 1).to(device)
+    return functools.partial(transfer.logits, run.model, ids, mask), ids
+
+
+def _report_step(run: _Run, state: _Progress, bar: Any, seconds: float, batches: int) -> None:
+    """The progress bar's loss and rate; without a bar (CI logs, Prefect workers), a line each quarter
+    epoch shows the run is alive."""
+    rate = state.seen / max(seconds, 1e-9)
+    bar.update(1)
+    bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}", rate=f"{rate:.0f}/s", refresh=False)
+    log_every = max(1, run.steps_per_epoch // 4)
+    if not run.show and state.step_in_epoch % log_every == 0 and state.step_in_epoch < batches:
+        log.info(
+            "epoch %d/%d: %d/%d batches, loss %.4f, %.0f samples/s",
+            state.epoch, run.cfg.epochs, state.step_in_epoch, batches, state.loss_sum / state.seen, rate,
+        )  # fmt: skip
+
+
+# -- validation, the best epoch, checkpoints -----------------------------------------------------------
+
+
+def _close_epoch(run: _Run, state: _Progress, seconds: float) -> None:
+    """Score the epoch on validation, keep its weights when best, stop early if due; start the next."""
+    cfg = run.cfg
+    val_acc = _val_accuracy(run)
+    mean_loss = state.loss_sum / max(state.seen, 1)
+    stats = EpochStats(state.epoch, mean_loss, val_acc, seconds, state.seen / seconds)
+    state.history.append(asdict(stats))
+    log.info(
+        "epoch %d/%d: loss %.4f, validation accuracy %.4f, %.0f samples/s",
+        state.epoch, cfg.epochs, stats.train_loss, val_acc, stats.samples_per_s,
+    )  # fmt: skip
+    if val_acc > state.best_acc:
+        state.best_acc, state.best_epoch, state.stale_epochs = val_acc, state.epoch, 0
+        run.best = {n: p.detach().clone() for n, p in run.adapting.items()}
+    else:
+        state.stale_epochs += 1
+        if cfg.early_stopping_patience and state.stale_epochs >= cfg.early_stopping_patience:
+            state.stopped_early = True
+            log.info("early stop: no better validation accuracy for %d epoch(s)", state.stale_epochs)
+    state.epoch += 1
+    state.step_in_epoch, state.seen, state.loss_sum, state.epoch_seconds = 0, 0, 0.0, 0.0
+    state.epoch_rng = _rng_state(run.rng)
+
+
+def _val_accuracy(run: _Run) -> float:
+    if run.cache_val is not None:
+        depth = run.plan.cache_depth or 0
+        logits = _logits_from_cache(
+            run.model, run.cache_val, depth, INFERENCE_BATCH, run.device, run.precision
+        )
+    else:
+        logits = predict_logits(run.model, run.x_val, run.pad_id, INFERENCE_BATCH, run.device, run.precision)
+    return float((logits.argmax(-1) == run.y_val).float().mean())
+
+
+def _save_checkpoint(run: _Run, state: _Progress) -> None:
+    if run.checkpoint_dir is None or run.rank != 0:
+        return
+    checkpoints.save_training(
+        run.checkpoint_dir,
+        state.global_step,
+        run.adapting,
+        run.optimizer,
+        run.scheduler,
+        asdict(state),
+        run.best,
+    )
+
+
+def _keep_best(run: _Run, state: _Progress) -> None:
+    """Load the best epoch's weights back when a later epoch was worse."""
+    import torch
+
+    if run.best is None or state.best_epoch == len(state.history):
+        return
+    with torch.no_grad():
+        for name, value in run.best.items():
+            run.adapting[name].copy_(value)
+    log.info("keeping epoch %d (best validation accuracy %.4f)", state.best_epoch, state.best_acc)
+
+
+def _result(run: _Run, state: _Progress, seconds: float, resumed_from: int | None) -> TrainResult:
+    return TrainResult(
+        model_dir=Path(),
+        device=str(run.device),
+        precision=run.precision,
+        trainable_params=run.trainable,
+        total_params=run.total,
         best_epoch=state.best_epoch,
         best_val_accuracy=state.best_acc,
-        seconds=time.perf_counter() - started,
-        strategy=cfg.strategy,
+        seconds=seconds,
+        strategy=run.cfg.strategy,
         steps=state.global_step,
-        cached_layers=depth or 0,
+        cached_layers=run.plan.cache_depth or 0,
         resumed_from_step=resumed_from,
         stopped_early=state.stopped_early,
-        layers=layers,
+        layers=run.layers,
         history=[EpochStats(**h) for h in state.history],
     )
-    return model, tokenizer, result
+
+
+# -- data parallel and RNG state ----------------------------------------------------------------------
 
 
 def init_distributed(device_preference: str) -> tuple[int, int]:
@@ -621,38 +698,18 @@ def _rng_tuple(state: list[Any] | None) -> tuple[Any, ...]:
     return (version, tuple(internal), gauss)
 
 
-def _restore(
-    ckpt: Any, adapting: dict[str, torch.Tensor], optimizer: Any, scheduler: Any
-) -> tuple[_Progress, dict[str, torch.Tensor] | None]:
-    import torch
-
-    with torch.no_grad():
-        for name, value in ckpt.tensors["weights"].items():
-            adapting[name].copy_(value)
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": ckpt.state["optimizer_groups"]}
-    for key, value in ckpt.tensors["optimizer"].items():
-        index, name = key.split(".", 1)
-        opt_state["state"].setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict(opt_state)
-    scheduler.load_state_dict({**ckpt.state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
-    torch.set_rng_state(ckpt.tensors["rng"]["torch"])
-    return _Progress(**ckpt.state["progress"]), ckpt.tensors.get("best")
-
-
 def _frozen_activations(
     model: PreTrainedModel, encoded: list[list[int]], pad_id: int, depth: int, device: Any, precision: str
 ) -> list[torch.Tensor]:
     """Per example, the hidden states after the fixed lowest `depth` layers (unpadded, float32, on CPU)."""
     import torch
 
-    from tasks.transfer import bottom
-
     model.eval()
     out: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
     with torch.no_grad(), autocast(device, precision):
         for idx in by_length([len(s) for s in encoded], INFERENCE_BATCH):
             ids, mask = collate([encoded[i] for i in idx], pad_id)
-            hidden = bottom(model, ids.to(device), mask.to(device), depth).float().cpu()
+            hidden = transfer.bottom(model, ids.to(device), mask.to(device), depth).float().cpu()
             for row, i in enumerate(idx):
                 out[i] = hidden[row, : len(encoded[i])].clone()
     return out
@@ -678,31 +735,16 @@ def _logits_from_cache(
 ) -> torch.Tensor:
     import torch
 
-    from tasks.transfer import top
-
     model.eval()
     out = torch.empty((len(cache), model.config.num_labels), dtype=torch.float32)
     with torch.inference_mode(), autocast(device, precision):
         for idx in by_length([h.shape[0] for h in cache], batch_size):
             hidden, mask = _collate_hidden([cache[i] for i in idx])
-            out[idx] = top(model, hidden.to(device), mask.to(device), depth).float().cpu()
+            out[idx] = transfer.top(model, hidden.to(device), mask.to(device), depth).float().cpu()
     return out
 
 
 # -- stage shell ---------------------------------------------------------------------------------------
-
-
-def data_sha256(paths: ProjectPaths) -> str:
-    """Identity of the prepared snapshot: sha256 over the split files' sha256 hashes."""
-    lines = "".join(f"{split} {file_sha256(paths.split_file(split))}\n" for split in SPLITS)
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
-def read_split(paths: ProjectPaths, split: str) -> pd.DataFrame:
-    path = paths.split_file(split)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the prepare stage first")
-    return pd.read_parquet(path)
 
 
 def save_model(

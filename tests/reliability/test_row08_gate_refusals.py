@@ -66,8 +66,9 @@ def test_nan_outputs_give_a_nan_metric_and_the_gate_refuses_it(gated: Path, tmp_
     from safetensors.torch import load_file, save_file
 
     from tasks.config import load_config
-    from tasks.evaluate import Predictor, score
+    from tasks.evaluate import score
     from tasks.gate import decide
+    from tasks.inference import Predictor
 
     cfg = load_config(gated / "params.yaml")
     test = pd.read_parquet(gated / "data" / "prepared" / "test.parquet")

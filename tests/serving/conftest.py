@@ -47,7 +47,7 @@ def register_variant(project: Path, source_dir: Path, dest: Path, bias_shift: fl
 def register_dir(project: Path, model_dir: Path, files: dict[str, str], experiment: str) -> str:
     """Register model_dir as a new version through the real registry API, tagged with `files` (its
     files' sha256, as the flow tags them); returns the version."""
-    from tasks.train import METADATA_FILE
+    from tasks.inference import METADATA_FILE
 
     meta = json.loads((model_dir / METADATA_FILE).read_text())
     info = registry(project).log_and_register(

@@ -156,7 +156,7 @@ def stream(port: int, texts: list[str], stop: threading.Event, log: list) -> Non
 def test_promotion_during_a_stream_of_requests_fails_none_and_switches_version(
     server, champion_project, tmp_path
 ):
-    from tasks.evaluate import Predictor
+    from tasks.inference import Predictor
 
     name, reg = model_name(champion_project), registry(champion_project)
     v1_dir = champion_project / "models" / "challenger"  # the files of v1

@@ -1,5 +1,7 @@
-"""dvc.yaml and tasks/paths.py name the same files, and each stage runs the module of its name."""
+"""dvc.yaml and tasks/paths.py name the same files, each stage runs the module of its name, and no function
+of the pipeline's code is too long to read."""
 
+import ast
 from pathlib import Path
 
 import yaml
@@ -33,3 +35,38 @@ def test_pipeline_stage_list_matches_dvc_yaml():
     from tasks.versioning import PIPELINE_STAGES
 
     assert tuple(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]) == PIPELINE_STAGES
+
+
+MAX_FUNCTION_LINES = 80  # a function longer than a screen is read in pieces: split it into named steps
+
+
+def long_functions(source: str, where: str) -> list[str]:
+    """`where:line name (n lines)` for each function or method in `source` longer than MAX_FUNCTION_LINES
+    (from its `def` to its last line, docstring included)."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename=where)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                found.append(f"{where}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_the_length_check_counts_a_function_from_def_to_its_last_line():
+    def function(name: str, lines: int, indent: str = "") -> str:
+        body = "".join(f"{indent}    x{i} = {i}\n" for i in range(lines - 1))
+        return f"{indent}def {name}():\n{body}"
+
+    at_limit = function("at_limit", MAX_FUNCTION_LINES)
+    method = "class C:\n" + function("method", MAX_FUNCTION_LINES + 1, indent="    ")
+    nested = "def outer():\n" + function("inner", MAX_FUNCTION_LINES + 1, indent="    ")
+    assert long_functions(at_limit, "m.py") == []
+    assert long_functions(method, "m.py") == [f"m.py:2 method ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert f"m.py:2 inner ({MAX_FUNCTION_LINES + 1} lines)" in long_functions(nested, "m.py")
+
+
+def test_no_function_in_tasks_or_flows_is_longer_than_80_lines():
+    modules = sorted([*(ROOT / "tasks").rglob("*.py"), *(ROOT / "flows").rglob("*.py")])
+    assert len(modules) > 20  # the walk sees the real packages
+    found = [f for path in modules for f in long_functions(path.read_text(), str(path.relative_to(ROOT)))]
+    assert found == [], f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): {found}"

@@ -14,12 +14,11 @@ import pytest
 import torch
 
 from tasks.config import ConfigError, TrainConfig, load_config
+from tasks.inference import collate, encode
 from tasks.prepare import resolve_source
 from tasks.train import (
     adversarial_embeddings,
     build_model,
-    collate,
-    encode,
     fine_tune,
     save_model,
     task_loss,
@@ -305,7 +304,7 @@ def test_inference_cast_stores_the_model_in_its_inference_dtype(reviews, precisi
     logits; fp32 changes nothing."""
     from transformers import AutoTokenizer
 
-    from tasks.train import cast_for_inference, predict_logits
+    from tasks.inference import cast_for_inference, predict_logits
 
     model = build_model(BASE, LABELS)
     cast = build_model(BASE, LABELS)

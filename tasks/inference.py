@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 # Lineage file inside a saved model folder (labels, max length, data and params hashes, base model).
 METADATA_FILE = "transferline.json"
-# Batch of the inference passes inside training (validation, the frozen-layer cache): 32 ran as fast as
-# 128 here, with less peak memory.
+# Batch of the inference passes inside training (validation, the frozen-layer cache): batches are
+# length-sorted, so larger ones save little padding and only raise peak memory.
 INFERENCE_BATCH = 32
 # The prediction recorded for a row whose logits are NaN/inf: in no class, so never counted correct.
 NON_FINITE = "<non-finite>"
@@ -73,12 +73,11 @@ def autocast(device: torch.device, precision: str) -> Any:
 def cast_for_inference(model: PreTrainedModel, precision: str) -> None:
     """Store an inference-only model in its inference dtype once, instead of autocast casting per call.
 
-    bf16: the whole model, so LayerNorm, residual sums and attention run in bf16 too. Measured on this CPU
-    (2,000 reviews, batch 32): 11% more texts/s than bf16 Linear layers under autocast, and 3 of 1,912 test
-    labels differ from autocast's, where fp32 differs from autocast on 4 (same accuracy to 1 row).
-    Evaluation, serving and batch scoring all load models through here, so the gate scores what is
-    served. fp16 (CUDA only): Linear layers only, as autocast would round them; LayerNorm, embeddings
-    and softmax keep fp32, since fp16's range is too narrow for them.
+    bf16: the whole model, so LayerNorm, residual sums and attention run in bf16 too: faster than bf16 Linear
+    layers under autocast (`python bench/serving.py` measures the served path), with logits within bf16
+    rounding of autocast's (tests/unit/test_transfer.py). Evaluation, serving and batch scoring all load
+    models through here, so the gate scores what is served. fp16 (CUDA only): Linear layers only, as autocast
+    would round them; LayerNorm, embeddings and softmax keep fp32, since fp16's range is too narrow for them.
     """
     import torch
 

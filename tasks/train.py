@@ -1,7 +1,7 @@
 """train stage: adapt the pretrained encoder to the task with a fresh classification head.
 
 A plain torch loop rather than transformers' Trainer: batches are grouped by length and padded per
-batch (reviews average ~27 tokens, so padding to a fixed length would waste most of the compute), bf16
+batch (short texts vary in length, so padding to a fixed length would waste most of the compute), bf16
 autocast is used where the hardware has it, fixed lower layers are computed once and cached, checkpoints
 survive a kill, and the best epoch on the validation split is what is kept. What adapts is the strategy's
 choice (tasks/transfer.py): the head only, the upper layers, everything with layer-wise learning rates,

@@ -36,7 +36,7 @@ def busy_cores(count: int | None = None) -> Iterator[list[subprocess.Popen]]:
 
 @pytest.mark.fault(16, "run on a fresh Prefect home with every core busy")
 def test_a_run_on_a_fresh_prefect_home_finishes_while_every_core_is_busy(tmp_path: Path):
-    project = make_project(tmp_path, QUICK)
+    project = make_project(tmp_path, QUICK, fresh_stores=True)  # as on a new machine
     home = tmp_path / "fresh-prefect-home"
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "OMP_NUM_THREADS")}
     # Only what the entry point sets itself: the test session's own start-up timeout must not help.

@@ -56,10 +56,11 @@ up: install  ## start the local Prefect server (UI), register the deployments, s
 down:  ## stop what `make up` started
 	$(BIN)/transferline down
 
-# Debian packages the tests drive for real: chromium (the Prefect UI test; Playwright never downloads a
-# browser here) and postgresql (the PostgreSQL-backed MLflow tests start their own server from its binaries).
-# One target for root (CI) and for a user with sudo; a no-op when everything is present.
-SYSTEM_PACKAGES := chromium postgresql
+# Debian packages the project uses for real: chromium (the Prefect UI test; Playwright never downloads a
+# browser here), postgresql (the PostgreSQL-backed tests start their own server from its binaries) and
+# dataset-fashion-mnist (the image example's sample data). One target for root (CI) and for a user with
+# sudo; a no-op when everything is present.
+SYSTEM_PACKAGES := chromium postgresql dataset-fashion-mnist
 system-packages:  ## install the Debian packages the tests need (as root, or through sudo)
 	@missing=$$(for pkg in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || printf ' %s' $$pkg; done); \

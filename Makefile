@@ -35,7 +35,7 @@ test: install system-packages lint  ## lint + the whole test suite
 	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # The edit-test loop: pure functions and small real data (no flow runs, servers or training beyond a few
-# steps); the rest of the suite is under tests/{pipeline,serving,ops,reliability}.
+# steps); the rest of the suite is under tests/{training,pipeline,serving,ops,reliability}.
 unit: install  ## the fast tests: pure functions and small data (under 2 minutes)
 	$(BIN)/pytest $(PYTEST_PARALLEL) tests/unit tests/data
 

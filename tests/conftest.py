@@ -160,6 +160,12 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path)
 
 
+@pytest.fixture
+def bare_project(tmp_path: Path) -> Path:
+    """A fresh tiny project with no MLflow store yet: for tests that check what creates one."""
+    return make_project(tmp_path, fresh_stores=True)
+
+
 # A secret no file, log, param, tag or artifact may ever contain (reliability row 14): it is in the
 # environment and in a DVC remote's local config while the session's champion is trained.
 CANARY = f"tl-canary-{secrets.token_hex(12)}"

@@ -74,6 +74,7 @@ class ValidateConfig(_Section):
     reference_label_tolerance: float = Field(gt=0, le=1)
     reference_length_tolerance: float = Field(gt=0)
     reference_min_vocab_coverage: float = Field(ge=0, le=1)
+    data_docs: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ValidateConfig:

@@ -164,7 +164,7 @@ class ValidationReport:
         lines += [f"  - {h}" for h in hints]
         lines.append("  - then re-run prepare and validate (`dvc repro validate` or `transferline run`).")
         where = f"{Path(report_dir).as_posix()}/" if report_dir is not None else "reports/validation/"
-        lines.append(f"Full report: {where} (summary.md, result.json, data_docs/index.html).")
+        lines.append(f"Full report: {where} (summary.md, result.json, data_docs/ with validate.data_docs).")
         return "\n".join(lines)
 
 
@@ -803,21 +803,20 @@ def run_validate(paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | Non
     ``reference`` (the champion's training split, columns text and label) adds the reference_* checks;
     without it they are skipped and the summary says so.
 
-    Writes result.json (the report), gx_result.json (GX's raw results per table), summary.md and
-    data_docs/index.html, replacing the folder's previous contents, before raising.
+    Writes result.json (the report), gx_result.json (GX's raw results per table), summary.md and, with
+    validate.data_docs, data_docs/index.html, replacing the folder's previous contents, before raising.
     """
     splits = read_splits(paths)
     out = paths.validation_dir
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    report = validate_splits(
-        splits, cfg.data.labels, cfg.validate_, docs_dir=out / "data_docs", reference=reference
-    )
+    docs_dir = out / "data_docs" if cfg.validate_.data_docs else None
+    report = validate_splits(splits, cfg.data.labels, cfg.validate_, docs_dir=docs_dir, reference=reference)
     result = {
         **report.to_dict(),
         "labels": list(cfg.data.labels),
-        "thresholds": cfg.validate_.model_dump(mode="json"),
+        "thresholds": cfg.validate_.model_dump(mode="json", exclude={"data_docs"}),
     }
     (out / "result.json").write_text(
         json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

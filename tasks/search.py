@@ -4,12 +4,13 @@ Successive halving over strategies and learning rates (``SEARCH_SPACE``), judged
 only (the test split is left to the gate). Every candidate trains briefly on a subset of the training
 rows; the best third of each round trains again on more rows; the best of the last round is the chosen
 configuration, which the train stage then trains like a fixed strategy (``train.epochs`` on every row).
-A calibration trial (the costliest candidate for two steps) times this machine first. Each round then
-gets an equal share of what is left of ``train.time_budget_s``, and its trials as many rows as that share
-affords, estimated from the seconds the trials so far took (round 0: at most 32 steps). A trial the budget
-cannot afford is not started, so the trials' seconds stay within the budget up to the error of one
-estimate. Trials that fix the same lower layers (``head``, ``freeze``)
-share those layers' outputs (train.FrozenActivations).
+After the model's code and weights are loaded once (so that no trial pays the process's cold start), a
+calibration trial (the costliest candidate for two steps) times this machine. Each round then gets an
+equal share of what is left of ``train.time_budget_s``, and its trials as many rows as that share affords,
+estimated from the seconds the trials so far took (round 0: at most 32 steps). A trial the budget cannot
+afford is not started, so the trials' seconds stay within the budget up to the error of one estimate.
+Trials that fix the same lower layers (``head``, ``freeze``) share those layers' outputs
+(train.FrozenActivations).
 
 The schedule and the cost arithmetic are pure functions; ``run_search`` runs them.
 """
@@ -199,6 +200,20 @@ def affordable_rows(share_s: float, costs: Sequence[Cost], low: int, high: int) 
     return rows if rows >= low and room > 0 else None
 
 
+def first_round_rows(
+    share_s: float, dearest: Cost, pool: int, strategies: int, rows: tuple[int, int, int]
+) -> int:
+    """Round 0's training rows per trial, `rows` = (floor, low, high): as many as `share_s` (round 0's share
+    of the budget left) affords each of the `pool` candidates, between low and high; when not even low fits,
+    as many as it affords one trial per strategy, down to floor, so that a short budget still compares the
+    strategies (trials the budget then cannot afford are not started)."""
+    floor, low, high = rows
+    fits = affordable_rows(share_s, [dearest] * pool, low, high)
+    if fits is None:
+        fits = affordable_rows(share_s, [dearest] * strategies, floor, low)
+    return fits or floor
+
+
 def trial_shape(rows: int, available: int) -> tuple[int, int]:
     """(rows, epochs) of a trial asked for `rows` training examples when the split has `available`:
     more than the split means whole epochs over all of it."""
@@ -294,6 +309,7 @@ def _halve(
 ) -> SearchResult:
     """Successive halving within cfg.time_budget_s (see the module docstring)."""
     state = _Search(base, train, validation, labels, cfg, activations)
+    _warm_up(base, labels)
     pool = candidates()
     rounds = halving_rounds(len(pool))
     # Calibration: the costliest strategy for a few steps, so round 0 is sized by this machine's pace.
@@ -302,10 +318,12 @@ def _halve(
     most = len(train) * cfg.epochs  # no trial trains longer than the chosen configuration will
     high = min(most, FIRST_ROUND_STEPS * cfg.batch_size)
     low = min(high, MIN_FIRST_ROUND_STEPS * cfg.batch_size)
+    floor = min(high, CALIBRATION_STEPS * cfg.batch_size)
     # Round 0 at the calibration's pace for every candidate: an over-estimate for all but the costliest,
     # which leaves more of the budget to the later rounds.
     dearest = estimate_cost(state.trials, pool[0].strategy) or Cost(0, 0)
-    rows = affordable_rows(state.left() / len(rounds), [dearest] * len(pool), low, high) or low
+    share = state.left() / len(rounds)
+    rows = first_round_rows(share, dearest, len(pool), len(SEARCH_SPACE), (floor, low, high))
     stopped = "schedule complete"
     for number, keep in enumerate(rounds):
         if number:
@@ -328,6 +346,20 @@ def _halve(
     last = max(t.round for t in state.trials)
     chosen = survivors([t for t in state.trials if t.round == last], 1)[0]
     return SearchResult(cfg.time_budget_s, state.spent(), state.trials, chosen, stopped, state.skipped)
+
+
+def _warm_up(base: Path, labels: list[str]) -> None:
+    """Pay the process's one-time costs before the calibration: importing the model's code and reading its
+    weights can take ten times a small trial, and the calibration's fixed part must estimate what every
+    later trial sets up, not the cold start. The budget pays for it (it is no trial)."""
+    started = time.perf_counter()
+    from transformers import AutoTokenizer
+
+    from tasks.train import build_model
+
+    AutoTokenizer.from_pretrained(base)
+    build_model(base, labels)
+    log.info("strategy search: model code and weights loaded in %.1f s", time.perf_counter() - started)
 
 
 def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Trial:

@@ -14,8 +14,8 @@ from tasks.search import RECORD_FILE, candidates, run_search
 from tasks.train import FrozenActivations, fine_tune
 from tests.minilm import BASE, LABELS, load_reviews, train_cfg
 
-# Seconds of the search under test: enough for the calibration and a few trials of a few hundred short
-# reviews even on a busy machine, short enough that the test costs little more.
+# Seconds of the search under test: its trials (batches of 4 texts of up to 16 tokens) take a second or
+# two, so this holds loading the model's code cold, the calibration and several trials on a busy machine.
 BUDGET_S = 20.0
 
 
@@ -49,7 +49,9 @@ def losses(result) -> list[tuple[float, float]]:
 def test_the_search_stays_within_its_budget_and_resumes_from_its_record(reviews, tmp_path):
     train, val = reviews
     budget = BUDGET_S
-    cfg = train_cfg(strategy="auto", epochs=3, time_budget_s=budget, precision="auto")
+    cfg = train_cfg(
+        strategy="auto", epochs=3, batch_size=4, max_length=16, time_budget_s=budget, precision="auto"
+    )
     record = tmp_path / "checkpoints" / RECORD_FILE
     started = time.perf_counter()
     found, kept = run_search(BASE, train, val, LABELS, cfg, record)

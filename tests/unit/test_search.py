@@ -16,6 +16,7 @@ from tasks.search import (
     candidates,
     chosen_config,
     estimate_cost,
+    first_round_rows,
     halving_rounds,
     survivors,
     trial_shape,
@@ -89,6 +90,20 @@ def test_cost_comes_from_the_strategys_latest_trial_else_the_cheapest_tried():
 )
 def test_affordable_rows_fit_the_share(share, costs, low, high, rows):
     assert affordable_rows(share, costs, low, high) == rows
+
+
+@pytest.mark.parametrize(
+    ("share", "rows"),
+    [
+        (1000.0, 512),  # 12 x (2 s + 512 rows x 0.1 s) fit: the most round 0 trains
+        (400.0, 313),  # (400 - 12 x 2) / (12 x 0.1) rows for each of the 12 candidates
+        (200.0, 256),  # not 256 rows for 12 candidates, but for one per strategy: at most `low`
+        (100.0, 230),  # (100 - 4 x 2) / (4 x 0.1) rows for one trial per strategy
+        (20.0, 64),  # not even the floor for one per strategy: the floor (the rest is skipped)
+    ],
+)
+def test_a_short_budget_shortens_round_0_before_it_drops_strategies(share, rows):
+    assert first_round_rows(share, Cost(2.0, 0.1), pool=12, strategies=4, rows=(64, 256, 512)) == rows
 
 
 def test_a_trial_longer_than_the_split_is_whole_epochs():

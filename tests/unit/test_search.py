@@ -3,6 +3,8 @@ functions. The search itself, training the real MiniLM, is tests/training/test_s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tasks.config import STRATEGIES, load_config
@@ -16,7 +18,7 @@ from tasks.search import (
     candidates,
     chosen_config,
     estimate_cost,
-    first_round_rows,
+    first_round,
     halving_rounds,
     survivors,
     trial_shape,
@@ -78,6 +80,15 @@ def test_cost_comes_from_the_strategys_latest_trial_else_the_cheapest_tried():
     assert estimate_cost(two_epochs, "full").of(400) == pytest.approx(2.0 + 400 * 0.05)
 
 
+def test_fixed_layer_outputs_are_costed_per_row_at_the_pace_they_were_computed():
+    first = replace(trial("head", 0.7, 12.0, 1.0, rows=100), cache_seconds=10.0, cache_examples=200)
+    again = replace(trial("head", 0.7, 2.0, 1.0, rows=100), cache_seconds=0.0, cache_examples=0)
+    # 1 s fixed; 0.01 s per row of training and 0.05 s per row through the fixed layers
+    for trials in ([first], [first, again]):  # the pace is kept when a later trial computed nothing
+        cost = estimate_cost(trials, "head")
+        assert (cost.fixed_s, cost.per_row_s) == pytest.approx((1.0, 0.06))
+
+
 @pytest.mark.parametrize(
     ("share", "costs", "low", "high", "rows"),
     [
@@ -93,17 +104,17 @@ def test_affordable_rows_fit_the_share(share, costs, low, high, rows):
 
 
 @pytest.mark.parametrize(
-    ("share", "rows"),
+    ("left", "shape"),
     [
-        (1000.0, 512),  # 12 x (2 s + 512 rows x 0.1 s) fit: the most round 0 trains
-        (400.0, 313),  # (400 - 12 x 2) / (12 x 0.1) rows for each of the 12 candidates
-        (200.0, 256),  # not 256 rows for 12 candidates, but for one per strategy: at most `low`
-        (100.0, 230),  # (100 - 4 x 2) / (4 x 0.1) rows for one trial per strategy
-        (20.0, 64),  # not even the floor for one per strategy: the floor (the rest is skipped)
+        (3000.0, (512, 12)),  # a third each for 12 x (2 s + 512 rows x 0.1 s): the most round 0 trains
+        (1200.0, (313, 12)),  # (400 - 12 x 2) / (12 x 0.1) rows for each of the 12 candidates
+        (600.0, (512, 4)),  # not 256 rows for 12: one per strategy, half the budget each round
+        (200.0, (230, 4)),  # (100 - 4 x 2) / (4 x 0.1) rows for one trial per strategy
+        (40.0, (64, 4)),  # not even the floor: the floor (what the budget cannot afford is not started)
     ],
 )
-def test_a_short_budget_shortens_round_0_before_it_drops_strategies(share, rows):
-    assert first_round_rows(share, Cost(2.0, 0.1), pool=12, strategies=4, rows=(64, 256, 512)) == rows
+def test_a_short_budget_drops_learning_rates_then_steps_but_keeps_every_strategy(left, shape):
+    assert first_round(left, Cost(2.0, 0.1), pool=12, strategies=4, rows=(64, 256, 512)) == shape
 
 
 def test_a_trial_longer_than_the_split_is_whole_epochs():

@@ -7,10 +7,10 @@ configuration, which the train stage then trains like a fixed strategy (``train.
 After the model's code and weights are loaded once (so that no trial pays the process's cold start), a
 calibration trial (the costliest candidate for two steps) times this machine. Each round then gets an
 equal share of what is left of ``train.time_budget_s``, and its trials as many rows as that share affords,
-estimated from the seconds the trials so far took (round 0: at most 32 steps). A trial the budget cannot
-afford is not started, so the trials' seconds stay within the budget up to the error of one estimate.
-Trials that fix the same lower layers (``head``, ``freeze``) share those layers' outputs
-(train.FrozenActivations).
+estimated from the seconds the trials so far took (round 0: at most 32 steps; a budget too short for
+every candidate drops learning rates before steps). A trial the budget cannot afford is not started, so
+the trials' seconds stay within the budget up to the error of one estimate. Trials that fix the same
+lower layers (``head``, ``freeze``) share those layers' outputs (train.FrozenActivations).
 
 The schedule and the cost arithmetic are pure functions; ``run_search`` runs them.
 """

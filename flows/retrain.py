@@ -18,7 +18,7 @@ from pydantic import Field
 
 from tasks.caching import code_sha256, in_project
 from tasks.champion import Champion, champion_task
-from tasks.config import ConfigError, GateMode, StrategyChoice, load_config
+from tasks.config import ConfigError, GateMode, StrategyChoice, TimeBudget, load_config
 from tasks.download import download_task
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
@@ -43,6 +43,7 @@ FORM_KEYS = {
     "data_source": "data.source",
     "base_model": "model.source",
     "strategy": "train.strategy",
+    "time_budget_s": "train.time_budget_s",
     "epochs": "train.epochs",
     "gate_mode": "gate.mode",
 }
@@ -81,6 +82,7 @@ def retrain(
     data_source: str | None = None,
     base_model: str | None = None,
     strategy: StrategyChoice | None = None,
+    time_budget_s: TimeBudget | None = None,
     epochs: Annotated[int | None, Field(ge=1, le=100)] = None,
     gate_mode: GateMode | None = None,
 ) -> RunSummary:
@@ -94,14 +96,17 @@ def retrain(
         base_model: pretrained model (model.source): package://DIST, file:///abs/dir or
             hf://org/name@revision.
         strategy: transfer-learning strategy (train.strategy): head, freeze, full, gradual or lora; or
-            auto, which searches them within train.time_budget_s seconds (set in overrides).
+            auto, which searches them within time_budget_s.
+        time_budget_s: seconds auto's search over strategies and learning rates may take
+            (train.time_budget_s); the chosen configuration then trains on top of them.
         epochs: passes over the training split (train.epochs).
         gate_mode: promotion rule (gate.mode): superiority (must beat the champion significantly) or
             non_inferiority (may not be worse by more than gate.margin).
     """
     paths = ProjectPaths.at(project_dir)
-    form = {"data_source": data_source, "base_model": base_model, "strategy": strategy}
-    cfg = load_config(paths.params, run_overrides(overrides, **form, epochs=epochs, gate_mode=gate_mode))
+    form = dict(data_source=data_source, base_model=base_model, strategy=strategy)
+    form |= dict(time_budget_s=time_budget_s, epochs=epochs, gate_mode=gate_mode)
+    cfg = load_config(paths.params, run_overrides(overrides, **form))
     registry = Registry.for_project(paths)
     # Steps whose inputs did not change since a previous run are skipped (tasks/caching.py).
     prepare, commit, validate, drift, train, evaluate, gate = in_project(

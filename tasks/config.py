@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -90,6 +90,8 @@ Strategy = Literal["head", "freeze", "full", "gradual", "lora"]
 # `auto` searches the strategies and their learning rates within train.time_budget_s (tasks/search.py).
 AUTO = "auto"
 StrategyChoice = Literal[Strategy, "auto"]
+# Seconds `auto`'s search may take (train.time_budget_s); a week at most, beyond which it is surely a typo.
+TimeBudget = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 GateMode = Literal["superiority", "non_inferiority"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 GATE_MODES: tuple[str, ...] = get_args(GateMode)
@@ -114,7 +116,7 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     strategy: StrategyChoice
-    time_budget_s: float = Field(gt=0, le=7 * 24 * 3600)
+    time_budget_s: TimeBudget
     epochs: int = Field(ge=1, le=100)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=1)

@@ -4,12 +4,13 @@ Successive halving over strategies and learning rates (``SEARCH_SPACE``), judged
 only (the test split is left to the gate). Every candidate trains briefly on a subset of the training
 rows; the best third of each round trains again on more rows; the best of the last round is the chosen
 configuration, which the train stage then trains like a fixed strategy (``train.epochs`` on every row).
-A calibration trial (the costliest candidate for two steps) times this machine first. Each round then
-gets an equal share of what is left of ``train.time_budget_s``, and its trials as many rows as that share
-affords, estimated from the seconds the trials so far took (round 0: at most 32 steps). A trial the budget
-cannot afford is not started, so the trials' seconds stay within the budget up to the error of one
-estimate. Trials that fix the same lower layers (``head``, ``freeze``)
-share those layers' outputs (train.FrozenActivations).
+After the model's code and weights are loaded once (so that no trial pays the process's cold start), a
+calibration trial (the costliest candidate for two steps) times this machine. Each round then gets an
+equal share of what is left of ``train.time_budget_s``, and its trials as many rows as that share affords,
+estimated from the seconds the trials so far took (round 0: at most 32 steps; a budget too short for
+every candidate drops learning rates before steps). A trial the budget cannot afford is not started, so
+the trials' seconds stay within the budget up to the error of one estimate. Trials that fix the same
+lower layers (``head``, ``freeze``) share those layers' outputs (train.FrozenActivations).
 
 The schedule and the cost arithmetic are pure functions; ``run_search`` runs them.
 """
@@ -77,6 +78,8 @@ class Trial:
     seconds: float  # wall time of the trial: set-up, activation cache, steps, validation
     train_seconds: float  # of which optimisation steps
     cached_layers: int  # lowest layers trained from the activation cache
+    cache_seconds: float = 0.0  # of which running examples not cached yet through those layers
+    cache_examples: int = 0  # how many (training and validation) examples that was
 
     @property
     def candidate(self) -> Candidate:
@@ -138,7 +141,7 @@ class SearchResult:
 
 
 def _rounded(trial: dict[str, Any]) -> dict[str, Any]:
-    for key in ("val_accuracy", "seconds", "train_seconds"):
+    for key in ("val_accuracy", "seconds", "train_seconds", "cache_seconds"):
         trial[key] = round(trial[key], 4)
     return trial
 
@@ -178,16 +181,23 @@ def survivors(trials: Sequence[Trial], keep: int) -> list[Candidate]:
 
 def estimate_cost(trials: Sequence[Trial], strategy: str) -> Cost | None:
     """A trial's cost, from the strategy's latest trial: the machine's pace now, past the first trial's
-    cold start. A strategy not tried yet gets the cheapest tried one's: candidates come costliest first,
-    so it is cheaper than those (an over-estimate, never a guess from a cheaper one). None before any trial.
+    cold start. Its fixed layers' outputs are counted for every row, at the pace the strategy's trials
+    computed them (an over-estimate where earlier trials computed some): a trial on many new rows spends
+    most of its time there. A strategy not tried yet gets the cheapest tried one's: candidates come
+    costliest first, so it is cheaper than those (an over-estimate, never a guess from a cheaper one).
+    None before any trial.
     """
     latest: dict[str, Cost] = {}
+    cache_pace: dict[str, float] = {}  # seconds per example run through the fixed layers
     for t in trials:
-        fixed = max(t.seconds - t.train_seconds, 0.0)
+        if t.cache_examples:
+            cache_pace[t.strategy] = t.cache_seconds / t.cache_examples
+        fixed = max(t.seconds - t.train_seconds - t.cache_seconds, 0.0)
         latest[t.strategy] = Cost(fixed_s=fixed, per_row_s=t.train_seconds / max(t.rows * t.epochs, 1))
-    if strategy in latest:
-        return latest[strategy]
-    return min(latest.values(), key=lambda c: (c.per_row_s, c.fixed_s), default=None)
+    costs = {name: Cost(c.fixed_s, c.per_row_s + cache_pace.get(name, 0.0)) for name, c in latest.items()}
+    if strategy in costs:
+        return costs[strategy]
+    return min(costs.values(), key=lambda c: (c.per_row_s, c.fixed_s), default=None)
 
 
 def affordable_rows(share_s: float, costs: Sequence[Cost], low: int, high: int) -> int | None:
@@ -197,6 +207,22 @@ def affordable_rows(share_s: float, costs: Sequence[Cost], low: int, high: int) 
     room = share_s - sum(c.fixed_s for c in costs)
     rows = high if per_row <= 0 else min(high, math.floor(room / per_row))
     return rows if rows >= low and room > 0 else None
+
+
+def first_round(
+    left_s: float, dearest: Cost, pool: int, strategies: int, rows: tuple[int, int, int]
+) -> tuple[int, int]:
+    """(training rows per trial, candidates) of round 0, `rows` = (floor, low, high), given `left_s` seconds
+    for all rounds. Every candidate, on as many rows between low and high as its share of the rounds
+    affords it; when not even low fits, only the first `strategies` candidates (each strategy at its usual
+    learning rate), on as many rows as their share affords, down to floor: a short budget drops learning
+    rates first, then steps, and still compares the strategies."""
+    floor, low, high = rows
+    fits = affordable_rows(left_s / len(halving_rounds(pool)), [dearest] * pool, low, high)
+    if fits is not None:
+        return fits, pool
+    share = left_s / len(halving_rounds(strategies))
+    return affordable_rows(share, [dearest] * strategies, floor, high) or floor, strategies
 
 
 def trial_shape(rows: int, available: int) -> tuple[int, int]:
@@ -294,18 +320,23 @@ def _halve(
 ) -> SearchResult:
     """Successive halving within cfg.time_budget_s (see the module docstring)."""
     state = _Search(base, train, validation, labels, cfg, activations)
-    pool = candidates()
-    rounds = halving_rounds(len(pool))
+    _warm_up(base, labels)
+    every = pool = candidates()
     # Calibration: the costliest strategy for a few steps, so round 0 is sized by this machine's pace.
     # It always runs (nothing to estimate it from), so there is always a trial to choose from.
     state.run_round(CALIBRATION, pool[:1], min(len(train), CALIBRATION_STEPS * cfg.batch_size))
     most = len(train) * cfg.epochs  # no trial trains longer than the chosen configuration will
     high = min(most, FIRST_ROUND_STEPS * cfg.batch_size)
     low = min(high, MIN_FIRST_ROUND_STEPS * cfg.batch_size)
+    floor = min(high, CALIBRATION_STEPS * cfg.batch_size)
     # Round 0 at the calibration's pace for every candidate: an over-estimate for all but the costliest,
     # which leaves more of the budget to the later rounds.
     dearest = estimate_cost(state.trials, pool[0].strategy) or Cost(0, 0)
-    rows = affordable_rows(state.left() / len(rounds), [dearest] * len(pool), low, high) or low
+    rows, size = first_round(state.left(), dearest, len(pool), len(SEARCH_SPACE), (floor, low, high))
+    pool, rounds = every[:size], halving_rounds(size)
+    state.skipped += [
+        f"round 0: {c.label()} (too short a budget for every learning rate)" for c in every[size:]
+    ]
     stopped = "schedule complete"
     for number, keep in enumerate(rounds):
         if number:
@@ -330,6 +361,20 @@ def _halve(
     return SearchResult(cfg.time_budget_s, state.spent(), state.trials, chosen, stopped, state.skipped)
 
 
+def _warm_up(base: Path, labels: list[str]) -> None:
+    """Pay the process's one-time costs before the calibration: importing the model's code and reading its
+    weights can take ten times a small trial, and the calibration's fixed part must estimate what every
+    later trial sets up, not the cold start. The budget pays for it (it is no trial)."""
+    started = time.perf_counter()
+    from transformers import AutoTokenizer
+
+    from tasks.train import build_model
+
+    AutoTokenizer.from_pretrained(base)
+    build_model(base, labels)
+    log.info("strategy search: model code and weights loaded in %.1f s", time.perf_counter() - started)
+
+
 def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Trial:
     """One candidate trained on `rows` training examples (a stratified subset, the same rows for every
     candidate of a round and nested across rounds), scored on the whole validation split."""
@@ -341,6 +386,7 @@ def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Tri
     settings = {**candidate.settings, "strategy": candidate.strategy, "epochs": epochs}
     trial_cfg = cfg.model_copy(update={**settings, "checkpoint_every_steps": 0, "early_stopping_patience": 0})
     started = time.perf_counter()
+    cache_before = (search.activations.seconds, search.activations.computed)
     _, _, result = fine_tune(
         search.base, subset, search.validation, search.labels, trial_cfg, progress=False,
         activations=search.activations,
@@ -355,4 +401,6 @@ def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Tri
         seconds=time.perf_counter() - started,
         train_seconds=sum(h.seconds for h in result.history),
         cached_layers=result.cached_layers,
+        cache_seconds=search.activations.seconds - cache_before[0],
+        cache_examples=search.activations.computed - cache_before[1],
     )

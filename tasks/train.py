@@ -744,6 +744,7 @@ class FrozenActivations:
         self._kept: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
         self.computed = 0  # examples run through the fixed layers
         self.reused = 0  # examples served from what earlier runs computed
+        self.seconds = 0.0  # spent running examples through the fixed layers
 
     def lookup(
         self,
@@ -757,7 +758,9 @@ class FrozenActivations:
         """Per example, the hidden states after the lowest `depth` layers; computes only the missing."""
         keys = [(depth, tuple(ids)) for ids in encoded]
         missing = list(dict.fromkeys(k for k in keys if k not in self._kept))
+        started = time.perf_counter()
         fresh = _frozen_activations(model, [list(k[1]) for k in missing], pad_id, depth, device, precision)
+        self.seconds += time.perf_counter() - started
         self._kept.update(zip(missing, fresh, strict=True))
         self.computed += len(missing)
         self.reused += len(keys) - len(missing)

@@ -131,7 +131,8 @@ def test_up_registers_scheduled_deployments_with_a_run_form(ops: Ops):
     assert retrain.global_concurrency_limit is not None and retrain.global_concurrency_limit.limit == 1
     form = retrain.parameter_openapi_schema["properties"]
     assert list(form) == [
-        "project_dir", "overrides", "data_source", "base_model", "strategy", "epochs", "gate_mode",
+        "project_dir", "overrides", "data_source", "base_model", "strategy", "time_budget_s", "epochs",
+        "gate_mode",
     ]  # fmt: skip
     assert all(field.get("description") for field in form.values())
     choices = {name: form[name]["anyOf"][0] for name in ("strategy", "epochs", "gate_mode")}

@@ -12,7 +12,10 @@ from tasks.search import candidates
 from tests.conftest import cli
 
 pytestmark = pytest.mark.pipeline
-BUDGET_S = 60
+# QUICK's ~130 training rows in batches of 4 texts of up to 16 tokens: a trial takes a second or two, so a
+# short budget holds several and the test costs the pipeline's own seconds and little more.
+BUDGET_S = 15
+TINY_TRIALS = ["--set", "train.batch_size=4", "--set", "train.max_length=16"]
 
 
 def test_auto_chooses_within_its_budget_and_the_lineage_shows_every_trial(
@@ -20,7 +23,7 @@ def test_auto_chooses_within_its_budget_and_the_lineage_shows_every_trial(
 ):
     given = ["--project", str(quick_project)]
     auto = ["--set", "train.strategy=auto", "--set", f"train.time_budget_s={BUDGET_S}"]
-    assert cli("run", *given, *auto, "--set", "train.epochs=2") == 0, capsys.readouterr().err[-3000:]
+    assert cli("run", *given, *auto, *TINY_TRIALS) == 0, capsys.readouterr().err[-3000:]
     capsys.readouterr()
 
     assert cli("lineage", "1", "--json", *given) == 0

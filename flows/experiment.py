@@ -1,4 +1,5 @@
-"""The evidence flow: learning curve (pretrained vs random init) and strategy table on the project's data.
+"""The evidence flow: learning curve (pretrained vs a tuned random init vs TF-IDF + logistic regression) and
+strategy table on the project's data.
 
 Composes the prepare and download tasks with one training task per arm; writes tables and plots under
 docs/results/, logs them to MLflow (experiment `<registry.experiment>-evidence`) and as Prefect artifacts.
@@ -19,15 +20,17 @@ from tasks.config import Config, load_config
 from tasks.download import download_task
 from tasks.experiment import (
     MIN_STEPS,
+    SCRATCH_LENGTHS,
+    SCRATCH_RATES,
     Arm,
+    ArmOptions,
     ArmResult,
     curve_arms,
-    curve_table,
+    majority_accuracy,
     run_arm,
     strategy_arms,
-    strategy_table,
-    write_results,
 )
+from tasks.experiment_report import write_results
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.prepare import prepare_task, read_split
 from tasks.registry import Registry
@@ -36,9 +39,9 @@ PARTS = ("learning-curve", "strategies")
 
 
 @task(name="train-arm", cache_policy=NO_CACHE, task_run_name="arm {arm.name}")
-def arm_task(paths: ProjectPaths, cfg: Config, base_path: Any, arm: Arm, min_steps: int) -> ArmResult:
+def arm_task(paths: ProjectPaths, cfg: Config, base_path: Any, arm: Arm, options: ArmOptions) -> ArmResult:
     splits = {name: read_split(paths, name) for name in SPLITS}
-    return run_arm(base_path, splits, cfg.data.labels, cfg.train, arm, cfg.data.seed, min_steps)
+    return run_arm(base_path, splits, cfg.data.labels, cfg.train, arm, cfg.data.seed, options)
 
 
 @flow(name="experiment", description=__doc__)
@@ -49,6 +52,8 @@ def experiment(
     strategies: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     min_steps: int = MIN_STEPS,
+    scratch_rates: list[float] | None = None,
+    scratch_lengths: list[int] | None = None,
 ) -> dict[str, Any]:
     """Run the evidence arms and return the summary figures.
 
@@ -58,6 +63,11 @@ def experiment(
         strategies: strategy-table rows (default: head, freeze, full, gradual, lora).
         overrides: params.yaml keys changed for every arm, e.g. {"train.epochs": 1}.
         min_steps: fewest optimisation steps of an arm (small subsets get more epochs).
+        scratch_rates: learning rates of the scratch arm's grid (default: SCRATCH_RATES).
+        scratch_lengths: epoch counts of the scratch arm's grid, as multiples of the pretrained arm's
+            (default: SCRATCH_LENGTHS).
+    Returns:
+        summary.json's object: the figures of the command's last line.
     """
     paths = ProjectPaths.at(project_dir)
     cfg = load_config(paths.params, overrides)
@@ -67,12 +77,16 @@ def experiment(
         arms += curve_arms(tuple(sizes)) if sizes else curve_arms()
     if "strategies" in parts:
         arms += strategy_arms(tuple(strategies)) if strategies else strategy_arms()
+    options = ArmOptions(
+        min_steps, tuple(scratch_rates or SCRATCH_RATES), tuple(scratch_lengths or SCRATCH_LENGTHS)
+    )
     prepared = prepare_task(paths, cfg)
     base = download_task(paths, cfg.model)
-    results = [arm_task(paths, cfg, base.path, arm, min_steps) for arm in arms]
+    results = [arm_task(paths, cfg, base.path, arm, options) for arm in arms]
     context = {
         "data": f"{cfg.data.source} (source sha256 {prepared.source_sha256[:12]})",
         "test_rows": len(prepared.splits["test"]),
+        "majority_class_accuracy": majority_accuracy(prepared.splits["train"], prepared.splits["test"]),
         "base_model": f"{base.model_id} @ {base.revision}",
         "machine": f"{platform.machine()}, {_cores()} cores",
         "date": date.today().isoformat(),
@@ -80,11 +94,18 @@ def experiment(
     }
     files = write_results(paths, results, context)
     # the merged results: a part run alone still reports the other part's latest figures
-    figures = json.loads((paths.results_dir / "results.json").read_text())["summary"]
+    figures = json.loads((paths.results_dir / "summary.json").read_text())
     Registry.for_project(paths).log_evidence(
         experiment=f"{cfg.registry.experiment}-evidence",
         run_name="evidence " + "+".join(parts),
-        params={"parts": ",".join(parts), "arms": ",".join(a.name for a in arms), **(overrides or {})},
+        params={
+            "parts": ",".join(parts),
+            "arms": ",".join(a.name for a in arms),
+            "min_steps": min_steps,
+            "scratch_rates": ",".join(f"{rate:g}" for rate in options.scratch_rates),
+            "scratch_lengths": ",".join(str(n) for n in options.scratch_lengths),
+            **(overrides or {}),
+        },
         metrics={
             **{f"{r.name}.test_accuracy": r.test_accuracy for r in results},
             **{f"{r.name}.train_seconds": r.train_seconds for r in results},
@@ -92,11 +113,11 @@ def experiment(
         },
         artifacts=files,
     )
+    pages = "\n\n".join(f.read_text() for f in files if f.suffix == ".md")
     create_markdown_artifact(
-        markdown=f"# Evidence\n\n{curve_table(results)}\n\n{strategy_table(results)}\n\n```json\n"
-        f"{json.dumps(figures)}\n```\n",
+        markdown=f"{pages}\n\n```json\n{json.dumps(figures)}\n```\n",
         key="transfer-evidence",
-        description="Learning curve and strategy table",
+        description="Learning curve (with its baselines) and strategy table",
     )
     return figures
 

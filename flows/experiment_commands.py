@@ -7,28 +7,38 @@ import json
 
 from flows.cli_common import Exit, Handler, error, overrides, settings, settings_options
 from tasks.config import STRATEGIES, ConfigError
+from tasks.experiment import CURVE_SIZES, MIN_STEPS, SCRATCH_LENGTHS, SCRATCH_RATES
 
 EPILOG = """\
 examples:
-  transferline experiment                       # learning curve + strategy table (~35 min on 2 CPU cores)
+  transferline experiment                       # learning curve + strategy table (~100 min on 2 CPU cores)
   transferline experiment learning-curve --sizes 100,500
+  transferline experiment learning-curve --sizes 2000 --scratch-rates 3e-4,1e-3 --scratch-lengths 3
   transferline experiment strategies --strategies head,freeze,lora
   transferline experiment strategies --set train.epochs=1 --set data.max_rows=3000   # a quick look
 
-writes docs/results/{learning_curve,strategies}.{md,png} and results.json, logs them to MLflow
-(experiment '<registry.experiment>-evidence'), and prints as its last line one JSON object:
-{"best_strategy", "best_test_accuracy", "best_train_seconds", "pretrained_minus_scratch_at_500"}.
+writes docs/results/{learning_curve,strategies}.{md,png}, results.json and summary.json, logs them to
+MLflow (experiment '<registry.experiment>-evidence'), and prints as its last line summary.json's object:
+{"best_strategy", "best_test_accuracy", "best_train_seconds", "majority_class_accuracy",
+ "pretrained_minus_scratch_at_500", "scratch_at_2000", "classical_at_500", "classical_at_2000",
+ "pretrained_minus_classical_at_500"}.
 """
+
+
+def _csv(kind: type, text: str | None) -> list | None:
+    """A comma-separated option as a list of `kind` (None when the option was not given)."""
+    return [kind(item) for item in text.split(",")] if text else None
 
 
 def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     """Add `experiment` to the CLI's subparsers; returns {"experiment": handler}."""
     p = sub.add_parser(
         "experiment",
-        help="Evidence that transfer pays: learning curve (pretrained vs scratch) and strategy table.",
+        help="Evidence that transfer pays: learning curve (pretrained vs baselines) and strategy table.",
         description="Train every arm on the project's splits and score it on the test split: the "
-        "learning curve (pretrained vs the same architecture randomly initialised, at 100 / 500 / 2,000 / "
-        "all training rows) and the strategy table (head, freeze, full, gradual, lora).",
+        "learning curve (the pretrained model vs the same architecture randomly initialised with its own "
+        "learning rate and length chosen on validation, vs TF-IDF + logistic regression, at 100 / 500 / "
+        "2,000 / all training rows) and the strategy table (head, freeze, full, gradual, lora).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[settings_options()],  # --set: every arm trains on the overridden settings
@@ -37,33 +47,53 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "part", nargs="?", default="all", choices=("all", "learning-curve", "strategies"), help="what to run"
     )
     p.add_argument(
-        "--sizes", help="learning-curve training rows, comma-separated; 0 = all (default 100,500,2000,0)"
-    )
+        "--sizes", help="learning-curve training rows, comma-separated; 0 = all "
+        f"(default {','.join(map(str, CURVE_SIZES))})",
+    )  # fmt: skip
     p.add_argument("--strategies", help="strategy-table rows, comma-separated (default: all five)")
     p.add_argument(
-        "--min-steps", type=int, default=60, help="fewest optimisation steps per arm: small subsets get more "
-        "epochs (default 60)",
+        "--min-steps", type=int, default=MIN_STEPS, help="fewest optimisation steps per arm: small subsets "
+        f"get more epochs (default {MIN_STEPS})",
+    )  # fmt: skip
+    p.add_argument(
+        "--scratch-rates", help="learning rates the scratch arm tries, comma-separated; the best on "
+        f"validation is kept (default {','.join(f'{r:g}' for r in SCRATCH_RATES)})",
+    )  # fmt: skip
+    p.add_argument(
+        "--scratch-lengths", help="epoch counts the scratch arm tries, as multiples of the pretrained arm's, "
+        f"comma-separated (default {','.join(map(str, SCRATCH_LENGTHS))})",
     )  # fmt: skip
     return {"experiment": cmd_experiment}
+
+
+def _choices(args: argparse.Namespace) -> dict[str, list | None]:
+    """The command's arm choices as the flow's keyword arguments; ValueError names a bad option."""
+    choices = {
+        "sizes": _csv(int, args.sizes),
+        "strategies": _csv(str, args.strategies),
+        "scratch_rates": _csv(float, args.scratch_rates),
+        "scratch_lengths": _csv(int, args.scratch_lengths),
+    }
+    if any(s < 0 for s in choices["sizes"] or ()):
+        raise ValueError("--sizes: row counts must be >= 0 (0 = all rows)")
+    if not all(0 < r <= 1 for r in choices["scratch_rates"] or ()):
+        raise ValueError("--scratch-rates: learning rates must lie in (0, 1]")
+    if any(n < 1 for n in choices["scratch_lengths"] or ()):
+        raise ValueError("--scratch-lengths: multiples of the epochs must be >= 1")
+    unknown = sorted(set(choices["strategies"] or ()) - set(STRATEGIES))
+    if unknown:
+        raise ValueError(f"--strategies: unknown {', '.join(unknown)} (choose from {', '.join(STRATEGIES)})")
+    return choices
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     try:
         paths, _ = settings(args)  # refuse bad parameters before any training
-        sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
-        strategies = args.strategies.split(",") if args.strategies else None
+        choices = _choices(args)
     except (ConfigError, ValueError) as err:
         return error(err, Exit.BAD_INPUT)
-    if sizes and any(s < 0 for s in sizes):
-        return error("--sizes: row counts must be >= 0 (0 = all rows)", Exit.BAD_INPUT)
-    unknown = sorted(set(strategies or ()) - set(STRATEGIES))
-    if unknown:
-        return error(
-            f"--strategies: unknown {', '.join(unknown)} (choose from {', '.join(STRATEGIES)})",
-            Exit.BAD_INPUT,
-        )
     from flows.experiment import PARTS, experiment
-    from tasks.experiment import curve_table, strategy_table
+    from tasks.experiment_report import curve_table, load_results, strategy_table
     from tasks.registry import RegistryError
 
     parts = list(PARTS) if args.part == "all" else [args.part]
@@ -71,23 +101,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         figures = experiment(
             project_dir=str(paths.root),
             parts=parts,
-            sizes=sizes,
-            strategies=strategies,
             overrides=overrides(args),
             min_steps=args.min_steps,
+            **choices,
         )
     except ConfigError as err:
         return error(err, Exit.BAD_INPUT)
     except RegistryError as err:
         return error(err, Exit.BACKEND, f"the tables are written under {paths.rel(paths.results_dir)}/")
-    results = json.loads((paths.results_dir / "results.json").read_text())
-    from tasks.experiment import ArmResult
-
-    arms = [ArmResult(**a) for a in results["arms"]]
+    context, arms = load_results(paths)
     if "learning-curve" in parts:
-        print("\nLearning curve (test accuracy)\n" + curve_table(arms))
+        print("\nLearning curve (test accuracy)\n" + curve_table(arms, context))
     if "strategies" in parts:
         print("\nStrategies\n" + strategy_table(arms))
-    print(f"\nwritten: {paths.rel(paths.results_dir)}/ (tables, plots, results.json)")
+    print(f"\nwritten: {paths.rel(paths.results_dir)}/ (tables, plots, results.json, summary.json)")
     print(json.dumps(figures))
     return Exit.OK

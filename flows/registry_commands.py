@@ -16,6 +16,7 @@ from typing import Any
 
 from flows.cli_common import Exit, Handler, error, settings, settings_options, table
 from tasks.config import ConfigError
+from tasks.inference import METADATA_FILE
 from tasks.ledger import experiment_name
 from tasks.registry import ALIASES
 
@@ -203,6 +204,7 @@ def lineage(registry: Any, model: str, version: str) -> dict:
     data_hash = tags.get("data_hash") or None
     commit = tags.get("git_commit") or None
     gate_metric = (run.metrics if run else {}).get("gate_passed", v.metrics.get("gate_passed"))
+    search = _search(registry, run)
     return {
         "model": model,
         "version": v.version,
@@ -240,8 +242,19 @@ def lineage(registry: Any, model: str, version: str) -> dict:
             "report_artifact": GATE_REPORT if run and GATE_REPORT in run.artifacts else None,
         },
         "promoted_at": tags.get("promoted_at") or None,
+        # train.strategy auto: every trial of the search, and what it chose (None for a fixed strategy)
+        "strategy_search": search["strategy_search"] if search else None,
+        "chosen": search["chosen"] if search else None,
         "run_artifacts": list(run.artifacts) if run else [],
     }
+
+
+def _search(registry: Any, run: Any) -> dict | None:
+    """The strategy search recorded in the run's training metadata, if the version's training had one."""
+    if run is None or METADATA_FILE not in run.artifacts:
+        return None
+    text = _run_text(registry, run.run_id, METADATA_FILE)
+    return json.loads(text or "{}").get("training", {}).get("search")
 
 
 def restore_commands(git_commit: str | None, data_hash: str | None) -> list[str]:
@@ -288,6 +301,7 @@ def _print_lineage(info: dict) -> None:
         ("base model", f"{base['id'] or '-'} @ {base['revision'] or '-'}  sha256 {base['sha256'] or '-'}"),
         ("weights (DVC md5)", info["weights_hash"] or "-"),
         ("test accuracy", _fmt(info["metrics"].get("test_accuracy"))),
+        ("strategy search", _search_line(info["strategy_search"], info["chosen"])),
         ("gate", gate["summary"] or gate["result"] or "-"),
         ("compared with", gate["compared_with_champion"] or "-"),
         ("promoted at", info["promoted_at"] or "-"),
@@ -315,6 +329,16 @@ def _print_lineage(info: dict) -> None:
         print(f"  no {VALIDATION_SUMMARY} among the run's artifacts")
     if info["run_artifacts"]:
         print("\nrun artifacts: " + ", ".join(info["run_artifacts"]))
+
+
+def _search_line(trials: list[dict] | None, chosen: dict | None) -> str:
+    if not trials or not chosen:
+        return "- (a fixed train.strategy)"
+    rate = chosen["settings"].get("learning_rate")
+    seconds = sum(t["seconds"] for t in trials)
+    return (
+        f"{chosen['strategy']} at learning rate {rate:g} chosen from {len(trials)} trials ({seconds:.0f} s)"
+    )
 
 
 # -- helpers -----------------------------------------------------------------------------------------------

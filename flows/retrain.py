@@ -19,7 +19,7 @@ from pydantic import Field
 from tasks import workspace
 from tasks.caching import code_sha256, in_project
 from tasks.champion import Champion, champion_task
-from tasks.config import Config, ConfigError, GateMode, Strategy, load_config
+from tasks.config import Config, ConfigError, GateMode, StrategyChoice, load_config
 from tasks.download import download_task
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
@@ -81,7 +81,7 @@ def retrain(
     overrides: dict[str, Any] | None = None,
     data_source: str | None = None,
     base_model: str | None = None,
-    strategy: Strategy | None = None,
+    strategy: StrategyChoice | None = None,
     epochs: Annotated[int | None, Field(ge=1, le=100)] = None,
     gate_mode: GateMode | None = None,
 ) -> RunSummary:
@@ -94,7 +94,8 @@ def retrain(
             .parquet or .jsonl file, or hf-dataset://.
         base_model: pretrained model (model.source): package://DIST, file:///abs/dir or
             hf://org/name@revision.
-        strategy: transfer-learning strategy (train.strategy): head, freeze, full, gradual or lora.
+        strategy: transfer-learning strategy (train.strategy): head, freeze, full, gradual or lora; or
+            auto, which searches them within train.time_budget_s seconds (set in overrides).
         epochs: passes over the training split (train.epochs).
         gate_mode: promotion rule (gate.mode): superiority (must beat the champion significantly) or
             non_inferiority (may not be worse by more than gate.margin).

@@ -86,6 +86,9 @@ DriftPolicy = Literal["ignore", "warn", "block"]
 # What adapts during fine-tuning (tasks/transfer.py implements each) and how the gate compares with the
 # champion (tasks/gate.py): the flow's run form and the CLI take their choices from here.
 Strategy = Literal["head", "freeze", "full", "gradual", "lora"]
+# `auto` searches the strategies and their learning rates within train.time_budget_s (tasks/search.py).
+AUTO = "auto"
+StrategyChoice = Literal[Strategy, "auto"]
 GateMode = Literal["superiority", "non_inferiority"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 GATE_MODES: tuple[str, ...] = get_args(GateMode)
@@ -109,7 +112,8 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    strategy: Strategy
+    strategy: StrategyChoice
+    time_budget_s: float = Field(gt=0, le=7 * 24 * 3600)
     epochs: int = Field(ge=1, le=100)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=1)
@@ -133,6 +137,15 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"]
     num_threads: int = Field(ge=0)
     seed: int
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.strategy == AUTO and self.adversarial_eps:
+            raise ValueError(
+                "adversarial_eps shifts the word embeddings, which most strategies auto tries keep fixed:"
+                " set it to 0 for auto, or name a strategy"
+            )
+        return self
 
 
 class EvaluateConfig(_Section):

@@ -20,7 +20,7 @@ from prefect import task
 from tasks import caching
 from tasks.champion import Champion, load_champion
 from tasks.config import Config, ConfigError, load_config
-from tasks.inference import NON_FINITE, Predictor
+from tasks.inference import NON_FINITE, Predictor, measure_latency
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT, file_sha256, read_split
 from tasks.runtime import configure_environment, stage_logging
@@ -69,10 +69,13 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class Budgets:
-    """Serving costs of the challenger, measured on this machine."""
+    """Serving costs of the challenger, measured on this machine (latency: see measure_latency)."""
 
-    latency_p95_ms: float  # single-example inference, warm, on CPU
+    latency_p95_ms: float  # single-example inference, warm: what the call takes on an idle core
     weights_mb: float  # size of model.safetensors
+    latency_method: str = ""  # how latency_p95_ms was measured, for the gate's report
+    latency_wall_p95_ms: float | None = None  # the same calls' wall time (other load inflates it)
+    champion_latency_p95_ms: float | None = None  # the champion, measured in the same windows
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,18 @@ def compute_metrics(y_true: list[str], y_pred: list[str], labels: list[str], nam
     )
 
 
-def measure_budgets(predictor: Predictor, texts: list[str]) -> Budgets:
-    """Serving costs of `predictor`'s model on this machine: warm one-text p95 latency, weights size."""
+def measure_budgets(predictor: Predictor, texts: list[str], champion: Predictor | None = None) -> Budgets:
+    """Serving costs of `predictor`'s model on this machine: warm one-text p95 latency (the champion's
+    too when given, measured in the same windows), weights size."""
     weights = sum(p.stat().st_size for p in predictor.model_dir.glob("*.safetensors"))
-    return Budgets(latency_p95_ms=predictor.latency_p95_ms(texts), weights_mb=weights / 1e6)
+    latency, *others = measure_latency([predictor] if champion is None else [predictor, champion], texts)
+    return Budgets(
+        latency_p95_ms=latency.p95_ms,
+        weights_mb=weights / 1e6,
+        latency_method=latency.method(),
+        latency_wall_p95_ms=latency.wall_p95_ms,
+        champion_latency_p95_ms=others[0].p95_ms if others else None,
+    )
 
 
 def score(predictor: Predictor, frame: pd.DataFrame, cfg: Config, name: str) -> EvalResult:
@@ -206,9 +217,7 @@ def evaluate_models(paths: ProjectPaths, cfg: Config, champion: Champion | None)
     """
     test = read_split(paths, "test")
     challenger, predictor = run_evaluate(paths, cfg, test)
-    budgets = measure_budgets(predictor, test[TEXT].tolist())
-    log.info("budgets: p95 latency %.1f ms, weights %.1f MB", budgets.latency_p95_ms, budgets.weights_mb)
-    scored = retention = None
+    scored = retention = champ = None
     if champion is not None:
         champ = Predictor(champion.model_dir, cfg.train.max_length)
         scored = score(champ, test, cfg, f"champion v{champion.version}")
@@ -219,6 +228,8 @@ def evaluate_models(paths: ProjectPaths, cfg: Config, champion: Champion | None)
             else:
                 frame = pd.read_parquet(retention_file)
                 retention = _retention(predictor, champ, frame, cfg, champion.version)
+    budgets = measure_budgets(predictor, test[TEXT].tolist(), champ)
+    log.info("budgets: p95 latency %.1f ms, weights %.1f MB", budgets.latency_p95_ms, budgets.weights_mb)
     evaluation = Evaluation(challenger, scored, champion.version if champion else None, budgets, retention)
     write_evaluation(paths, evaluation)
     return evaluation

@@ -1,12 +1,18 @@
-"""Evidence that transfer pays: the learning curve and the strategy table, on the project's own splits.
+"""Evidence that transfer pays: the arms of the learning curve and of the strategy table, trained and scored
+on the project's own splits.
 
-- Learning curve: test accuracy after training on 100 / 500 / 2,000 / all training rows, for the
-  pretrained model and for the same architecture randomly initialised; both train every parameter with the
-  same settings, so the gap is what the pretrained weights are worth.
-- Strategy table: test accuracy, training time and adapting parameters of head, freeze, full, gradual and
-  lora on all training rows, each with the settings it is usually run with (shown in the table).
+- Learning curve, at 100 / 500 / 2,000 / all training rows:
+  - `pretrained`: the pretrained model, every parameter adapting, with params.yaml's settings;
+  - `scratch`: the same architecture randomly initialised, with its own learning rate and schedule length
+    chosen on the validation split from a small grid (a random init does not learn with the pretrained
+    model's settings);
+  - `classical`: TF-IDF + logistic regression (tasks/classical.py), the baseline with no transfer at all.
+- Strategy table: head, freeze, full, gradual and lora on all training rows, each with the settings it is
+  usually run with (shown in the table).
 
-Every arm trains with `fine_tune` (the train stage's own loop) and is scored on the same test split.
+Transformer arms train with `fine_tune` (the train stage's own loop). Every choice an arm makes is made on
+the validation split; each arm is scored once, on the same test split. Tables and plots:
+tasks/experiment_report.py.
 """
 
 from __future__ import annotations
@@ -18,20 +24,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from tasks.config import TrainConfig
-from tasks.prepare import LABEL, TEXT, subsample
 
 if TYPE_CHECKING:
-    from tasks.paths import ProjectPaths
+    import pandas as pd
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tasks.train import TrainResult
 
 log = logging.getLogger("transferline.experiment")
 
 CURVE_SIZES = (100, 500, 2000, 0)  # 0 = every training row
+INITS = ("pretrained", "scratch", "classical")  # the learning curve's arms at each size
 # An arm on a tiny subset still takes at least this many optimisation steps (more epochs), so small
 # sizes measure what the data can teach, not how few updates fit in the default epoch count.
 MIN_STEPS = 60
+# The scratch arm's grid. The rates start at params.yaml's 1e-4, with which a random init stays at the
+# majority class on 2,000 rows, and go up: a random init needs larger or more updates than a pretrained
+# one. Lengths are multiples of the pretrained arm's epochs. Each cell is a run of its own: the schedule
+# decays linearly to zero over the whole run, so a short run cannot be read off a longer run's early
+# epochs, where the rate is still high.
+SCRATCH_RATES = (1.0e-4, 3.0e-4, 1.0e-3)
+SCRATCH_LENGTHS = (1, 3)
 # Each strategy with the settings it is normally run with; on top of params.yaml's train section.
 STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
     "head": {"learning_rate": 2.0e-3},  # a linear probe needs a far larger rate than fine-tuning
@@ -46,42 +60,73 @@ STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {
 class Arm:
     name: str
     part: str  # "learning-curve" | "strategies"
-    pretrained: bool
+    init: str  # one of INITS
     train_rows: int  # 0 = all
     settings: dict[str, Any] = field(default_factory=dict)  # train.* changes for this arm
+
+
+@dataclass(frozen=True)
+class ArmOptions:
+    """How the arms train beyond params.yaml; one value for the whole command."""
+
+    min_steps: int = MIN_STEPS
+    scratch_rates: tuple[float, ...] = SCRATCH_RATES
+    scratch_lengths: tuple[int, ...] = SCRATCH_LENGTHS  # multiples of the pretrained arm's epochs
 
 
 @dataclass(frozen=True)
 class ArmResult:
     name: str
     part: str
-    pretrained: bool
+    init: str
     strategy: str
     train_rows: int
-    epochs: int
+    epochs: int  # 0: not trained in epochs (classical)
     test_accuracy: float
     best_val_accuracy: float
-    train_seconds: float
+    train_seconds: float  # the chosen setting's training
     trainable_params: int
     total_params: int
     settings: dict[str, Any]
+    # Every setting tried on validation (scratch: learning_rate, epochs; classical: C), with its
+    # val_accuracy (None: diverged), seconds and whether it was chosen; empty for arms that try one.
+    grid: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArmResult:
+        """An arm of results.json; files written before the classical arm say `pretrained`, not `init`."""
+        data = dict(data)
+        if "pretrained" in data:
+            data["init"] = "pretrained" if data.pop("pretrained") else "scratch"
+        return cls(**data)
 
-def curve_arms(sizes: tuple[int, ...] = CURVE_SIZES) -> list[Arm]:
-    arms = []
-    for rows in sizes:
-        for pretrained in (True, False):
-            init = "pretrained" if pretrained else "scratch"
-            label = "all" if rows == 0 else str(rows)
-            arms.append(Arm(f"{init}@{label}", "learning-curve", pretrained, rows, {"strategy": "full"}))
-    return arms
+
+def arm_name(init: str, rows: int) -> str:
+    """The learning-curve arm's name, e.g. scratch@500 or classical@all."""
+    return f"{init}@{'all' if rows == 0 else rows}"
+
+
+def curve_arms(sizes: tuple[int, ...] = CURVE_SIZES, inits: tuple[str, ...] = INITS) -> list[Arm]:
+    return [
+        Arm(
+            arm_name(init, rows),
+            "learning-curve",
+            init,
+            rows,
+            {} if init == "classical" else {"strategy": "full"},
+        )
+        for rows in sizes
+        for init in inits
+    ]
 
 
 def strategy_arms(strategies: tuple[str, ...] = tuple(STRATEGY_SETTINGS)) -> list[Arm]:
-    return [Arm(s, "strategies", True, 0, {"strategy": s, **STRATEGY_SETTINGS[s]}) for s in strategies]
+    return [
+        Arm(s, "strategies", "pretrained", 0, {"strategy": s, **STRATEGY_SETTINGS[s]}) for s in strategies
+    ]
 
 
 def arm_config(base: TrainConfig, arm: Arm, rows: int, min_steps: int = MIN_STEPS) -> TrainConfig:
@@ -92,6 +137,13 @@ def arm_config(base: TrainConfig, arm: Arm, rows: int, min_steps: int = MIN_STEP
     return cfg.model_copy(update={"epochs": epochs})
 
 
+def majority_accuracy(train: pd.DataFrame, test: pd.DataFrame) -> float:
+    """Test accuracy of always answering the training split's most common label: the floor of every arm."""
+    from tasks.prepare import LABEL
+
+    return float((test[LABEL] == train[LABEL].value_counts().idxmax()).mean())
+
+
 def run_arm(
     base_model: Path,
     splits: dict[str, pd.DataFrame],
@@ -99,178 +151,149 @@ def run_arm(
     train_cfg: TrainConfig,
     arm: Arm,
     seed: int,
-    min_steps: int = MIN_STEPS,
+    options: ArmOptions | None = None,
 ) -> ArmResult:
-    """Train one arm and score it on the test split."""
-    import torch
+    """Train one arm, making its choices on the validation split, and score it on the test split."""
+    from tasks.prepare import subsample
 
-    from tasks.inference import encode, padding_id, predict_logits
-    from tasks.train import fine_tune
-
+    options = options or ArmOptions()
     train = subsample(splits["train"], arm.train_rows or None, seed)
-    cfg = arm_config(train_cfg, arm, len(train), min_steps)
+    if arm.init == "classical":
+        return _classical_arm(arm, train, splits, seed)
+    cfg = arm_config(train_cfg, arm, len(train), options.min_steps)
     log.info("arm %s: %d training rows, %d epoch(s), %s", arm.name, len(train), cfg.epochs, arm.settings)
-    started = time.perf_counter()
-    model, tokenizer, result = fine_tune(
-        base_model, train, splits["validation"], labels, cfg, pretrained=arm.pretrained
-    )
-    seconds = time.perf_counter() - started
-    test = splits["test"]
-    encoded = encode(tokenizer, test[TEXT].tolist(), cfg.max_length)
-    device = next(model.parameters()).device
-    logits = predict_logits(model, encoded, padding_id(tokenizer), 128, device, result.precision)
-    truth = torch.tensor([labels.index(v) for v in test[LABEL]])
-    accuracy = float((logits.argmax(-1) == truth).float().mean())
-    log.info("arm %s: test accuracy %.4f in %.0f s", arm.name, accuracy, seconds)
+    grid: list[dict[str, Any]] = []
+    if arm.init == "scratch":
+        trained, grid = _scratch_grid(base_model, train, splits["validation"], labels, cfg, options)
+    else:
+        trained = _fine_tune(base_model, train, splits["validation"], labels, cfg, pretrained=True)
+    accuracy = _test_accuracy(trained, splits["test"], labels)
+    log.info("arm %s: test accuracy %.4f in %.0f s", arm.name, accuracy, trained.seconds)
+    chosen = {"learning_rate": trained.cfg.learning_rate} if grid else {}
     return ArmResult(
         name=arm.name,
         part=arm.part,
-        pretrained=arm.pretrained,
-        strategy=cfg.strategy,
+        init=arm.init,
+        strategy=trained.cfg.strategy,
         train_rows=len(train),
-        epochs=cfg.epochs,
+        epochs=trained.cfg.epochs,
         test_accuracy=accuracy,
-        best_val_accuracy=result.best_val_accuracy,
-        train_seconds=seconds,
-        trainable_params=result.trainable_params,
-        total_params=result.total_params,
-        settings=arm.settings,
+        best_val_accuracy=trained.result.best_val_accuracy,
+        train_seconds=trained.seconds,
+        trainable_params=trained.result.trainable_params,
+        total_params=trained.result.total_params,
+        settings={**arm.settings, **chosen},
+        grid=grid,
     )
 
 
-# -- reports -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Trained:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    result: TrainResult
+    cfg: TrainConfig
+    seconds: float
 
 
-def curve_table(results: list[ArmResult]) -> str:
-    by_rows: dict[int, dict[bool, ArmResult]] = {}
-    for r in results:
-        if r.part == "learning-curve":
-            by_rows.setdefault(r.train_rows, {})[r.pretrained] = r
-    lines = [
-        "| training rows | pretrained | from scratch | gain from pretraining | pretrained time (s) |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for rows in sorted(by_rows):
-        pre, scratch = by_rows[rows].get(True), by_rows[rows].get(False)
-        gain = f"{pre.test_accuracy - scratch.test_accuracy:+.4f}" if pre and scratch else "—"
-        lines.append(
-            f"| {rows:,} | {_acc(pre)} | {_acc(scratch)} | {gain} | "
-            f"{f'{pre.train_seconds:.0f}' if pre else '—'} |"
+def _fine_tune(
+    base_model: Path,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    labels: list[str],
+    cfg: TrainConfig,
+    pretrained: bool,
+) -> _Trained:
+    from tasks.train import fine_tune
+
+    started = time.perf_counter()
+    model, tokenizer, result = fine_tune(base_model, train, validation, labels, cfg, pretrained=pretrained)
+    return _Trained(model, tokenizer, result, cfg, time.perf_counter() - started)
+
+
+def _scratch_grid(
+    base_model: Path,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    labels: list[str],
+    cfg: TrainConfig,
+    options: ArmOptions,
+) -> tuple[_Trained, list[dict[str, Any]]]:
+    """Train the random init once per (length, rate) of the grid; keep the best on validation.
+
+    Ties go to the earlier cell: the shorter run, then the smaller rate (params.yaml's comes first).
+    Returns:
+        (the chosen run, every cell's learning_rate, epochs, val_accuracy, best_epoch, seconds, chosen).
+    """
+    from tasks.train import TrainingDiverged
+
+    best: tuple[_Trained, dict[str, Any]] | None = None  # (the run, its cell)
+    grid: list[dict[str, Any]] = []
+    for factor in options.scratch_lengths:
+        for rate in options.scratch_rates:
+            cfg_cell = cfg.model_copy(update={"learning_rate": rate, "epochs": cfg.epochs * factor})
+            log.info("scratch grid: learning rate %g, %d epoch(s)", rate, cfg_cell.epochs)
+            started = time.perf_counter()
+            try:
+                trained: _Trained | None = _fine_tune(
+                    base_model, train, validation, labels, cfg_cell, pretrained=False
+                )
+            except TrainingDiverged as err:  # a rate too large for a random init: a result of the grid
+                log.warning("scratch grid: learning rate %g diverged: %s", rate, err)
+                trained = None
+            cell = {
+                "learning_rate": rate,
+                "epochs": cfg_cell.epochs,
+                "val_accuracy": trained.result.best_val_accuracy if trained else None,
+                "best_epoch": trained.result.best_epoch if trained else None,
+                "seconds": time.perf_counter() - started,
+                "chosen": False,
+            }
+            grid.append(cell)
+            if trained and (best is None or cell["val_accuracy"] > best[1]["val_accuracy"]):
+                best = (trained, cell)
+    if best is None:
+        raise TrainingDiverged(
+            f"every run of the scratch grid diverged (rates {options.scratch_rates}, "
+            f"lengths {options.scratch_lengths}): give smaller rates"
         )
-    return "\n".join(lines)
+    best[1]["chosen"] = True
+    return best[0], grid
 
 
-def strategy_table(results: list[ArmResult]) -> str:
-    lines = [
-        "| strategy | test accuracy | train time (s) | adapting parameters | share | settings |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        if r.part != "strategies":
-            continue
-        settings = ", ".join(f"{k}={v}" for k, v in r.settings.items() if k != "strategy") or "params.yaml"
-        lines.append(
-            f"| {r.strategy} | {r.test_accuracy:.4f} | {r.train_seconds:.0f} | {r.trainable_params:,} | "
-            f"{r.trainable_params / r.total_params:.1%} | {settings}; {r.epochs} epoch(s) |"
-        )
-    return "\n".join(lines)
+def _test_accuracy(trained: _Trained, test: pd.DataFrame, labels: list[str]) -> float:
+    import torch
 
+    from tasks.inference import encode, padding_id, predict_logits
+    from tasks.prepare import LABEL, TEXT
 
-def _acc(r: ArmResult | None) -> str:
-    return f"{r.test_accuracy:.4f}" if r else "—"
-
-
-def plot_curve(results: list[ArmResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for pretrained, label in ((True, "pretrained MiniLM"), (False, "same architecture, random init")):
-        pts = sorted(
-            (r.train_rows, r.test_accuracy)
-            for r in results
-            if r.part == "learning-curve" and r.pretrained == pretrained
-        )
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("training examples")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Learning curve: transfer vs training from scratch")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_strategies(results: list[ArmResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in results if r.part == "strategies"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([r.train_seconds for r in rows], [r.test_accuracy for r in rows])
-    for r in rows:
-        ax.annotate(
-            f"{r.strategy} ({r.trainable_params / r.total_params:.1%})", (r.train_seconds, r.test_accuracy)
-        )
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Strategies: accuracy vs training time (share of parameters adapting)")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def summary(results: list[ArmResult]) -> dict[str, Any]:
-    """The figures of the evidence command's last line."""
-    strategies = [r for r in results if r.part == "strategies"]
-    best = max(strategies, key=lambda r: r.test_accuracy) if strategies else None
-    at_500 = {r.pretrained: r.test_accuracy for r in results if r.name.endswith("@500")}
-    gap = at_500[True] - at_500[False] if len(at_500) == 2 else None
-    return {
-        "best_strategy": best.strategy if best else None,
-        "best_test_accuracy": round(best.test_accuracy, 4) if best else None,
-        "best_train_seconds": round(best.train_seconds, 1) if best else None,
-        "pretrained_minus_scratch_at_500": round(gap, 4) if gap is not None else None,
-    }
-
-
-def write_results(paths: ProjectPaths, results: list[ArmResult], context: dict[str, Any]) -> list[Path]:
-    """Markdown tables, PNG plots and results.json under docs/results/; returns the files written."""
-    import json
-
-    out = paths.results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "results.json"]
-    # Running one part keeps the other part's latest results (tables of both stay consistent).
-    parts = {r.part for r in results}
-    if (out / "results.json").is_file():
-        earlier = json.loads((out / "results.json").read_text()).get("arms", [])
-        results = [ArmResult(**a) for a in earlier if a["part"] not in parts] + results
-    (out / "results.json").write_text(
-        json.dumps(
-            {"context": context, "summary": summary(results), "arms": [r.to_dict() for r in results]},
-            indent=2,
-        )
-        + "\n"
+    encoded = encode(trained.tokenizer, test[TEXT].tolist(), trained.cfg.max_length)
+    device = next(trained.model.parameters()).device
+    logits = predict_logits(
+        trained.model, encoded, padding_id(trained.tokenizer), 128, device, trained.result.precision
     )
-    header = (
-        f"Data: {context['data']}; test rows: {context['test_rows']}; base model: {context['base_model']}; "
-        f"machine: {context['machine']}; {context['date']}.\n"
+    truth = torch.tensor([labels.index(v) for v in test[LABEL]])
+    return float((logits.argmax(-1) == truth).float().mean())
+
+
+def _classical_arm(arm: Arm, train: pd.DataFrame, splits: dict[str, pd.DataFrame], seed: int) -> ArmResult:
+    from tasks import classical
+
+    fitted = classical.fit(train, splits["validation"], seed)
+    accuracy = classical.accuracy(fitted.model, splits["test"])
+    log.info("arm %s: C=%g chosen on validation, test accuracy %.4f", arm.name, fitted.c, accuracy)
+    return ArmResult(
+        name=arm.name,
+        part=arm.part,
+        init=arm.init,
+        strategy=classical.NAME,
+        train_rows=len(train),
+        epochs=0,
+        test_accuracy=accuracy,
+        best_val_accuracy=fitted.val_accuracy,
+        train_seconds=fitted.seconds,
+        trainable_params=fitted.parameters,
+        total_params=fitted.parameters,
+        settings={"C": fitted.c},
+        grid=fitted.grid,
     )
-    if any(r.part == "learning-curve" for r in results):
-        (out / "learning_curve.md").write_text(f"# Learning curve\n\n{header}\n{curve_table(results)}\n")
-        plot_curve(results, out / "learning_curve.png")
-        written += [out / "learning_curve.md", out / "learning_curve.png"]
-    if any(r.part == "strategies" for r in results):
-        (out / "strategies.md").write_text(f"# Strategies\n\n{header}\n{strategy_table(results)}\n")
-        plot_strategies(results, out / "strategies.png")
-        written += [out / "strategies.md", out / "strategies.png"]
-    return written

@@ -4,7 +4,8 @@
 out. The policy (``gate`` in params.yaml):
 
 - the challenger's accuracy must exist and be a finite number, and reach ``gate.min_accuracy``;
-- the serving budgets always apply: p95 latency <= ``gate.max_latency_ms`` and weights size <=
+- the serving budgets always apply: p95 latency <= ``gate.max_latency_ms`` (what a call takes on an
+  idle core, however busy the machine was: tasks/inference.py ``measure_latency``) and weights size <=
   ``gate.max_weights_mb``; unmeasured budgets fail (a gate must not pass blindly);
 - with a champion, both models must have been scored on the same test rows, and then
     * ``superiority``: the paired-bootstrap interval of the accuracy gain lies above
@@ -66,6 +67,7 @@ class Decision:
     interval: Interval | None = None  # paired bootstrap CI of challenger - champion accuracy
     mcnemar: McNemar | None = None
     policy: GateConfig | None = field(default=None, repr=False)
+    budgets: Budgets | None = None  # as measured, with how the latency was measured
 
     @property
     def failed(self) -> tuple[Check, ...]:
@@ -100,6 +102,17 @@ class Decision:
             )
         return lines
 
+    def latency_line(self) -> str | None:
+        """How the latency budget's figure was measured (None when it was not, or by an older run)."""
+        b = self.budgets
+        if b is None or not b.latency_method:
+            return None
+        line = f"Latency: {b.latency_method}."
+        if b.champion_latency_p95_ms is not None:
+            champion = _v(self.champion_version)
+            line += f" Champion {champion} in the same windows: {b.champion_latency_p95_ms:.1f} ms."
+        return line
+
     def report_markdown(self) -> str:
         verdict = "**PASSED**: the challenger may be promoted" if self.passed else "**FAILED**: not promoted"
         if self.first_model:
@@ -107,7 +120,8 @@ class Decision:
         else:
             against = f"champion {_v(self.champion_version)} (accuracy {_fmt(self.champion_accuracy)})"
         mode = f"Mode: `{self.mode}`.\n\n" if not self.first_model else ""
-        comparison = "".join(f"{line}\n\n" for line in self.comparison_lines())
+        lines = [*self.comparison_lines(), self.latency_line()]
+        comparison = "".join(f"{line}\n\n" for line in lines if line)
         rows = "\n".join(
             f"| {c.name} | {_fmt(c.value)} | {_fmt(c.threshold)} | {'pass' if c.passed else 'FAIL'} "
             f"| {c.detail} |"
@@ -134,6 +148,7 @@ class Decision:
                 "checks": [asdict(c) for c in self.checks],
                 "failed": [c.name for c in self.failed],
                 "policy": self.policy.model_dump(mode="json") if self.policy is not None else None,
+                "budgets": asdict(self.budgets) if self.budgets is not None else None,
             }
         )
 
@@ -408,6 +423,7 @@ def decide(
         interval=interval,
         mcnemar=test,
         policy=policy,
+        budgets=budgets,
     )
 
 

@@ -111,7 +111,7 @@ class ProjectPaths:
 
     @property
     def results_dir(self) -> Path:
-        """Evidence tables and plots of `transferline experiment` (committed: the README shows them)."""
+        """Evidence tables and plots of `transferline experiment` (committed: docs/evidence.md shows them)."""
         return self.root / "docs" / "results"
 
     # -- local state, never versioned ------------------------------------------------------------------

@@ -141,12 +141,15 @@ def model_card(
         for label, m in ch.per_class.items()
     )
     frozen = (
-        f"strategy `{trained.strategy}` ("
+        f"strategy `{trained.strategy}`{' (chosen by the search below)' if trained.search else ''} ("
         + ", ".join(
             f"{block} {'adapted' if counts['trainable'] else 'frozen'}"
             for block, counts in trained.layers.items()
         )
         + ")"
+    )
+    rate = (
+        trained.search["chosen"]["settings"]["learning_rate"] if trained.search else cfg.train.learning_rate
     )
     validation_line = (
         f"{'passed' if validation.success else 'FAILED'}: "
@@ -162,13 +165,13 @@ def model_card(
   (files sha256 `{tags["base_model_sha256"]}`)
 - Task: text classification into {", ".join(f"`{label}`" for label in cfg.data.labels)}
 - Training: fine-tuning with a new classification head; {frozen}; {cfg.train.epochs} epoch(s), batch
-  {cfg.train.batch_size}, learning rate {cfg.train.learning_rate:g}, max length {cfg.train.max_length},
+  {cfg.train.batch_size}, learning rate {rate:g}, max length {cfg.train.max_length},
   {trained.precision} on {trained.device}; best epoch {trained.best_epoch} of {len(trained.history)} by
   validation accuracy ({trained.best_val_accuracy:.4f}); {trained.trainable_params:,} of
   {trained.total_params:,} parameters trained in {trained.seconds:.0f} s.
 - Weights: `model.safetensors` sha256 `{tags["weights_sha256"]}`; params hash `{tags["params_hash"]}`;
   code `{tags["git_commit"]}`.
-
+{search_section(trained.search)}
 ## Data
 - Source: `{cfg.data.source}`; dataset version (DVC md5) `{tags["data_hash"]}`.
 - Validation (Great Expectations): {validation_line}.
@@ -191,6 +194,31 @@ def model_card(
 - Limitations: the accuracy above holds for data that look like the test split; the model inherits the
   biases of its base model and of the training source. Check the drift and validation reports of new data.
 """
+
+
+def search_section(found: dict | None) -> str:
+    """The model card's account of a strategy search (train.strategy auto); empty without one."""
+    if not found:
+        return ""
+    chosen, trials = found["chosen"], found["strategy_search"]
+    settings = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen["settings"].items()
+    )
+    rows = "\n".join(
+        f"| {t['round']} | {t['strategy']} | {t['settings']['learning_rate']:g} "
+        f"| {t['rows']} x {t['epochs']} | {t['val_accuracy']:.4f} | {t['seconds']:.1f} |"
+        for t in trials
+    )
+    skipped = f" Not started, for lack of budget: {'; '.join(found['skipped'])}." if found["skipped"] else ""
+    spent = f"{len(trials)} trials in {found['seconds']:.0f} s of a {found['budget_s']:g} s budget"
+    best = f"validation accuracy {chosen['val_accuracy']:.4f} in round {chosen['round']}"
+    return (
+        "\n## Strategy search (`train.strategy: auto`)\n"
+        f"{spent}, judged on the validation split only ({found['stopped']}).{skipped}\n"
+        f"Chosen: `{chosen['strategy']}` with {settings} ({best}), then trained on every training row.\n\n"
+        "| round | strategy | learning rate | rows x epochs | validation accuracy | seconds |\n"
+        f"|---|---|---|---|---|---|\n{rows}\n"
+    )
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])

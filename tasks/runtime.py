@@ -12,9 +12,9 @@ _ENV_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # telemetry fails (slowly) without internet
     "PREFECT_LOGGING_EXTRA_LOGGERS": "transferline",  # core functions' logs reach the Prefect UI
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # DVC stage commands run the cores outside flows
-    # The temporary server migrates a fresh Prefect home's database before it answers: ~18 s on an idle
-    # 2-core machine, several times that when other work holds the cores, against Prefect's 20 s default.
-    # Waiting longer costs nothing when it starts fast; a server that never comes up still fails.
+    # The temporary server migrates a fresh Prefect home's database before it answers, which on a small,
+    # busy machine outlasts Prefect's 20 s default (tests/reliability/test_row16_busy_host.py). Waiting
+    # longer costs nothing when it starts fast; a server that never comes up still fails.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -1,7 +1,7 @@
 """train stage: adapt the pretrained encoder to the task with a fresh classification head.
 
 A plain torch loop rather than transformers' Trainer: batches are grouped by length and padded per
-batch (reviews average ~27 tokens, so padding to a fixed length would waste most of the compute), bf16
+batch (short texts vary in length, so padding to a fixed length would waste most of the compute), bf16
 autocast is used where the hardware has it, fixed lower layers are computed once and cached, checkpoints
 survive a kill, and the best epoch on the validation split is what is kept. What adapts is the strategy's
 choice (tasks/transfer.py): the head only, the upper layers, everything with layer-wise learning rates,
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from prefect import task
 
-from tasks import caching, checkpoints, transfer
-from tasks.config import Config, ConfigError, TrainConfig, load_config
+from tasks import caching, checkpoints, search, transfer
+from tasks.config import AUTO, STRATEGIES, Config, ConfigError, TrainConfig, load_config
 from tasks.download import BaseModelRef, load_base_ref
 from tasks.inference import (
     INFERENCE_BATCH,
@@ -87,15 +87,21 @@ class TrainResult:
     stopped_early: bool
     layers: dict[str, dict[str, int]]  # block -> trainable/total params
     history: list[EpochStats]
+    # strategy `auto`: the search that chose `strategy` (search.SearchResult.to_dict); None otherwise
+    search: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, float]:
-        return {
+        out = {
             "best_val_accuracy": self.best_val_accuracy,
             "train_seconds": self.seconds,
             "trainable_params": float(self.trainable_params),
             "train_steps": float(self.steps),
             "train_samples_per_s": self.history[-1].samples_per_s if self.history else 0.0,
         }
+        if self.search is not None:
+            out["search_trials"] = float(len(self.search["strategy_search"]))
+            out["search_seconds"] = float(self.search["seconds"])
+        return out
 
 
 @dataclass
@@ -279,6 +285,7 @@ def fine_tune(
     progress: bool | None = None,
     checkpoint_dir: Path | None = None,
     pretrained: bool = True,
+    activations: FrozenActivations | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TrainResult]:
     """Adapt `base` to the task with `cfg.strategy`; keep the epoch with the best validation accuracy.
 
@@ -290,17 +297,21 @@ def fine_tune(
         progress: show a progress bar (default: when stderr is a terminal).
         checkpoint_dir: where to write checkpoints and resume from the newest intact one (None = neither).
         pretrained: False trains the same architecture from random initialisation (the baseline).
+        activations: outputs of fixed layers kept from earlier runs on the same base model (the strategy
+            search's trials); the ones missing are computed and added. None: computed for this run only.
     Returns:
         (model with the best weights loaded — a PEFT model for `lora` —, tokenizer, TrainResult with
         model_dir unset).
     """
     import torch
 
+    if cfg.strategy not in STRATEGIES:  # `auto` names no strategy: run_train resolves it first
+        raise ConfigError(f"train.strategy: {cfg.strategy!r} is not one of {', '.join(STRATEGIES)}")
     started = time.perf_counter()
     torch.set_num_threads(cfg.num_threads or torch_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     seed_everything(cfg.seed)
     show = sys.stderr.isatty() if progress is None else progress
-    run = _set_up(base, train, validation, labels, cfg, checkpoint_dir, show, pretrained)
+    run = _set_up(base, train, validation, labels, cfg, checkpoint_dir, show, pretrained, activations)
     state, resumed_from = _resume(run)
     while state.epoch <= cfg.epochs and not state.stopped_early:
         seconds = _train_epoch(run, state)
@@ -323,6 +334,7 @@ def _set_up(
     checkpoint_dir: Path | None,
     show: bool,
     pretrained: bool,
+    activations: FrozenActivations | None = None,
 ) -> _Run:
     """Device, precision, tokenizer, model, encoded data, plan, optimiser and the frozen-layer cache."""
     import torch
@@ -352,7 +364,8 @@ def _set_up(
     )  # fmt: skip
     cache_train = cache_val = None
     if plan.cache_depth is not None:
-        cache_train, cache_val = _cache_frozen(model, [x_train, x_val], pad_id, plan, device, precision)
+        splits = [x_train, x_val]
+        cache_train, cache_val = _cache_frozen(model, splits, pad_id, plan, device, precision, activations)
     return _Run(
         cfg=cfg,
         rank=rank,
@@ -428,11 +441,15 @@ def _cache_frozen(
     plan: transfer.Plan,
     device: Any,
     precision: str,
+    kept: FrozenActivations | None = None,
 ) -> list[list[torch.Tensor]]:
     """Per split, per example, the output of the layers the plan fixes (see _frozen_activations)."""
     depth = plan.cache_depth or 0
     started = time.perf_counter()
-    out = [_frozen_activations(model, encoded, pad_id, depth, device, precision) for encoded in splits]
+    if kept is not None:
+        out = [kept.lookup(model, encoded, pad_id, depth, device, precision) for encoded in splits]
+    else:
+        out = [_frozen_activations(model, encoded, pad_id, depth, device, precision) for encoded in splits]
     log.info("cached the output of the %d fixed layer(s) in %.1f s", depth, time.perf_counter() - started)
     return out
 
@@ -715,6 +732,38 @@ def _frozen_activations(
     return out
 
 
+class FrozenActivations:
+    """Outputs of fixed lowest layers kept across training runs, by (layers, token ids) of an example.
+
+    Layers that stay fixed give the same output for the same tokens in every run on one base model at one
+    precision, whatever else the runs change: the trials of a strategy search share them. One instance
+    must therefore only serve runs of one base model, max length and precision.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        self.computed = 0  # examples run through the fixed layers
+        self.reused = 0  # examples served from what earlier runs computed
+
+    def lookup(
+        self,
+        model: PreTrainedModel,
+        encoded: list[list[int]],
+        pad_id: int,
+        depth: int,
+        device: Any,
+        precision: str,
+    ) -> list[torch.Tensor]:
+        """Per example, the hidden states after the lowest `depth` layers; computes only the missing."""
+        keys = [(depth, tuple(ids)) for ids in encoded]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._kept))
+        fresh = _frozen_activations(model, [list(k[1]) for k in missing], pad_id, depth, device, precision)
+        self._kept.update(zip(missing, fresh, strict=True))
+        self.computed += len(missing)
+        self.reused += len(keys) - len(missing)
+        return [self._kept[k] for k in keys]
+
+
 def _collate_hidden(hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
     from torch.nn.utils.rnn import pad_sequence
@@ -780,9 +829,21 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
     train, validation = read_split(paths, "train"), read_split(paths, "validation")
     identity = run_identity(paths, cfg, base)
     checkpoint_dir = paths.checkpoints_dir / identity[:16]
+    train_cfg, activations, found = cfg.train, None, None
+    if cfg.train.strategy == AUTO:  # choose the strategy first (kept beside the checkpoints: resumable)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("train.strategy: auto searches in one process; name a strategy under torchrun")
+        record = checkpoint_dir / search.RECORD_FILE
+        found, activations = search.run_search(
+            base.path, train, validation, cfg.data.labels, cfg.train, record
+        )
+        train_cfg = search.chosen_config(cfg.train, found)
     model, tokenizer, result = fine_tune(
-        base.path, train, validation, cfg.data.labels, cfg.train, checkpoint_dir=checkpoint_dir
-    )
+        base.path, train, validation, cfg.data.labels, train_cfg,
+        checkpoint_dir=checkpoint_dir, activations=activations,
+    )  # fmt: skip
+    if found is not None:
+        result = replace(result, search=found.to_dict())
     metadata = {
         "labels": cfg.data.labels,
         "label2id": {label: i for i, label in enumerate(cfg.data.labels)},

@@ -27,7 +27,7 @@ Duplicate rate: the fraction of rows whose text repeats an earlier row's text ex
 ``n_distinct / n`` (distinct values, not values occurring once), so ``rate <= max`` is exactly
 ``proportion >= 1 - max``.
 
-great_expectations is imported inside the functions: it costs ~4 s and most callers of this module (flow
+great_expectations is imported inside the functions: it costs seconds and most callers of this module (flow
 definitions, the CLI) never run a validation.
 """
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect import task
@@ -62,11 +63,7 @@ class DvcLockBusy(VersioningError):
 def dvc(paths: ProjectPaths, *args: str, timeout: float = 900) -> str:
     """Run a DVC command in the project; DVC's Python API resolves targets against the process's cwd,
     so a subprocess with cwd=root is the reliable way to address a project that is not the cwd."""
-    if not (paths.root / ".dvc").is_dir():
-        raise VersioningError(
-            f"{paths.root} is not a DVC repository: run `git init && dvc init` there (a clone of "
-            "transferline already is one)"
-        )
+    _require_repo(paths)
     result = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=paths.root, capture_output=True, text=True, timeout=timeout
     )
@@ -98,17 +95,36 @@ def output_hashes(paths: ProjectPaths) -> dict[str, str]:
     return hashes
 
 
+def _require_repo(paths: ProjectPaths) -> None:
+    if not (paths.root / ".dvc").is_dir():
+        raise VersioningError(
+            f"{paths.root} is not a DVC repository: run `git init && dvc init` there (a clone of "
+            "transferline already is one)"
+        )
+
+
+def _dvc_config(paths: ProjectPaths) -> Any:
+    """The project's merged DVC config (repo, local, global and system levels), read by DVC's own API."""
+    from dvc.config import Config, ConfigError
+
+    _require_repo(paths)
+    dvc_dir = paths.root / ".dvc"
+    try:
+        return Config(dvc_dir=str(dvc_dir))
+    except ConfigError as err:
+        raise VersioningError(f"{dvc_dir}: unreadable DVC config: {err}") from None
+
+
+def default_remote(paths: ProjectPaths) -> str | None:
+    """The name of the project's default DVC remote (`dvc remote default`), None when there is none."""
+    return _dvc_config(paths)["core"].get("remote") or None
+
+
 def cache_dir(paths: ProjectPaths) -> Path:
     """The project's DVC cache folder as DVC resolves it: `cache.dir` of its config (any level, relative
     paths taken from the config file that sets it), else .dvc/cache."""
-    from dvc.config import Config, ConfigError
-
-    dvc_dir = paths.root / ".dvc"
-    try:
-        configured = Config(dvc_dir=str(dvc_dir))["cache"].get("dir")
-    except ConfigError as err:
-        raise VersioningError(f"{dvc_dir}: unreadable DVC config: {err}") from None
-    return Path(configured) if configured else dvc_dir / "cache"
+    configured = _dvc_config(paths)["cache"].get("dir")
+    return Path(configured) if configured else paths.root / ".dvc" / "cache"
 
 
 def cache_objects(paths: ProjectPaths) -> Path:
@@ -126,8 +142,7 @@ def cache_object(paths: ProjectPaths, md5: str, objects: Path | None = None) -> 
 
 def push(paths: ProjectPaths) -> str:
     """Push cached outputs to the default remote; returns DVC's summary line."""
-    remote = dvc(paths, "remote", "default").strip()
-    if not remote:
+    if not default_remote(paths):
         raise VersioningError(
             "no default DVC remote: add one with `dvc remote add -d NAME URL` so data and weights "
             "are stored outside this machine"

@@ -135,7 +135,7 @@ def test_up_registers_scheduled_deployments_with_a_run_form(ops: Ops):
     ]  # fmt: skip
     assert all(field.get("description") for field in form.values())
     choices = {name: form[name]["anyOf"][0] for name in ("strategy", "epochs", "gate_mode")}
-    assert choices["strategy"]["enum"] == ["head", "freeze", "full", "gradual", "lora"]
+    assert choices["strategy"]["enum"] == ["head", "freeze", "full", "gradual", "lora", "auto"]
     assert choices["gate_mode"]["enum"] == ["superiority", "non_inferiority"]
     assert (choices["epochs"]["type"], choices["epochs"]["minimum"]) == ("integer", 1)
     assert retrain.enforce_parameter_schema  # the server refuses e.g. epochs=0 or strategy="bogus"

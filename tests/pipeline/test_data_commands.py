@@ -71,8 +71,9 @@ def test_parser_shape() -> None:
 
 
 def test_data_status_and_diff_between_two_prepared_versions(
-    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bare_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    project = bare_project
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     proj = ["--project", str(project)]
 

@@ -16,9 +16,10 @@ DVC = [sys.executable, "-m", "dvc"]
 CHAMPION_ALWAYS = {"champion": ["always changed"]}
 
 
-def test_dvc_repro_on_the_tiny_configuration(project: Path):
+def test_dvc_repro_on_the_tiny_configuration(quick_project: Path):
     from tasks.stages import STAGES
 
+    project = quick_project
     repro = run([*DVC, "repro"], project)
     assert repro.returncode == 0, repro.stdout + repro.stderr
     for stage in STAGES:
@@ -26,7 +27,7 @@ def test_dvc_repro_on_the_tiny_configuration(project: Path):
     status = run([*DVC, "status", "--json"], project)
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == CHAMPION_ALWAYS, status.stdout
     metrics = json.loads((project / "reports" / "evaluation" / "metrics.json").read_text())
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 100
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 50
     assert json.loads((project / "models" / "champion.json").read_text())["version"] is None
     gate = json.loads((project / "reports" / "gate.json").read_text())
     assert gate["first_model"] and gate["challenger_accuracy"] == metrics["accuracy"]

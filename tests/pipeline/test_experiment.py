@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+from tasks.classical import C_GRID
 from tasks.paths import ProjectPaths
+from tasks.prepare import read_split
 from tests.conftest import cli
 
 
@@ -12,25 +14,66 @@ def test_experiment_writes_tables_plots_and_an_mlflow_run(project, capsys, prefe
     code = cli(
         "experiment", "--project", str(project), "--sizes", "20", "--strategies", "head,lora",
         "--min-steps", "6", "--set", "train.epochs=1", "--set", "data.max_rows=200",
+        "--scratch-rates", "1e-4,1e-3", "--scratch-lengths", "1,2",  # a small grid: 4 runs of 3 or 6 epochs
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
     figures = json.loads(out.strip().splitlines()[-1])
-    assert figures["best_strategy"] in ("head", "lora")
-    assert 0.0 <= figures["best_test_accuracy"] <= 1.0
-    assert figures["pretrained_minus_scratch_at_500"] is None  # no 500-row arm was asked for
-
     paths = ProjectPaths.at(project)
     results = json.loads((paths.results_dir / "results.json").read_text())
     arms = {a["name"]: a for a in results["arms"]}
-    assert set(arms) == {"pretrained@20", "scratch@20", "head", "lora"}
+    assert set(arms) == {"pretrained@20", "scratch@20", "classical@20", "head", "lora"}
+    best = max(arms.values(), key=lambda a: a["test_accuracy"])  # of every arm, not only the strategies
+    assert figures["best_strategy"] == best["name"]
+    assert figures["best_test_accuracy"] == round(best["test_accuracy"], 4)
+    assert 0.0 <= figures["best_test_accuracy"] <= 1.0
+    assert figures["pretrained_minus_scratch_at_500"] is None  # no 500-row arm was asked for
+    for key in (
+        "scratch_at_2000",
+        "classical_at_500",
+        "classical_at_2000",
+        "pretrained_minus_classical_at_500",
+    ):
+        assert figures[key] is None
+    train, test = read_split(paths, "train"), read_split(paths, "test")
+    majority = (test["label"] == train["label"].value_counts().idxmax()).mean()
+    assert 0.5 <= figures["majority_class_accuracy"] == round(majority, 4) < 1.0
+    assert json.loads((paths.results_dir / "summary.json").read_text()) == figures
+
     assert arms["pretrained@20"]["train_rows"] == 20 and arms["head"]["train_rows"] > 100
     assert arms["pretrained@20"]["epochs"] == 3  # 2 steps an epoch at batch 16: stretched to 6 steps
     assert max(arms["head"]["trainable_params"], arms["lora"]["trainable_params"]) < 200_000
     assert arms["scratch@20"]["trainable_params"] == arms["scratch@20"]["total_params"] > 20_000_000
+    # the scratch arm: one run per (rate, length) of the grid; the best on validation is the arm
+    scratch = arms["scratch@20"]
+    cells = {(c["learning_rate"], c["epochs"]): c for c in scratch["grid"]}
+    assert set(cells) == {(rate, epochs) for rate in (1e-4, 1e-3) for epochs in (3, 6)}
+    (chosen,) = [c for c in scratch["grid"] if c["chosen"]]
+    assert chosen["val_accuracy"] == max(
+        c["val_accuracy"] for c in cells.values() if c["val_accuracy"] is not None
+    )
+    assert (scratch["settings"]["learning_rate"], scratch["epochs"]) == (
+        chosen["learning_rate"],
+        chosen["epochs"],
+    )
+    assert scratch["best_val_accuracy"] == chosen["val_accuracy"]
+    # the classical arm: TF-IDF + logistic regression, C chosen on validation
+    classical = arms["classical@20"]
+    assert [c["C"] for c in classical["grid"]] == list(C_GRID)
+    (chosen,) = [c for c in classical["grid"] if c["chosen"]]
+    assert (
+        chosen["val_accuracy"]
+        == max(c["val_accuracy"] for c in classical["grid"])
+        == classical["best_val_accuracy"]
+    )
+    assert classical["settings"] == {"C": chosen["C"]} and classical["train_rows"] == 20
+    assert 0 < classical["trainable_params"] == classical["total_params"] < 5_000  # a 20-text vocabulary
     for name in ("learning_curve.md", "learning_curve.png", "strategies.md", "strategies.png"):
         assert (paths.results_dir / name).stat().st_size > 0
-    assert "| 20 |" in (paths.results_dir / "learning_curve.md").read_text()
+    curve = (paths.results_dir / "learning_curve.md").read_text()
+    assert "| 20 |" in curve
+    assert f"Majority class (always the training split's most common label): {majority:.4f}." in curve
+    assert "## The scratch grid" in curve and "**" in curve.split("## The scratch grid")[1]
     assert "| lora |" in out and "| head |" in out
 
     from mlflow import MlflowClient
@@ -40,13 +83,19 @@ def test_experiment_writes_tables_plots_and_an_mlflow_run(project, capsys, prefe
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.metrics["lora.test_accuracy"] == arms["lora"]["test_accuracy"]
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"strategies.md", "learning_curve.png", "results.json"} <= logged
+    assert {"strategies.md", "learning_curve.png", "results.json", "summary.json"} <= logged
+    assert run.data.metrics["classical_20.test_accuracy"] == classical["test_accuracy"]  # MLflow has no "@"
+    assert (run.data.params["scratch_rates"], run.data.params["scratch_lengths"]) == ("0.0001,0.001", "1,2")
 
 
 def test_experiment_refuses_bad_arguments_before_training(project, capsys):
     assert cli("experiment", "--project", str(project), "--strategies", "head,bogus") == 2
     assert "--strategies: unknown bogus" in capsys.readouterr().err
     assert cli("experiment", "--project", str(project), "--sizes", "100,lots") == 2
+    assert cli("experiment", "--project", str(project), "--scratch-rates", "1e-4,0") == 2
+    assert "--scratch-rates" in capsys.readouterr().err
+    assert cli("experiment", "--project", str(project), "--scratch-lengths", "0") == 2
+    assert "--scratch-lengths" in capsys.readouterr().err
     assert cli("experiment", "--project", str(project), "--set", "train.strategy=everything") == 2
     assert "train.strategy" in capsys.readouterr().err
     assert not ProjectPaths.at(project).results_dir.exists()

@@ -28,8 +28,9 @@ def postgres():
 
 
 def test_retrain_flow_on_a_postgresql_tracking_and_registry_store(
-    project: Path, prefect_server, postgres, monkeypatch, capsys
+    bare_project: Path, prefect_server, postgres, monkeypatch, capsys
 ):
+    project = bare_project
     import psycopg
 
     from flows.retrain import retrain

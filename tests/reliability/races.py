@@ -136,7 +136,10 @@ def register_versions(tracking_uri: str, model: str, count: int, scratch: Path) 
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     source = f"{run.info.artifact_uri}/model"
-    return [client.create_model_version(model, source, run_id=run.info.run_id).version for _ in range(count)]
+    # str: a tracking server answers "3", a store used directly 3
+    return [
+        str(client.create_model_version(model, source, run_id=run.info.run_id).version) for _ in range(count)
+    ]
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,10 @@ def race(registry: Any, model: str, racers: list[Racer], trial: int, new: list[s
     message = lost[0]["message"]
     assert f"champion moved from v{champion} to v{to}" in message, message  # the loser is told what won
     assert f"by {winner} at " in message and f"({reason})" in message, message  # ... and who moved it
-    assert registry.get_alias(model, CHAMPION).version == to
-    assert registry.get_alias(model, PREVIOUS).version == champion
+    aliases = (registry.get_alias(model, CHAMPION).version, registry.get_alias(model, PREVIOUS).version)
+    assert aliases == (to, champion), (
+        f"champion, previous = {aliases}; {winner} moved them to {(to, champion)}"
+    )
     seconds = max(o["seconds"] for o, _ in outcomes.values())
     agrees = ledger_agrees(registry, model, reason, winner, [(CHAMPION, to), (PREVIOUS, champion)])
     return Race(trial, "promote/rollback" if rollback else "promote/promote", winner, to, seconds, agrees)

@@ -16,7 +16,8 @@ from flows.experiment_commands import add_commands as add_experiment_commands
 from flows.ops_commands import add_commands as add_ops_commands
 from flows.registry_commands import add_commands as add_registry_commands
 from flows.serve_commands import add_commands as add_serve_commands
-from tasks.config import ConfigError, describe_params
+from tasks.config import Config, ConfigError, describe_params
+from tasks.paths import ProjectPaths
 from tasks.registry import ALIASES, CHAMPION
 from tasks.runtime import configure_environment
 
@@ -34,7 +35,8 @@ what happens: prepare -> validate (Great Expectations) -> download model -> drif
 (challenger and current champion on the same test rows) -> gate -> dvc commit + push -> register the
 version in MLflow as 'challenger' -> move 'champion' to it if the gate passed.
 
-exit codes: 0 promoted, 2 bad parameters or source, 3 data failed validation or drift, 4 trained and
+exit codes: 0 promoted, 2 bad parameters or source, or another run holds the project folder (it
+is named; ops.run_lock_wait_s: how long to wait for it), 3 data failed validation or drift, 4 trained and
 registered but not promoted (gate failed or approval refused), 5 registry or DVC unavailable, 1 other.
 Every command that reads params.yaml (status, registry, rollback, lineage, data, serve, batch-predict,
 experiment, up, params) takes the same --set, so `transferline status --set registry.model_name=X` shows
@@ -103,13 +105,6 @@ def _quiet_prefect_shutdown() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tasks.download import ModelSourceError, TransientDownloadError
-    from tasks.gate import GateRejected
-    from tasks.prepare import DataSourceError
-    from tasks.registry import RegistryError
-    from tasks.reports import ReportedStop
-    from tasks.versioning import VersioningError
-
     try:  # refuse bad parameters before any work (no server, no data read)
         paths, cfg = settings(args)
     except ConfigError as err:
@@ -121,6 +116,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(e.g. http://127.0.0.1:4200/api)",
             Exit.BAD_INPUT,
         )
+    from tasks.workspace import FolderBusy, exclusive
+
+    try:  # refused before any server starts; the flow takes the same (re-entrant) lock again
+        with exclusive(paths, cfg.ops.run_lock_wait_s, say=lambda m: print(m, file=sys.stderr, flush=True)):
+            return _run(args, paths, cfg)
+    except FolderBusy as err:
+        return error(err, Exit.BAD_INPUT, "nothing was run")
+
+
+def _run(args: argparse.Namespace, paths: ProjectPaths, cfg: Config) -> int:
+    """cmd_run for a project folder this process holds."""
+    from tasks.download import ModelSourceError, TransientDownloadError
+    from tasks.gate import GateRejected
+    from tasks.prepare import DataSourceError
+    from tasks.registry import RegistryError
+    from tasks.reports import ReportedStop
+    from tasks.versioning import VersioningError
+
     tracking = os.environ.get("MLFLOW_TRACKING_URI") or paths.default_tracking_uri
     print(
         f"transferline: retraining {cfg.registry.model_name!r} from {cfg.model.source} on {cfg.data.source}\n"
@@ -173,15 +186,19 @@ def _fail(err: Exception, code: Exit, consequence: str = "") -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from tasks.alias_lock import service_for
     from tasks.registry import Registry, RegistryError
 
     try:
         paths, cfg = settings(args)
-        status = Registry.for_project(paths).status(cfg.registry.model_name)
+        registry = Registry.for_project(paths)
+        status = registry.status(cfg.registry.model_name)
     except ConfigError as err:
         return error(err, Exit.BAD_INPUT)
     except RegistryError as err:
         return error(err, Exit.BACKEND)
+    # Which service serialises promotions and rollbacks, or that nothing beyond one process does.
+    status["alias_lock"] = service_for(registry.tracking_uri, cfg.registry.model_name).to_dict()
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True, default=str))
         return Exit.OK
@@ -189,6 +206,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for alias in ALIASES:
         held = status.get(alias)
         print(f"  {alias:<10} {'v' + held['version'] if held else '—'}")
+    print(f"  {'alias lock':<10} {status['alias_lock']['description']}")
     if not status["versions"]:
         print("  no versions yet: run `transferline run`")
         return Exit.OK

@@ -64,6 +64,11 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     rollback.add_argument("--to", dest="to_version", metavar="VERSION", help="version to restore")
     rollback.add_argument("--reason", required=True, help="why (recorded in the alias ledger; required)")
     rollback.add_argument("--actor", help="who rolls back (default: user@host)")
+    rollback.add_argument(
+        "--expect-champion", metavar="VERSION",
+        help="refuse (exit 5, nothing moved) unless the champion is still VERSION, the one you looked at: "
+        "a promotion landing first is then not undone unseen",
+    )  # fmt: skip
 
     lineage = sub.add_parser(
         "lineage",
@@ -153,7 +158,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     try:
         registry, model = _resolve(args)
-        before, after = registry.rollback(model, args.to_version, reason=args.reason, actor=args.actor)
+        expected = args.expect_champion
+        before, after = registry.rollback(
+            model, args.to_version, reason=args.reason, actor=args.actor, expected_champion=expected
+        )
     except (ConfigError, RegistryError) as err:
         return _error(err)
     print(f"rolled back {model}: champion {_v(before)} → {_v(after)}")

@@ -16,9 +16,10 @@ from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
+from tasks import workspace
 from tasks.caching import code_sha256, in_project
 from tasks.champion import Champion, champion_task
-from tasks.config import ConfigError, GateMode, StrategyChoice, TimeBudget, load_config
+from tasks.config import Config, ConfigError, GateMode, StrategyChoice, TimeBudget, load_config
 from tasks.download import download_task
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
@@ -107,6 +108,13 @@ def retrain(
     form = dict(data_source=data_source, base_model=base_model, strategy=strategy)
     form |= dict(time_budget_s=time_budget_s, epochs=epochs, gate_mode=gate_mode)
     cfg = load_config(paths.params, run_overrides(overrides, **form))
+    # Runs of one folder share its data, models, reports and DVC state: one at a time (tasks/workspace.py).
+    with workspace.exclusive(paths, cfg.ops.run_lock_wait_s):
+        return _steps(paths, cfg)
+
+
+def _steps(paths: ProjectPaths, cfg: Config) -> RunSummary:
+    """The flow's steps, in order, for the folder this run holds."""
     registry = Registry.for_project(paths)
     # Steps whose inputs did not change since a previous run are skipped (tasks/caching.py).
     prepare, commit, validate, drift, train, evaluate, gate = in_project(

@@ -21,7 +21,12 @@ endpoints:
                  "score", "probabilities": {label: p}}]}; header X-Model-Version names the answering version
   GET  /health   200 while a verified model serves ("ok", or "degraded" when a newer champion was
                  refused or the registry is unreadable), 503 before one is loaded
-  GET  /version  served version, its weights sha256, what the alias says, any refused version and why
+  GET  /version  served version, its weights sha256, what the alias says, any refused version and why,
+                 and how many requests shared each inference pass
+
+Concurrent requests share inference passes (dynamic batching): a request waits at most --batch-window-ms
+for others, then their texts are scored together, length-sorted, in one call of the evaluation's inference
+path; each answer holds only its own texts and names the version that scored them.
 
 The champion's files are checked against the sha256 hashes recorded when it was registered before they are
 loaded. When 'champion' moves, the new version loads in the background and replaces the old one between
@@ -59,6 +64,15 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     serve.add_argument(
         "--max-batch", type=int, default=256, help="more texts per request get 413 (default: 256)"
     )
+    serve.add_argument(
+        "--batch-window-ms", type=float, default=2.0, metavar="MS",
+        help="dynamic batching: how long a request waits for concurrent ones to share its inference pass "
+        "(default: 2; 0: share only with requests already waiting)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--batch-requests", type=int, default=32, metavar="N",
+        help="dynamic batching: requests per inference pass at most (default: 32; 1: one at a time)",
+    )  # fmt: skip
 
     batch = sub.add_parser(
         "batch-predict",
@@ -84,8 +98,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         paths, cfg = settings(args)
-        for name in ("poll_interval", "retry_refused", "max_body_bytes", "max_batch"):
+        for name in ("poll_interval", "retry_refused", "max_body_bytes", "max_batch", "batch_requests"):
             _positive(f"--{name.replace('_', '-')}", getattr(args, name))
+        if not 0 <= args.batch_window_ms <= 1000:
+            raise ConfigError(f"--batch-window-ms must be 0..1000, got {args.batch_window_ms}")
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port must be 0..65535, got {args.port}")
     except ConfigError as err:
@@ -98,6 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_batch=args.max_batch,
         batch_size=cfg.evaluate.batch_size,  # the batch the offline evaluation scored with
+        batch_window_s=args.batch_window_ms / 1000,
+        batch_requests=args.batch_requests,
     )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log, not a terminal
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -190,6 +190,7 @@ class OpsConfig(_Section):
     work_pool: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data_watch_interval_s: int = Field(ge=10, le=7 * 24 * 3600)
     port: int = Field(ge=1024, le=65535)
+    run_lock_wait_s: float = Field(ge=0, le=7 * 24 * 3600)
 
     @field_validator("schedule")
     @classmethod

@@ -140,6 +140,11 @@ class ProjectPaths:
         return self.root / ".cache" / "prefect-results"
 
     @property
+    def run_lock(self) -> Path:
+        """Held by the run using this folder (tasks/workspace.py); describes that run while it lives."""
+        return self.root / ".cache" / "run.lock"
+
+    @property
     def prefect_home(self) -> Path:
         """PREFECT_HOME of the local server `transferline up` starts: its SQLite database, PIDs, logs."""
         return self.root / ".prefect"

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from tasks import faults, ledger, packaging
+from tasks import alias_lock, faults, ledger, packaging
 from tasks.ledger import LedgerEntry, Move
 from tasks.paths import ProjectPaths
 
@@ -58,6 +56,8 @@ MODEL_CARD_ARTIFACT = "model_card.md"
 
 _ENV_LOCK = threading.RLock()  # os.environ and mlflow's fluent URIs are process-wide
 _ALIAS_LOCK = threading.Lock()
+_UNSHARED_WARNED: set[tuple[str, str]] = set()  # (uri, model) whose unshared alias lock was logged
+log = logging.getLogger("transferline.registry")
 
 T = TypeVar("T")
 
@@ -438,7 +438,7 @@ class Registry:
             self._require_version(model_name, version)  # a clear "not found" before anything moves
             with _alias_lock(self.tracking_uri, model_name):
                 current = (self._alias_map(model_name) or {}).get(alias)
-                _check_expected(model_name, alias, expected, current, self.tracking_uri)
+                self._check_expected(model_name, alias, expected, current)
                 self._apply_moves(model_name, [(alias, current, version)], meta)
                 return current
 
@@ -470,7 +470,7 @@ class Registry:
             with _alias_lock(self.tracking_uri, model_name):
                 aliases = self._alias_map(model_name) or {}
                 current = aliases.get(CHAMPION)
-                _check_expected(model_name, CHAMPION, expected, current, self.tracking_uri)
+                self._check_expected(model_name, CHAMPION, expected, current)
                 moves: list[Move] = [(CHAMPION, current, version)]
                 if current is not None and current != version:
                     moves.append((PREVIOUS, aliases.get(PREVIOUS), current))
@@ -500,14 +500,21 @@ class Registry:
         return self._call(f"moving {model_name}@{CHALLENGER} to v{version}", swap)
 
     def rollback(
-        self, model_name: str, to_version: str | None = None, reason: str = "", actor: str | None = None
+        self,
+        model_name: str,
+        to_version: str | None = None,
+        reason: str = "",
+        actor: str | None = None,
+        expected_champion: str | None = None,
     ) -> tuple[str | None, str]:
         """Move `champion` back to `to_version` (default: the version holding `previous`).
 
         `previous` then holds the champion that was replaced. Both moves are recorded in the ledger
         with `reason`. Returns (from_version, to_version). Raises RegistryError without moving anything
         when the reason is empty, when there is no previous version and no target, when the target does
-        not exist or already is the champion.
+        not exist or already is the champion; PromotionConflict when `expected_champion` is given and the
+        champion is another version by the time the lock is held (a promotion landed first: rolling back
+        then would undo a model nobody looked at).
         """
         if not reason or not reason.strip():
             raise RegistryError("a rollback needs a reason (it is recorded in the alias ledger)")
@@ -522,6 +529,11 @@ class Registry:
                 if aliases is None:
                     raise RegistryError(f"no registered model {model_name!r} in {self.tracking_uri}")
                 current = aliases.get(CHAMPION)
+                if expected_champion is not None:
+                    self._check_expected(
+                        model_name, CHAMPION, str(expected_champion), current, "the rollback was decided on",
+                        "nothing was rolled back; look again at the new",
+                    )  # fmt: skip
                 target = wanted or aliases.get(PREVIOUS)
                 if target is None:
                     raise RegistryError(
@@ -538,6 +550,33 @@ class Registry:
                 return current, target
 
         return self._call(f"rolling back {model_name}", swap)
+
+    def _check_expected(
+        self,
+        model_name: str,
+        alias: str,
+        expected: str | None,
+        current: str | None,
+        since: str = "the gate evaluated against",
+        advice: str = "re-run to evaluate against the new",
+    ) -> None:
+        """PromotionConflict when `alias` is no longer `expected`, naming who moved it (the ledger's
+        last entry for it), so the loser of a race knows which move won. Call under the alias lock."""
+        if current == expected:
+            return
+        mover = ""
+        with contextlib.suppress(Exception):  # who moved it is extra detail; the refusal stands without it
+            rm = self.client().get_registered_model(model_name)
+            moves = ledger.read(self.client(), model_name, dict(rm.tags or {}))
+            last = next((e for e in reversed(moves) if e.alias == alias and e.to_version == current), None)
+            if last is not None:
+                mover = f". {_v(current)} was made {alias} by {last.actor} at {last.at}" + (
+                    f" ({last.reason})" if last.reason else ""
+                )
+        raise PromotionConflict(
+            f"{alias} moved from {_v(expected)} to {_v(current)} since {since} {_v(expected)}; {advice} "
+            f"{alias} (model {model_name}, registry {self.tracking_uri}){mover}"
+        )
 
     def _require_version(self, model_name: str, version: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -761,14 +800,6 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _check_expected(model_name: str, alias: str, expected: str | None, current: str | None, uri: str) -> None:
-    if current != expected:
-        raise PromotionConflict(
-            f"{alias} moved from {_v(expected)} to {_v(current)} since the gate evaluated against "
-            f"{_v(expected)}; re-run to evaluate against the new {alias} (model {model_name}, registry {uri})"
-        )
-
-
 def _literal(name: str) -> str:
     """A string literal for an MLflow search filter (both quote styles are accepted)."""
     return f'"{name}"' if "'" in name else f"'{name}'"
@@ -857,27 +888,15 @@ def _fluent_uris(uri: str) -> Iterator[None]:
 
 @contextmanager
 def _alias_lock(uri: str, model_name: str) -> Iterator[None]:
-    """Serialise alias compare-and-set: across processes for a SQLite store, within this one otherwise."""
+    """Serialise alias compare-and-set: within this process, and across processes and machines through
+    the lock service of tasks/alias_lock.py (file, PostgreSQL advisory lock or Prefect concurrency limit)."""
+    service = alias_lock.service_for(uri, model_name)
+    if not service.shared and (uri, model_name) not in _UNSHARED_WARNED:
+        _UNSHARED_WARNED.add((uri, model_name))
+        log.warning("alias moves of %s: %s", model_name, service.describe())
     with _ALIAS_LOCK:
-        parsed = urlparse(uri)
-        if parsed.scheme != "sqlite":
-            yield
-            return
-        # A lock file outside the project keyed by the DB path: every process on this host that uses the
-        # same SQLite file agrees on it, and nothing new appears next to the database.
-        key = hashlib.sha256(f"{parsed.path}\0{model_name}".encode()).hexdigest()[:16]
-        lock_path = Path(tempfile.gettempdir()) / f"transferline-registry-{key}.lock"
-        with lock_path.open("a") as fh:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RegistryError(f"timed out waiting for the alias lock {lock_path}") from None
-                    time.sleep(0.1)
-            try:
+        try:
+            with alias_lock.hold(service, uri, ledger.default_actor()):
                 yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        except alias_lock.LockUnavailable as err:
+            raise RegistryError(f"{err}; nothing was moved") from err

@@ -10,11 +10,14 @@ in that thread while requests keep going to the old one; then one attribute assi
 A request takes its model reference once, so it finishes on the version it started with, and the
 response names that version. A version that fails to download, verify or load is refused: the old
 one keeps serving, and /health, /version and the log say what was refused and why.
+
+Concurrent requests share forward passes (dynamic batching, tasks/batching.py): a request waits a few
+milliseconds for company, then its texts are scored with the others' in one length-sorted call of the
+same inference path; its answer holds its own rows and the version it was admitted with.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
@@ -29,6 +32,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.batching import Batcher, BatchSettings
 from tasks.inference import Predictor
 from tasks.prepare import file_sha256
 from tasks.registry import CHAMPION, Registry, RegistryError, VersionInfo
@@ -58,6 +62,8 @@ class ServeSettings:
     max_body_bytes: int  # larger request bodies get 413 before they are read
     max_batch: int  # more texts in one request get 413
     batch_size: int  # inference batch; the project's evaluate.batch_size, as offline
+    batch_window_s: float  # dynamic batching: how long a request waits for others to share its pass
+    batch_requests: int  # dynamic batching: requests per pass at most (1: one request at a time)
 
 
 class PredictRequest(BaseModel):
@@ -425,7 +431,13 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
 
     # One inference at a time, always on the same thread: torch already uses every core for one batch,
     # so concurrent calls would only oversubscribe the CPU; and one thread keeps one OpenMP team (above).
+    # Concurrent requests share that thread's passes instead (tasks/batching.py).
     inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    batcher: Batcher[LoadedModel, Prediction] = Batcher(
+        lambda model, texts: model.predict(texts, settings.batch_size),
+        inference,
+        BatchSettings(settings.batch_window_s, settings.batch_requests, settings.max_batch),
+    )
 
     def json_response(body: dict, status: int = 200, version: str | None = None) -> Response:
         headers = {VERSION_HEADER: version} if version else None
@@ -440,9 +452,8 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
         model = watcher.current  # one reference for the whole request: a swap cannot split it
         if model is None:
             return json_response({"detail": "no model loaded yet", **watcher.status()}, 503)
-        loop = asyncio.get_running_loop()
-        # the event loop stays free while the inference thread works
-        predictions = await loop.run_in_executor(inference, model.predict, texts, settings.batch_size)
+        # the event loop stays free while the inference thread works on this request's pass
+        predictions = await batcher.submit(model, texts)
         body = {
             "model": model.name,
             "version": model.version,
@@ -460,16 +471,18 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
         return json_response(body, 503 if status["status"] == "unavailable" else 200, status["version"])
 
     async def version(request: Request) -> Response:
-        """The served version and its weights hash, what the alias says, and any refused version."""
-        status = watcher.status()
+        """The served version and its weights hash, what the alias says, any refused version, and how
+        many requests shared each inference pass."""
+        status = {**watcher.status(), "batching": batcher.stats.describe()}
         return json_response(status, version=status["version"])
 
     app = Starlette(
+        lifespan=lambda app: batcher.running(),  # the collector lives as long as the server
         routes=[
             Route("/predict", predict, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/version", version, methods=["GET"]),
-        ]
+        ],
     )
     return BodyLimit(app, settings.max_body_bytes)
 

@@ -1,6 +1,7 @@
 """infra/ without a Docker engine: the compose file, its env template and the Kubernetes job template parse,
 reference only what they define, take every secret from the environment with no default, and turn auth on.
-The PostgreSQL init script runs for real against a throw-away server."""
+The PostgreSQL init script runs for real against a throw-away server. The serve replicas' manifest
+(Deployment, Service, HorizontalPodAutoscaler) is checked against the real CLI parser."""
 
 from __future__ import annotations
 
@@ -165,3 +166,63 @@ def test_kubernetes_job_template_targets_gpu_nodes_and_declares_its_variables():
     # secrets reach the job from a Kubernetes Secret, never from the template
     assert container["envFrom"] == [{"secretRef": {"name": "{{ secret_name }}"}}]
     assert not any(_SECRET.search(k) for k in variables if k != "secret_name")
+
+
+# -- serve replicas on Kubernetes ------------------------------------------------------------------------
+SERVE_MANIFEST = INFRA / "k8s" / "serve.yaml"
+
+
+@pytest.fixture(scope="module")
+def serve_manifest() -> dict[str, dict]:
+    docs = [d for d in yaml.safe_load_all(SERVE_MANIFEST.read_text()) if d]
+    by_kind = {d["kind"]: d for d in docs}
+    assert len(by_kind) == len(docs), "one object of each kind"
+    return by_kind
+
+
+def test_serve_replicas_have_a_deployment_service_and_autoscaler(serve_manifest: dict[str, dict]):
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(serve_manifest)
+    deployment, service = serve_manifest["Deployment"], serve_manifest["Service"]
+    hpa, pdb = serve_manifest["HorizontalPodAutoscaler"], serve_manifest["PodDisruptionBudget"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items(), "the Deployment selects its own pods"
+    assert service["spec"]["selector"].items() <= pod_labels.items(), "the Service reaches the serve pods"
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        deployment["apiVersion"], "Deployment", deployment["metadata"]["name"],
+    )  # fmt: skip
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "a drain can always proceed"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    # CPU utilisation is measured against the request: without one the autoscaler cannot scale on CPU
+    assert container["resources"]["requests"]["cpu"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert service["spec"]["ports"][0]["targetPort"] in ports
+
+
+def test_serve_replicas_are_ready_only_with_a_verified_model_and_run_the_real_command(
+    serve_manifest: dict[str, dict],
+):
+    from flows.cli import _parser
+
+    (container,) = serve_manifest["Deployment"]["spec"]["template"]["spec"]["containers"]
+    readiness = container["readinessProbe"]["httpGet"]
+    assert readiness["path"] == "/health"  # 200 only once a verified model serves (docs/serving.md)
+    assert "httpGet" not in container["livenessProbe"], "liveness must not restart a replica awaiting a model"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert readiness["port"] in ports and container["livenessProbe"]["tcpSocket"]["port"] in ports
+    assert container["args"][0] == "transferline"
+    args = _parser().parse_args(container["args"][1:])  # the CLI itself accepts these flags
+    assert args.command == "serve" and args.host == "0.0.0.0" and args.port == ports["http"]
+    assert args.batch_window_ms > 0 and args.batch_requests > 1  # dynamic batching is on
+    env = {e["name"]: e for e in container["env"]}
+    # torch's thread pool matches the CPU limit, so replicas sharing a node do not oversubscribe it
+    assert env["OMP_NUM_THREADS"]["value"] == str(container["resources"]["limits"]["cpu"])
+    for name, entry in env.items():
+        if _SECRET.search(name):
+            assert "value" not in entry and entry["valueFrom"]["secretKeyRef"], f"{name}: from a Secret"
+    security = serve_manifest["Deployment"]["spec"]["template"]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert f"--uid {security['runAsUser']}" in (INFRA / "Dockerfile").read_text()

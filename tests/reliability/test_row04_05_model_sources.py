@@ -416,6 +416,14 @@ UNSAFE_LOADS = {  # deserialisers that unpickle
 }  # fmt: skip
 
 
+def weights_only(call: ast.Call) -> bool:
+    """torch.load(..., weights_only=True): tensors and plain containers only, no arbitrary unpickling."""
+    return ast.unparse(call.func) == "torch.load" and any(
+        k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+        for k in call.keywords
+    )
+
+
 def test_model_loads_use_safetensors_and_never_trust_remote_code():
     """Static: every weights-loading from_pretrained in tasks/ and flows/ says use_safetensors=True."""
     model_loads, missing, remote, unsafe = [], [], [], []
@@ -433,7 +441,7 @@ def test_model_loads_use_safetensors_and_never_trust_remote_code():
             func = node.func
             if not isinstance(func, ast.Attribute):
                 continue
-            if (ast.unparse(func.value), func.attr) in UNSAFE_LOADS:
+            if (ast.unparse(func.value), func.attr) in UNSAFE_LOADS and not weights_only(node):
                 unsafe.append(f"{where}:{node.lineno} {ast.unparse(func)}")
             if func.attr != "from_pretrained" or WEIGHTLESS.search(ast.unparse(func.value)):
                 continue

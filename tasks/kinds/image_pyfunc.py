@@ -43,7 +43,8 @@ class ImageClassifier(PythonModel):
         predictor = importlib.import_module("tasks.inference").Predictor
         self.predictor = predictor(Path(context.artifacts[MODEL_ARTIFACT]), 0)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # model_input is not annotated: MLflow would read a hint as its input schema (the signature says it)
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         column = IMAGE_COLUMN if IMAGE_COLUMN in frame.columns else frame.columns[0]
         images = [image_bytes(v) for v in frame[column]]

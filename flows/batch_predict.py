@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.config import load_config
+from tasks.kinds import task_of
 from tasks.paths import ProjectPaths
 from tasks.registry import CHAMPION, Registry
 from tasks.scoring import default_output, file_format, load_model_task, read_input_task, score_file_task
@@ -38,10 +39,12 @@ def batch_predict(
     alias: str = CHAMPION,
     overrides: dict[str, Any] | None = None,
 ) -> BatchSummary:
-    """Label every row of a csv, parquet or jsonl file with the registered model `alias` points at.
+    """Label every row of a csv, parquet or jsonl file (text), or every image of a folder or list
+    (image classification), with the registered model `alias` points at.
 
     Args:
-        input_path: the file to score (.csv, .parquet or .jsonl), relative to project_dir or absolute.
+        input_path: the file to score (.csv, .parquet or .jsonl; images: a folder, a .txt list of paths,
+            or a table with the image column), relative to project_dir or absolute.
         output_path: where to write the predictions, same formats (default: <input>.predictions.<ext>);
             a JSON sidecar <output>.json records the model version, weights and input hashes.
         text_column: the input column that holds the texts.
@@ -56,7 +59,7 @@ def batch_predict(
     if not target.is_absolute():
         target = paths.root / target
     file_format(target)
-    rows = read_input_task(source, text_column)  # bad input fails before any model is downloaded
+    rows = read_input_task(source, text_column, task_of(cfg))  # bad input fails before a model download
     model = load_model_task(Registry.for_project(paths), cfg, paths, alias)
     result = score_file_task(model, rows, target, text_column, cfg.evaluate.batch_size)
     create_markdown_artifact(

@@ -145,7 +145,8 @@ def cmd_batch_predict(args: argparse.Namespace) -> int:
 
     try:
         paths, _ = settings(args)
-        file_format(args.input)  # an unknown format is refused before a flow run starts
+        if not args.input.is_dir():  # a folder of images is scored as it is
+            file_format(args.input)  # an unknown format is refused before a flow run starts
         file_format(args.output or default_output(args.input))
     except (ConfigError, ScoringInputError) as err:
         return error(err, Exit.BAD_INPUT)

@@ -185,9 +185,9 @@ def in_project(paths: ProjectPaths, *steps: T) -> tuple[T, ...]:
 
 def _source_identity(i: Inputs) -> dict[str, str]:
     """data.source may live outside data/raw (the packaged sample, an absolute path, a Hub dataset)."""
-    from tasks.prepare import source_sha256
+    from tasks.kinds import task_of
 
-    return {"source": source_sha256(i["cfg"].data.source, i["paths"].root)}
+    return {"source": task_of(i["cfg"]).source_identity(i["cfg"].data, i["paths"].root)}
 
 
 PREPARE = StepCache(stage="prepare", parts=_source_identity)

@@ -50,7 +50,11 @@ class Champion:
     def reference(self) -> pd.DataFrame | None:
         """The champion's training split: what new data should resemble (validation, drift)."""
         path = self.data_dir / "train.parquet" if self.data_dir else None
-        return pd.read_parquet(path) if path is not None and path.is_file() else None
+        if path is None or not path.is_file():
+            return None
+        frame = pd.read_parquet(path)
+        frame.attrs["snapshot"] = str(self.data_dir)  # where its files are (tasks whose inputs are files)
+        return frame
 
 
 def resolve_champion(registry: Registry, model_name: str, paths: ProjectPaths) -> Champion | None:

@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.kinds.image_config import ImageConfig
+
 
 class ConfigError(ValueError):
     """params.yaml or an override is invalid; the message names every offending key."""
@@ -64,6 +66,21 @@ class DataConfig(_Section):
                 " (must be < 0.9)"
             )
         return self
+
+
+class TaskConfig(_Section):
+    """Which task the project trains: a name of the table in tasks/kinds/__init__.py."""
+
+    type: str = Field(min_length=1)
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from tasks.kinds import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"{value!r} is not a known task; known: {', '.join(sorted(TASKS))}")
+        return value
 
 
 class ValidateConfig(_Section):
@@ -218,7 +235,9 @@ OPERATIONS_SECTIONS = ("ops",)
 class Config(_Section):
     """The whole of params.yaml. Each stage receives only the sections it reads."""
 
+    task: TaskConfig
     data: DataConfig
+    image: ImageConfig  # read only by image classification (tasks/kinds/image_config.py)
     validate_: ValidateConfig = Field(alias="validate")
     drift: DriftConfig
     model: ModelConfig

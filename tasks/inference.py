@@ -9,7 +9,6 @@ runs the model on a batch (device, precision, batching, ordering) does not look 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from tasks import transfer
 from tasks.config import ConfigError
+from tasks.kinds import recorded, task_of_model
+from tasks.paths import METADATA_FILE  # noqa: F401  (imported from here by training and the registry)
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# Lineage file inside a saved model folder (labels, max length, data and params hashes, base model).
-METADATA_FILE = "transferline.json"
+    from tasks.kinds.base import TaskKind
+
 # Batch of the inference passes inside training (validation, the frozen-layer cache): batches are
 # length-sorted, so larger ones save little padding and only raise peak memory.
 INFERENCE_BATCH = 32
@@ -147,41 +148,61 @@ def predict_logits(
     return out
 
 
+def predict_inputs(
+    model: PreTrainedModel, inputs: Any, batch_size: int, where: tuple[TaskKind, Any, Any, str]
+) -> torch.Tensor:
+    """Logits (N, C) of the kind's encoded `inputs`, in input order; `where`: (kind, processor, device,
+    precision). Batches follow ``inputs.sizes`` (text: similar lengths together) and are put back after."""
+    import torch
+
+    kind, processor, device, precision = where
+    model.eval()
+    out = torch.empty((len(inputs), model.config.num_labels), dtype=torch.float32)
+    with torch.inference_mode(), autocast(device, precision):
+        for idx in by_length(inputs.sizes, batch_size):
+            batch = {k: v.to(device) for k, v in kind.collate(inputs, idx, processor).items()}
+            out[idx] = kind.logits(model, batch).float().cpu()
+    return out
+
+
 # -- a saved model -------------------------------------------------------------------------------------
 
 
 def _recorded_max_length(model_dir: Path, default: int) -> int:
     """The max length `model_dir` was trained with (its METADATA_FILE), else `default`."""
-    meta_file = model_dir / METADATA_FILE
-    if not meta_file.is_file():
-        return default
-    return json.loads(meta_file.read_text()).get("max_length", default)
+    return recorded(model_dir).get("max_length", default)
 
 
 class Predictor:
     """A saved model loaded once (safetensors only) for batch scoring and latency measurement."""
 
     def __init__(self, model_dir: Path, max_length: int) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         self.model_dir = model_dir
+        self.kind = task_of_model(model_dir)
         self.max_length = _recorded_max_length(model_dir, max_length)  # score as the model was trained
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        self.processor = self.kind.processor(model_dir, self.max_length)
+        self.model = self.kind.load_model(model_dir)
         self.device = choose_device("auto")
         self.precision = choose_precision("auto", self.device)
         self.model.to(self.device).eval()
         cast_for_inference(self.model, self.precision)
 
-    def logits(self, texts: list[str], batch_size: int) -> torch.Tensor:
-        """Logits (N, C) in input order: the one inference path of evaluation, serving and batch scoring."""
-        encoded = encode(self.tokenizer, texts, self.max_length)
-        pad = padding_id(self.tokenizer)
-        return predict_logits(self.model, encoded, pad, batch_size, self.device, self.precision)
+    @property
+    def tokenizer(self) -> Any:
+        """The processor of a text model (its tokenizer); kept for callers that tokenise themselves."""
+        return self.processor
 
-    def predict(self, texts: list[str], batch_size: int) -> list[str]:
+    def logits(self, texts: list[Any], batch_size: int) -> torch.Tensor:
+        """Logits (N, C) in input order: the one inference path of evaluation, serving and batch scoring.
+        `texts`: the task's inputs (texts; image paths, bytes or decoded images)."""
+        inputs = self.kind.encode_items(list(texts), self.processor)
+        where = (self.kind, self.processor, self.device, self.precision)
+        return predict_inputs(self.model, inputs, batch_size, where)
+
+    def predict(self, texts: list[Any], batch_size: int) -> list[str]:
         """Label names, in input order; NON_FINITE where the model's outputs are not numbers."""
         import torch
 

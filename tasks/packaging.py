@@ -26,6 +26,20 @@ PIP_PACKAGES = ("mlflow", "transformers", "torch", "accelerate")
 
 
 def load_hf(model_dir: Path) -> dict[str, Any]:
+    """What log_model logs for the model folder, by the flavor of the task it was trained for (its
+    transferline.json): model + tokenizer for the transformers flavor, the folder itself for a pyfunc."""
+    from tasks.kinds import task_of_model
+
+    flavor = task_of_model(model_dir).mlflow_flavor
+    parts = PARTS[flavor](model_dir)
+    return {**parts, FLAVOR_KEY: flavor}
+
+
+def _pyfunc_parts(model_dir: Path) -> dict[str, Any]:
+    return {"model_dir": model_dir}
+
+
+def _transformers_parts(model_dir: Path) -> dict[str, Any]:
     """Model + tokenizer of a save_pretrained folder, as mlflow.transformers.log_model takes them.
 
     Logging the folder path itself fails with transformers 5 (mlflow 3.17's local-checkpoint branch
@@ -71,7 +85,19 @@ def log_model(parts: dict[str, Any], *, model_name: str, run_id: str, tags: dict
     """Log `parts` (from load_hf) into the active MLflow run and register it; returns the new version.
 
     Args:
-        parts: {"model", "tokenizer"} as load_hf returns them.
+        parts: as load_hf returns them (its flavor chooses how they are logged).
+        model_name, run_id, tags: as _log_transformers takes them.
+    """
+    parts = dict(parts)
+    flavor = parts.pop(FLAVOR_KEY, "transformers")
+    return LOGGERS[flavor](parts, model_name=model_name, run_id=run_id, tags=tags)
+
+
+def _log_transformers(parts: dict[str, Any], *, model_name: str, run_id: str, tags: dict[str, str]) -> str:
+    """Log `parts` as an MLflow transformers model and register it; returns the new version.
+
+    Args:
+        parts: {"model", "tokenizer"} as _transformers_parts returns them.
         model_name: the registered model that receives the version.
         run_id: the active run (named in the model card).
         tags: set on the version from its creation, so a version orphaned by a crash still carries
@@ -98,6 +124,66 @@ def log_model(parts: dict[str, Any], *, model_name: str, run_id: str, tags: dict
     return str(info.registered_model_version)
 
 
+def _log_pyfunc(parts: dict[str, Any], *, model_name: str, run_id: str, tags: dict[str, str]) -> str:
+    """Log the model folder as a pyfunc model from code (tasks/kinds/image_pyfunc.py, with this package as
+    its code) and register it; MLflow predicts the input example once, so a model that cannot predict is
+    never registered. Returns the new version."""
+    import mlflow
+    import pandas as pd
+
+    from tasks.kinds import image_pyfunc
+
+    code = Path(image_pyfunc.__file__)
+    package = code.parents[1]  # tasks/: the model's code, loaded by MLflow beside the artifact
+    info = mlflow.pyfunc.log_model(
+        name=ARTIFACT_NAME,
+        python_model=str(code),
+        artifacts={image_pyfunc.MODEL_ARTIFACT: str(parts["model_dir"])},
+        code_paths=[str(package)],
+        pip_requirements=[*pip_requirements(), *_image_requirements()],
+        input_example=pd.DataFrame({image_pyfunc.IMAGE_COLUMN: [_example_png()]}),
+        signature=_image_signature(),
+        registered_model_name=model_name,
+        tags={key: str(value) for key, value in tags.items()},
+    )
+    return str(info.registered_model_version)
+
+
+def _image_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"pillow=={version('pillow')}", f"pandas=={version('pandas')}"]
+
+
+def _image_signature() -> ModelSignature:
+    """A column of image bytes in; one (label, score) row per image out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+    )
+
+
+def _example_png() -> bytes:
+    """A small grey gradient as PNG bytes: the input example MLflow predicts once at logging."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+FLAVOR_KEY = "flavor"
+PARTS = {"transformers": _transformers_parts, "pyfunc": _pyfunc_parts}
+LOGGERS = {"transformers": _log_transformers, "pyfunc": _log_pyfunc}
+
+
 def unpack_hf(download: Path, into: Path) -> bool:
     """Turn a downloaded transformers-flavor model (the folder holding MLmodel) into one folder that
     from_pretrained loads, at `into` (which must not exist). False when it is not a transformers model.
@@ -109,10 +195,19 @@ def unpack_hf(download: Path, into: Path) -> bool:
 
     flavor = Model.load(str(download / "MLmodel")).flavors.get("transformers")
     if flavor is None:
-        return False
+        return _unpack_pyfunc(download, into)
     shutil.copytree(download / flavor.get("model_binary", "model"), into)
     for component in flavor.get("components", []):
         for f in (download / "components" / component).iterdir():
             if not (into / f.name).exists():  # the model folder's own files win
                 shutil.copy2(f, into / f.name)
+    return True
+
+
+def _unpack_pyfunc(download: Path, into: Path) -> bool:
+    """A pyfunc model logged by _log_pyfunc: its model-folder artifact, copied to `into`."""
+    folders = sorted(p.parent for p in (download / "artifacts").glob("*/config.json"))
+    if not folders:
+        return False
+    shutil.copytree(folders[0], into)
     return True

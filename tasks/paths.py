@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
+# Lineage file inside a saved model folder (task, labels, max length, data and params hashes, base model).
+METADATA_FILE = "transferline.json"
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,11 @@ import io
 import json
 import logging
 import lzma
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import pandas as pd
@@ -32,8 +34,13 @@ from prefect import task
 
 from tasks import caching
 from tasks.config import Config, ConfigError, DataConfig, load_config
+from tasks.kinds import load_task, task_of
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.runtime import configure_environment, stage_logging
+
+if TYPE_CHECKING:
+    from tasks.kinds.base import TaskKind
+    from tasks.kinds.text import TextSource
 
 log = logging.getLogger("transferline.prepare")
 
@@ -518,28 +525,44 @@ def prepare(
 # -- stage shell ---------------------------------------------------------------------------------------
 
 
-def run_prepare(paths: ProjectPaths, cfg: DataConfig) -> PreparedData:
-    """Read data.source, prepare it and write data/prepared/{train,validation,test}.parquet + manifest."""
+def read_text_source(cfg: DataConfig, root: Path) -> TextSource:
+    """Read ``data.source`` as a table of texts and labels; DataSourceError when it cannot be read."""
+    from tasks.kinds.text import TextSource
+
     sample = None
     if cfg.source.startswith(HF_DATASET):
         raw, identity = read_hf_dataset(cfg.source)
         name = cfg.source
     else:
-        source_path, sample = resolve_source(cfg.source, paths.root)
-        name = _display_name(paths, source_path, cfg.source)
+        source_path, sample = resolve_source(cfg.source, root)
+        name = _display_name(ProjectPaths.at(root), source_path, cfg.source)
         if source_path.is_file():
             check_dvc_tracked(source_path, name)
         raw = read_table(source_path, name)
         identity = file_sha256(source_path)
     check_columns(raw, cfg, name)
-    splits, dropped = prepare(raw, cfg, sample.keep_labels if sample else None)
-    data = PreparedData(splits=splits, source=cfg.source, source_sha256=identity, dropped_duplicates=dropped)
+    return TextSource(raw, identity, name, sample.keep_labels if sample else None)
+
+
+def run_prepare(paths: ProjectPaths, cfg: DataConfig, kind: TaskKind | None = None) -> PreparedData:
+    """Read data.source, prepare it and write data/prepared/ (the split files, whatever files they point
+    at, and manifest.json) through the task `kind` (default: text classification)."""
+    kind = kind or load_task("text-classification", None)
+    try:
+        source = kind.read_source(cfg, paths.root)
+    except ValueError as err:
+        if isinstance(err, DataSourceError):
+            raise
+        raise DataSourceError(str(err)) from None  # the task's own source errors
+    splits, dropped = kind.prepare(source, cfg)
     out = paths.prepared_dir
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.iterdir():
-        stale.unlink()
-    for name, frame in data.splits.items():
-        frame.to_parquet(paths.split_file(name), index=False)
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    splits = kind.write_snapshot(splits, out)
+    data = PreparedData(
+        splits=splits, source=cfg.source, source_sha256=source.identity, dropped_duplicates=dropped
+    )
     manifest = {
         "source": data.source,
         "source_sha256": data.source_sha256,
@@ -572,7 +595,7 @@ def _display_name(paths: ProjectPaths, path: Path, source: str) -> str:
 
 @task(name="prepare", cache_policy=caching.PREPARE)
 def prepare_task(paths: ProjectPaths, cfg: Config) -> PreparedData:
-    return run_prepare(paths, cfg.data)
+    return run_prepare(paths, cfg.data, task_of(cfg))
 
 
 def main() -> None:
@@ -581,7 +604,8 @@ def main() -> None:
     stage_logging()
     paths = ProjectPaths.at(".")
     try:
-        data = run_prepare(paths, load_config(paths.params).data)
+        cfg = load_config(paths.params)
+        data = run_prepare(paths, cfg.data, task_of(cfg))
     except (ConfigError, DataSourceError) as err:
         print(f"prepare: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -22,6 +22,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.kinds import load_task
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
 from tasks.registry import CHAMPION, Registry, RegistryError
@@ -29,6 +30,7 @@ from tasks.serve import LoadedModel, load_version
 
 if TYPE_CHECKING:
     from tasks.config import Config
+    from tasks.kinds.base import TaskKind
 
 log = logging.getLogger("transferline.scoring")
 
@@ -71,6 +73,7 @@ class ScoringInput:
     path: Path
     frame: pd.DataFrame
     sha256: str  # of exactly the bytes that were parsed
+    column: str = "text"  # the column holding each row's input
 
 
 def read_table(path: Path, text_column: str) -> ScoringInput:
@@ -102,7 +105,7 @@ def read_table(path: Path, text_column: str) -> ScoringInput:
         )
     if frame.empty:
         raise ScoringInputError(f"{path}: no rows to score")
-    return ScoringInput(path, frame, hashlib.sha256(data).hexdigest())
+    return ScoringInput(path, frame, hashlib.sha256(data).hexdigest(), text_column)
 
 
 def score_frame(
@@ -155,9 +158,10 @@ def load_model_task(
 
 
 @task(name="read-input", cache_policy=NO_CACHE)
-def read_input_task(input_path: Path, text_column: str) -> ScoringInput:
-    """Read and check the input before any model is downloaded: bad input fails fast."""
-    return read_table(input_path, text_column)
+def read_input_task(input_path: Path, text_column: str, kind: TaskKind | None = None) -> ScoringInput:
+    """Read and check the input before any model is downloaded: bad input fails fast. The task `kind`
+    (default text) says what the input is: a table of texts, or a folder / list of images."""
+    return (kind or load_task("text-classification", None)).scoring_input(input_path, text_column)
 
 
 @task(name="score-file", cache_policy=NO_CACHE)
@@ -166,7 +170,7 @@ def score_file_task(
 ) -> ScoringResult:
     """Score the input rows into output_path and write the JSON sidecar beside it."""
     started = time.perf_counter()
-    scored = score_frame(model, source.frame, text_column, batch_size, source.sha256)
+    scored = score_frame(model, source.frame, source.column, batch_size, source.sha256)
     write_table(scored, output_path)
     seconds = time.perf_counter() - started
     result = ScoringResult(
@@ -182,7 +186,7 @@ def score_file_task(
     record = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
         "input": str(source.path),
-        "text_column": text_column,
+        "text_column": source.column,
         "run_id": model.run_id,
         "labels": list(model.labels),
         "output_sha256": file_sha256(output_path),

@@ -34,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.batching import Batcher, BatchSettings
 from tasks.inference import Predictor
+from tasks.kinds import load_task
+from tasks.kinds.base import RequestError
 from tasks.prepare import file_sha256
 from tasks.registry import CHAMPION, Registry, RegistryError, VersionInfo
 
@@ -190,7 +192,7 @@ def load_version(
         raise
     max_length = trained_max_length(registry, info) or default_max_length
     predictor = Predictor(model_dir, max_length)
-    predictor.logits(["warm up the kernels before the first request"], 1)
+    predictor.logits([predictor.kind.warmup_input()], 1)
     id2label = predictor.model.config.id2label
     labels = tuple(id2label[i] for i in range(len(id2label)))
     return LoadedModel(info.name, info.version, info.run_id, weights, labels, predictor, _iso(time.time()))
@@ -324,14 +326,6 @@ def _v(model: LoadedModel | None) -> str:
 # -- HTTP ----------------------------------------------------------------------------------------------
 
 
-class RequestError(ValueError):
-    """A request the service refuses: status is the HTTP 4xx code, detail says what to fix."""
-
-    def __init__(self, status: int, detail: str | list) -> None:
-        super().__init__(str(detail))
-        self.status, self.detail = status, detail
-
-
 def parse_predict_body(body: bytes, max_batch: int) -> list[str]:
     """The texts of a POST /predict body; RequestError 400 (not JSON), 422 (wrong shape or types) or 413
     (too many texts). Errors never echo the input back: it can be a megabyte."""
@@ -445,11 +439,14 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
 
     async def predict(request: Request) -> Response:
         """Labels and class probabilities for a batch of texts, with the model version that answered."""
-        try:
-            texts = parse_predict_body(await request.body(), settings.max_batch)
+        model = watcher.current  # one reference for the whole request: a swap cannot split it
+        # before a model is loaded the body is read as text, the first task (the answer is then a 503)
+        kind = model.predictor.kind if model is not None else load_task("text-classification", None)
+        try:  # the served model's task reads the body (texts; images as base64 JSON or multipart)
+            content_type = request.headers.get("content-type", "")
+            texts = kind.parse_request(await request.body(), content_type, settings)
         except RequestError as err:
             return json_response({"detail": err.detail}, err.status)
-        model = watcher.current  # one reference for the whole request: a swap cannot split it
         if model is None:
             return json_response({"detail": "no model loaded yet", **watcher.status()}, 503)
         # the event loop stays free while the inference thread works on this request's pass

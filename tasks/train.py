@@ -38,19 +38,19 @@ from tasks.inference import (
     by_length,
     choose_device,
     choose_precision,
-    collate,
-    encode,
-    padding_id,
-    predict_logits,
+    predict_inputs,
 )
+from tasks.kinds import load_task, task_of
 from tasks.paths import ProjectPaths
-from tasks.prepare import LABEL, TEXT, data_sha256, read_split
+from tasks.prepare import data_sha256, read_split
 from tasks.runtime import configure_environment, stage_logging, torch_threads
 from tasks.stages import params_digest
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
+
+    from tasks.kinds.base import TaskKind
 
 log = logging.getLogger("transferline.train")
 
@@ -131,14 +131,15 @@ class _Run:
     world: int
     device: torch.device
     precision: str
-    tokenizer: PreTrainedTokenizerBase
+    kind: TaskKind  # what the examples are (tasks/kinds): how they are batched, collated and cached
+    processor: Any  # the kind's input transform (a tokenizer, an image resize/normalise)
+    augmentation: Any  # training-only augmentation of the kind, or None
     model: PreTrainedModel
     plan: transfer.Plan
-    x_train: list[list[int]]  # token ids per example, unpadded
+    x_train: Any  # the kind's encoded examples (``.labels``: (N,) class ids)
     y_train: torch.Tensor  # (N,) class ids
-    x_val: list[list[int]]
+    x_val: Any
     y_val: torch.Tensor
-    pad_id: int
     steps_per_epoch: int
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -286,7 +287,9 @@ def fine_tune(
     checkpoint_dir: Path | None = None,
     pretrained: bool = True,
     activations: FrozenActivations | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TrainResult]:
+    kind: TaskKind | None = None,
+    snapshot: Path | None = None,
+) -> tuple[PreTrainedModel, Any, TrainResult]:
     """Adapt `base` to the task with `cfg.strategy`; keep the epoch with the best validation accuracy.
 
     Args:
@@ -299,9 +302,11 @@ def fine_tune(
         pretrained: False trains the same architecture from random initialisation (the baseline).
         activations: outputs of fixed layers kept from earlier runs on the same base model (the strategy
             search's trials); the ones missing are computed and added. None: computed for this run only.
+        kind: the task (tasks/kinds); default text classification.
+        snapshot: the prepared folder the frames' file paths are relative to (tasks that keep files).
     Returns:
-        (model with the best weights loaded — a PEFT model for `lora` —, tokenizer, TrainResult with
-        model_dir unset).
+        (model with the best weights loaded — a PEFT model for `lora` —, the input processor (text: the
+        tokenizer), TrainResult with model_dir unset).
     """
     import torch
 
@@ -311,7 +316,9 @@ def fine_tune(
     torch.set_num_threads(cfg.num_threads or torch_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     seed_everything(cfg.seed)
     show = sys.stderr.isatty() if progress is None else progress
-    run = _set_up(base, train, validation, labels, cfg, checkpoint_dir, show, pretrained, activations)
+    kind = kind or load_task("text-classification", None)
+    data = (train, validation, snapshot or Path())
+    run = _set_up(base, data, labels, cfg, checkpoint_dir, show, pretrained, activations, kind)
     state, resumed_from = _resume(run)
     while state.epoch <= cfg.epochs and not state.stopped_early:
         seconds = _train_epoch(run, state)
@@ -319,7 +326,7 @@ def fine_tune(
         if state.epoch <= cfg.epochs and not state.stopped_early:
             _save_checkpoint(run, state)
     _keep_best(run, state)
-    return run.model, run.tokenizer, _result(run, state, time.perf_counter() - started, resumed_from)
+    return run.model, run.processor, _result(run, state, time.perf_counter() - started, resumed_from)
 
 
 # -- set-up --------------------------------------------------------------------------------------------
@@ -327,31 +334,32 @@ def fine_tune(
 
 def _set_up(
     base: Path,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
+    data: tuple[pd.DataFrame, pd.DataFrame, Path],
     labels: list[str],
     cfg: TrainConfig,
     checkpoint_dir: Path | None,
     show: bool,
     pretrained: bool,
-    activations: FrozenActivations | None = None,
+    activations: FrozenActivations | None,
+    kind: TaskKind,
 ) -> _Run:
-    """Device, precision, tokenizer, model, encoded data, plan, optimiser and the frozen-layer cache."""
+    """Device, precision, processor, model, encoded data (`data`: train and validation frames, and the
+    snapshot folder their files are in), plan, optimiser and the frozen-layer cache."""
     import torch
-    from transformers import AutoTokenizer
 
+    train, validation, snapshot = data
     rank, world, device, precision = _placement(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = build_model(base, labels, pretrained)
-    x_train, y_train = _encode_split(tokenizer, train, labels, cfg.max_length)
-    x_val, y_val = _encode_split(tokenizer, validation, labels, cfg.max_length)
-    pad_id = padding_id(tokenizer)
+    processor = kind.processor(base, cfg.max_length, training=True)
+    model = kind.build_model(base, labels, pretrained)
+    x_train = kind.encode(train, snapshot, labels, processor)
+    x_val = kind.encode(validation, snapshot, labels, processor)
+    augmentation = kind.augmentation(cfg.seed)
     # Under torchrun each of `world` processes takes every world-th batch: the same number of steps each.
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size) // world or 1
 
-    plan = transfer.make_plan(cfg, model, steps_per_epoch)
+    plan = transfer.make_plan(cfg, model, steps_per_epoch, augmented=augmentation is not None)
     if cfg.strategy == "lora":
-        model = transfer.apply_lora(model, cfg)
+        model = kind.apply_lora(model, cfg)
     transfer.set_trainable(model, plan, 0)
     model.to(device)
     optimizer, scheduler, adapting = _optimiser(model, plan, cfg, steps_per_epoch)
@@ -365,21 +373,23 @@ def _set_up(
     cache_train = cache_val = None
     if plan.cache_depth is not None:
         splits = [x_train, x_val]
-        cache_train, cache_val = _cache_frozen(model, splits, pad_id, plan, device, precision, activations)
+        where = (kind, processor, device, precision)
+        cache_train, cache_val = _cache_frozen(model, splits, where, plan.cache_depth, activations)
     return _Run(
         cfg=cfg,
         rank=rank,
         world=world,
         device=device,
         precision=precision,
-        tokenizer=tokenizer,
+        kind=kind,
+        processor=processor,
+        augmentation=augmentation,
         model=model,
         plan=plan,
         x_train=x_train,
-        y_train=y_train,
+        y_train=x_train.labels,
         x_val=x_val,
-        y_val=y_val,
-        pad_id=pad_id,
+        y_val=x_val.labels,
         steps_per_epoch=steps_per_epoch,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -423,33 +433,20 @@ def _placement(cfg: TrainConfig) -> tuple[int, int, torch.device, str]:
     return rank, world, device, choose_precision(cfg.precision, device)
 
 
-def _encode_split(
-    tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame, labels: list[str], max_length: int
-) -> tuple[list[list[int]], torch.Tensor]:
-    """(token ids per row, class ids (N,)) of a frame with text and label columns."""
-    import torch
-
-    label_id = {label: i for i, label in enumerate(labels)}
-    encoded = encode(tokenizer, frame[TEXT].tolist(), max_length)
-    return encoded, torch.tensor([label_id[v] for v in frame[LABEL]], dtype=torch.long)
-
-
 def _cache_frozen(
     model: PreTrainedModel,
-    splits: list[list[list[int]]],
-    pad_id: int,
-    plan: transfer.Plan,
-    device: Any,
-    precision: str,
+    splits: list[Any],
+    where: tuple[TaskKind, Any, Any, str],
+    depth: int,
     kept: FrozenActivations | None = None,
 ) -> list[list[torch.Tensor]]:
-    """Per split, per example, the output of the layers the plan fixes (see _frozen_activations)."""
-    depth = plan.cache_depth or 0
+    """Per split, per example, the output of the `depth` fixed layers (see _frozen_activations);
+    `where`: (kind, processor, device, precision)."""
     started = time.perf_counter()
     if kept is not None:
-        out = [kept.lookup(model, encoded, pad_id, depth, device, precision) for encoded in splits]
+        out = [kept.lookup(model, encoded, where, depth) for encoded in splits]
     else:
-        out = [_frozen_activations(model, encoded, pad_id, depth, device, precision) for encoded in splits]
+        out = [_frozen_activations(model, encoded, where, depth) for encoded in splits]
     log.info("cached the output of the %d fixed layer(s) in %.1f s", depth, time.perf_counter() - started)
     return out
 
@@ -480,7 +477,7 @@ def _train_epoch(run: _Run, state: _Progress) -> float:
 
     cfg = run.cfg
     run.rng.setstate(_rng_tuple(state.epoch_rng))
-    batches = length_grouped_batches([len(s) for s in run.x_train], cfg.batch_size, run.rng)
+    batches = run.kind.batches(run.x_train, cfg.batch_size, run.rng)
     if run.world > 1:
         batches = batches[run.rank :: run.world][: run.steps_per_epoch]
     transfer.set_modes(run.model, run.plan, state.global_step, training=True)
@@ -492,7 +489,7 @@ def _train_epoch(run: _Run, state: _Progress) -> float:
     while state.step_in_epoch < len(batches):
         _follow_unfreezing(run, state.global_step)
         batch = batches[state.step_in_epoch]
-        value = _step(run, batch)
+        value = _step(run, batch, state.epoch)
         state.step_in_epoch += 1
         state.global_step += 1
         state.seen += len(batch)
@@ -524,13 +521,13 @@ def _follow_unfreezing(run: _Run, step: int) -> None:
         log.info("step %d: %s", step, run.plan.describe(step))
 
 
-def _step(run: _Run, batch: list[int]) -> float:
+def _step(run: _Run, batch: list[int], epoch: int = 1) -> float:
     """One optimisation step on the examples `batch`; returns the batch's loss (before the step)."""
     import torch
 
     cfg, device = run.cfg, run.device
     target = run.y_train[batch].to(device)
-    forward, ids = _forward(run, batch)
+    forward, ids = _forward(run, batch, epoch)
     with autocast(device, run.precision):
         logits = forward()
     loss = task_loss(logits.float(), target, cfg.rdrop_alpha)
@@ -551,20 +548,22 @@ def _step(run: _Run, batch: list[int]) -> float:
     return loss.item()
 
 
-def _forward(run: _Run, batch: list[int]) -> tuple[Callable[[], torch.Tensor], torch.Tensor | None]:
-    """The batch's forward pass, as a call (FGM runs it twice), and its token ids (None: from the cache).
+def _forward(
+    run: _Run, batch: list[int], epoch: int
+) -> tuple[Callable[[], torch.Tensor], torch.Tensor | None]:
+    """The batch's forward pass, as a call (FGM runs it twice), and its token ids (None: from the cache,
+    or inputs without tokens). Training augmentation (the kind's) applies here and nowhere else.
 
     R-Drop runs each batch twice in one pass (rows [x; x]): the two halves see different dropout masks.
     """
     passes = 2 if run.cfg.rdrop_alpha else 1
-    device = run.device
+    kind, device = run.kind, run.device
     if run.cache_train is not None:
-        hidden, mask = _collate_hidden([run.cache_train[i] for i in batch])
-        hidden, mask = hidden.repeat(passes, 1, 1).to(device), mask.repeat(passes, 1).to(device)
-        return functools.partial(transfer.top, run.model, hidden, mask, run.plan.cache_depth or 0), None
-    ids, mask = collate([run.x_train[i] for i in batch], run.pad_id)
-    ids, mask = ids.repeat(passes, 1).to(device), mask.repeat(passes, 1).to(device)
-    return functools.partial(transfer.logits, run.model, ids, mask), ids
+        hidden = kind.hidden_to(kind.stack_hidden([run.cache_train[i] for i in batch] * passes), device)
+        return functools.partial(kind.top, run.model, hidden, run.plan.cache_depth or 0), None
+    inputs = kind.collate(run.x_train, batch, run.processor, run.augmentation, epoch)
+    inputs = {k: v.repeat(passes, *[1] * (v.dim() - 1)).to(device) for k, v in inputs.items()}
+    return functools.partial(kind.logits, run.model, inputs), inputs.get("input_ids")
 
 
 def _report_step(run: _Run, state: _Progress, bar: Any, seconds: float, batches: int) -> None:
@@ -611,11 +610,11 @@ def _close_epoch(run: _Run, state: _Progress, seconds: float) -> None:
 def _val_accuracy(run: _Run) -> float:
     if run.cache_val is not None:
         depth = run.plan.cache_depth or 0
-        logits = _logits_from_cache(
-            run.model, run.cache_val, depth, INFERENCE_BATCH, run.device, run.precision
-        )
+        where = (run.kind, run.processor, run.device, run.precision)
+        logits = _logits_from_cache(run.model, run.cache_val, depth, INFERENCE_BATCH, where)
     else:
-        logits = predict_logits(run.model, run.x_val, run.pad_id, INFERENCE_BATCH, run.device, run.precision)
+        where = (run.kind, run.processor, run.device, run.precision)
+        logits = predict_inputs(run.model, run.x_val, INFERENCE_BATCH, where)
     return float((logits.argmax(-1) == run.y_val).float().mean())
 
 
@@ -716,65 +715,55 @@ def _rng_tuple(state: list[Any] | None) -> tuple[Any, ...]:
 
 
 def _frozen_activations(
-    model: PreTrainedModel, encoded: list[list[int]], pad_id: int, depth: int, device: Any, precision: str
+    model: PreTrainedModel, encoded: Any, where: tuple[TaskKind, Any, Any, str], depth: int
 ) -> list[torch.Tensor]:
-    """Per example, the hidden states after the fixed lowest `depth` layers (unpadded, float32, on CPU)."""
+    """Per example of `encoded` (the kind's inputs), the output of the stem and the fixed lowest `depth`
+    layers, as the kind keeps it (text: unpadded hidden states), float32 on the CPU."""
     import torch
 
+    kind, processor, device, precision = where
     model.eval()
     out: list[torch.Tensor] = [torch.empty(0)] * len(encoded)
     with torch.no_grad(), autocast(device, precision):
-        for idx in by_length([len(s) for s in encoded], INFERENCE_BATCH):
-            ids, mask = collate([encoded[i] for i in idx], pad_id)
-            hidden = transfer.bottom(model, ids.to(device), mask.to(device), depth).float().cpu()
-            for row, i in enumerate(idx):
-                out[i] = hidden[row, : len(encoded[i])].clone()
+        for idx in by_length(encoded.sizes, INFERENCE_BATCH):
+            inputs = {k: v.to(device) for k, v in kind.collate(encoded, idx, processor).items()}
+            for i, row in zip(idx, kind.split_hidden(kind.bottom(model, inputs, depth)), strict=True):
+                out[i] = row
     return out
 
 
 class FrozenActivations:
-    """Outputs of fixed lowest layers kept across training runs, by (layers, token ids) of an example.
+    """Outputs of fixed lowest layers kept across training runs, by (layers, example key) of an example.
 
-    Layers that stay fixed give the same output for the same tokens in every run on one base model at one
+    Layers that stay fixed give the same output for the same input in every run on one base model at one
     precision, whatever else the runs change: the trials of a strategy search share them. One instance
-    must therefore only serve runs of one base model, max length and precision.
+    must therefore only serve runs of one base model, max length (or image size) and precision.
     """
 
     def __init__(self) -> None:
-        self._kept: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        self._kept: dict[tuple[int, Any], torch.Tensor] = {}
         self.computed = 0  # examples run through the fixed layers
         self.reused = 0  # examples served from what earlier runs computed
         self.seconds = 0.0  # spent running examples through the fixed layers
 
     def lookup(
-        self,
-        model: PreTrainedModel,
-        encoded: list[list[int]],
-        pad_id: int,
-        depth: int,
-        device: Any,
-        precision: str,
+        self, model: PreTrainedModel, encoded: Any, where: tuple[TaskKind, Any, Any, str], depth: int
     ) -> list[torch.Tensor]:
-        """Per example, the hidden states after the lowest `depth` layers; computes only the missing."""
-        keys = [(depth, tuple(ids)) for ids in encoded]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._kept))
+        """Per example, the output of the lowest `depth` layers; computes only the missing."""
+        kind = where[0]
+        keys = [(depth, kind.example_key(encoded, i)) for i in range(len(encoded))]
+        first = {}
+        for i, key in enumerate(keys):
+            if key not in self._kept:
+                first.setdefault(key, i)
+        subset = encoded.subset(list(first.values()))
         started = time.perf_counter()
-        fresh = _frozen_activations(model, [list(k[1]) for k in missing], pad_id, depth, device, precision)
+        fresh = _frozen_activations(model, subset, where, depth) if first else []
         self.seconds += time.perf_counter() - started
-        self._kept.update(zip(missing, fresh, strict=True))
-        self.computed += len(missing)
-        self.reused += len(keys) - len(missing)
+        self._kept.update(zip(first, fresh, strict=True))
+        self.computed += len(first)
+        self.reused += len(keys) - len(first)
         return [self._kept[k] for k in keys]
-
-
-def _collate_hidden(hidden: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-    from torch.nn.utils.rnn import pad_sequence
-
-    lengths = torch.tensor([h.shape[0] for h in hidden])
-    padded = pad_sequence(hidden, batch_first=True)
-    mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
-    return padded, mask
 
 
 def _logits_from_cache(
@@ -782,17 +771,17 @@ def _logits_from_cache(
     cache: list[torch.Tensor],
     depth: int,
     batch_size: int,
-    device: Any,
-    precision: str,
+    where: tuple[TaskKind, Any, Any, str],
 ) -> torch.Tensor:
     import torch
 
+    kind, _, device, precision = where
     model.eval()
     out = torch.empty((len(cache), model.config.num_labels), dtype=torch.float32)
     with torch.inference_mode(), autocast(device, precision):
         for idx in by_length([h.shape[0] for h in cache], batch_size):
-            hidden, mask = _collate_hidden([cache[i] for i in idx])
-            out[idx] = transfer.top(model, hidden.to(device), mask.to(device), depth).float().cpu()
+            hidden = kind.hidden_to(kind.stack_hidden([cache[i] for i in idx]), device)
+            out[idx] = kind.top(model, hidden, depth).float().cpu()
     return out
 
 
@@ -800,9 +789,14 @@ def _logits_from_cache(
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path, metadata: dict[str, Any]
+    model: PreTrainedModel,
+    processor: Any,
+    out_dir: Path,
+    metadata: dict[str, Any],
+    kind: TaskKind | None = None,
 ) -> None:
-    """Weights (safetensors only), tokenizer, label maps in config.json, and transferline.json lineage."""
+    """Weights (safetensors only), the input processor (tokenizer, image preprocessing) as `kind` saves
+    it (default: text), label maps in config.json, and transferline.json lineage."""
     import shutil
 
     if out_dir.exists():
@@ -812,7 +806,7 @@ def save_model(
         model.save_pretrained(out_dir / ADAPTER_DIR)
         model = model.merge_and_unload()
     model.save_pretrained(out_dir)  # transformers 5 always writes model.safetensors
-    tokenizer.save_pretrained(out_dir)
+    (kind or load_task("text-classification", None)).save_processor(processor, out_dir)
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
@@ -829,6 +823,7 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
     from tasks import checkpoints
 
     base = base or load_base_ref(paths)
+    kind = task_of(cfg)
     train, validation = read_split(paths, "train"), read_split(paths, "validation")
     identity = run_identity(paths, cfg, base)
     checkpoint_dir = paths.checkpoints_dir / identity[:16]
@@ -841,13 +836,14 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
             base.path, train, validation, cfg.data.labels, cfg.train, record
         )
         train_cfg = search.chosen_config(cfg.train, found)
-    model, tokenizer, result = fine_tune(
+    model, processor, result = fine_tune(
         base.path, train, validation, cfg.data.labels, train_cfg,
-        checkpoint_dir=checkpoint_dir, activations=activations,
+        checkpoint_dir=checkpoint_dir, activations=activations, kind=kind, snapshot=paths.prepared_dir,
     )  # fmt: skip
     if found is not None:
         result = replace(result, search=found.to_dict())
     metadata = {
+        "task": {"type": cfg.task.type, "options": _task_options(cfg)},
         "labels": cfg.data.labels,
         "label2id": {label: i for i, label in enumerate(cfg.data.labels)},
         "max_length": cfg.train.max_length,
@@ -858,9 +854,17 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
         "history": [asdict(h) for h in result.history],
     }
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process holds the same weights
-        save_model(model, tokenizer, paths.challenger_dir, metadata)
+        save_model(model, processor, paths.challenger_dir, metadata, kind)
         checkpoints.clear(checkpoint_dir)  # the model is saved: nothing left to resume
     return replace(result, model_dir=paths.challenger_dir)
+
+
+def _task_options(cfg: Config) -> dict[str, Any] | None:
+    """The task's own params section, recorded with the model: serving reads its inputs the same way."""
+    from tasks.kinds import TASKS
+
+    section = TASKS[cfg.task.type].options_section
+    return None if section is None else getattr(cfg, section).model_dump(mode="json")
 
 
 @task(name="fine-tune", cache_policy=caching.TRAIN)

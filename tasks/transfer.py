@@ -35,7 +35,13 @@ def backbone(model: PreTrainedModel) -> Any:
 
 
 def encoder_layers(model: PreTrainedModel) -> tuple[Any, Any]:
-    """(embeddings module, list of encoder layers) of a BERT-like model."""
+    """(stem, list of layers early -> late) of a model: a BERT-like encoder's embeddings and layers, or
+    the stem and stages an image architecture has (tasks/kinds/image_blocks.py names them)."""
+    from tasks.kinds import image_blocks
+
+    if model.config.model_type in image_blocks.ARCHITECTURES:
+        found = image_blocks.blocks(model)
+        return found.stem, found.layers
     base = backbone(model)
     return base.embeddings, base.encoder.layer
 
@@ -68,7 +74,11 @@ class Plan:
         return f"{self.strategy}: embeddings {emb}, {layers}, head adapting{suffix}{cache}"
 
 
-def make_plan(cfg: TrainConfig, model: PreTrainedModel, steps_per_epoch: int) -> Plan:
+def make_plan(
+    cfg: TrainConfig, model: PreTrainedModel, steps_per_epoch: int, augmented: bool = False
+) -> Plan:
+    """What adapts when; `augmented`: training inputs change every epoch (random crops), so fixed layers
+    must see each epoch's inputs and nothing is cached."""
     _, layers = encoder_layers(model)
     n = len(layers)
     strategy = cfg.strategy
@@ -89,18 +99,22 @@ def make_plan(cfg: TrainConfig, model: PreTrainedModel, steps_per_epoch: int) ->
         )
     frozen = {"head": n, "freeze": cfg.freeze_layers, "full": 0, "gradual": n, "lora": n}[strategy]
     cache_depth = None
-    if (
-        cfg.cache_frozen
-        and strategy in ("head", "freeze")
-        and embeddings_frozen
-        and frozen > 0
-        and model.config.model_type in CACHEABLE_MODEL_TYPES
-    ):
+    cacheable = model.config.model_type in (*CACHEABLE_MODEL_TYPES, *_image_cacheable())
+    wanted = cfg.cache_frozen and strategy in ("head", "freeze") and frozen > 0
+    if wanted and embeddings_frozen and cacheable and not augmented:
         cache_depth = frozen
-    elif cfg.cache_frozen and strategy in ("head", "freeze") and frozen > 0:
+    elif wanted and augmented:
+        log.info("no activation cache: training inputs are augmented, fixed layers see each epoch's crops")
+    elif wanted:
         log.info("no activation cache: %s is not a cacheable architecture", model.config.model_type)
     every = cfg.unfreeze_every_steps or steps_per_epoch
     return Plan(strategy, n, embeddings_frozen, frozen, max(1, every), cache_depth)
+
+
+def _image_cacheable() -> tuple[str, ...]:
+    from tasks.kinds import image_blocks
+
+    return image_blocks.CACHEABLE
 
 
 def apply_lora(model: PreTrainedModel, cfg: TrainConfig) -> PreTrainedModel:
@@ -193,9 +207,12 @@ def _split_decay(params: list[Any], lr: float, weight_decay: float, name: str) -
 def layer_map(model: PreTrainedModel) -> dict[str, dict[str, int]]:
     """Per top-level block (embeddings, layer i, head): trainable and total parameter counts."""
     out: dict[str, dict[str, int]] = {}
+    named = _layer_names(model)
     for name, p in model.named_parameters():
         parts = name.split(".")
-        if "layer" in parts:
+        if named:
+            block = named.get(name, "head")
+        elif "layer" in parts:
             block = f"layer{parts[parts.index('layer') + 1]}"
         elif "embeddings" in parts:
             block = "embeddings"
@@ -205,6 +222,19 @@ def layer_map(model: PreTrainedModel) -> dict[str, dict[str, int]]:
         entry["total"] += p.numel()
         entry["trainable"] += p.numel() if p.requires_grad else 0
     return out
+
+
+def _layer_names(model: PreTrainedModel) -> dict[str, str]:
+    """Parameter name -> block of an image architecture's stem and layers; {} for BERT-like encoders,
+    whose parameter names say their block."""
+    from tasks.kinds import image_blocks
+
+    if model.config.model_type not in image_blocks.ARCHITECTURES:
+        return {}
+    stem, layers = encoder_layers(model)
+    ids = {id(p): "embeddings" for p in stem.parameters()}
+    ids.update({id(p): f"layer{i}" for i, layer in enumerate(layers) for p in layer.parameters()})
+    return {n: ids[id(p)] for n, p in model.named_parameters() if id(p) in ids}
 
 
 # -- the cache of frozen activations -------------------------------------------------------------------

@@ -51,6 +51,7 @@ from prefect import task
 from tasks import caching
 from tasks.champion import load_champion
 from tasks.config import Config, ConfigError, ValidateConfig, load_config
+from tasks.kinds import task_of
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.reports import ReportedStop
 from tasks.runtime import configure_environment
@@ -812,7 +813,9 @@ def run_validate(paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | Non
         shutil.rmtree(out)
     out.mkdir(parents=True)
     docs_dir = out / "data_docs" if cfg.validate_.data_docs else None
-    report = validate_splits(splits, cfg.data.labels, cfg.validate_, docs_dir=docs_dir, reference=reference)
+    report = task_of(cfg).validate(
+        splits, paths.prepared_dir, list(cfg.data.labels), cfg.validate_, docs_dir, reference
+    )
     result = {
         **report.to_dict(),
         "labels": list(cfg.data.labels),

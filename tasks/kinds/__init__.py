@@ -10,11 +10,20 @@ find its code, counts every task module as code of the stages that use this tabl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tasks.kinds.base import TaskKind
+from tasks.paths import METADATA_FILE
+
+
+def _text_classification() -> type:
+    from tasks.kinds.text import TextClassification
+
+    return TextClassification
 
 
 def _image_classification() -> type:
@@ -23,16 +32,28 @@ def _image_classification() -> type:
     return ImageClassification
 
 
+def _image_options() -> type:
+    from tasks.kinds.image_config import ImageConfig
+
+    return ImageConfig
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     implementation: Callable[[], type]  # imports and returns the class implementing tasks/kinds/base.py
     options_section: str | None  # the params.yaml section with this task's own keys (None: none)
+    options_type: Callable[[], type] | None = None  # imports and returns that section's typed model
 
 
 TASKS: dict[str, TaskSpec] = {
+    "text-classification": TaskSpec(
+        implementation=_text_classification,
+        options_section=None,
+    ),
     "image-classification": TaskSpec(
         implementation=_image_classification,
         options_section="image",
+        options_type=_image_options,
     ),
 }
 
@@ -43,3 +64,29 @@ def load_task(name: str, options: Any) -> TaskKind:
     if name not in TASKS:
         raise ValueError(f"task.type {name!r} is not a known task; known: {', '.join(sorted(TASKS))}")
     return TASKS[name].implementation()(options)
+
+
+def task_of(cfg: Any) -> TaskKind:
+    """The task a project's config names (``task.type``), with its section of params.yaml."""
+    spec = TASKS[cfg.task.type]
+    return load_task(cfg.task.type, getattr(cfg, spec.options_section) if spec.options_section else None)
+
+
+def load_recorded(record: dict[str, Any] | None) -> TaskKind:
+    """The task a saved model records (``{"type": ..., "options": {...}}`` in its transferline.json),
+    with the options it was trained with; None (models saved before tasks were recorded): text."""
+    record = record or {"type": "text-classification", "options": None}
+    spec = TASKS[record["type"]]
+    options = spec.options_type()(**record["options"]) if spec.options_type else None
+    return load_task(record["type"], options)
+
+
+def recorded(model_dir: Path) -> dict[str, Any]:
+    """A saved model folder's METADATA_FILE ({} when it has none: a plain transformers folder)."""
+    meta_file = model_dir / METADATA_FILE
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+
+def task_of_model(model_dir: Path) -> TaskKind:
+    """The task a saved model was trained for, with the task options it was trained with."""
+    return load_recorded(recorded(model_dir).get("task"))

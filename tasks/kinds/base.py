@@ -15,6 +15,7 @@ Shapes: ``inputs`` is what ``collate`` returns, the keyword arguments of the mod
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -29,6 +30,26 @@ if TYPE_CHECKING:
     from tasks.validate import ValidationReport
 
 
+class RequestError(ValueError):
+    """A request the service refuses: ``status`` is the HTTP 4xx code, ``detail`` says what to fix."""
+
+    def __init__(self, status: int, detail: str | list) -> None:
+        super().__init__(str(detail))
+        self.status, self.detail = status, detail
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The parts of a model the strategies freeze, group and cache; the head is the rest."""
+
+    stem: Any  # a module (or a ModuleList of the stem's modules)
+    layers: list[Any]  # early -> late
+
+    def head_parameters(self, model: PreTrainedModel) -> list[torch.nn.Parameter]:
+        inside = {id(p) for module in (self.stem, *self.layers) for p in module.parameters()}
+        return [p for p in model.parameters() if id(p) not in inside]
+
+
 @runtime_checkable
 class TaskKind(Protocol):
     """One task type. Attributes name it; methods are grouped by the stage that calls them."""
@@ -38,6 +59,7 @@ class TaskKind(Protocol):
     key_column: str  # the column (or derived key) that says two rows are the same example
     auto_model: str  # the transformers Auto class of its models
     pipeline_task: str  # the transformers/MLflow pipeline task of the logged model
+    mlflow_flavor: str  # how tasks/packaging.py logs its models: "transformers" or "pyfunc" (from code)
     default_model: str  # model.source when the project names none
 
     # -- prepare: a source -> the prepared snapshot --------------------------------------------------------
@@ -56,6 +78,10 @@ class TaskKind(Protocol):
 
     def key(self, frame: pd.DataFrame) -> pd.Series:
         """Per row, the key that says when two rows are the same example (dedupe, split order, leakage)."""
+        ...
+
+    def source_identity(self, data: DataConfig, root: Path) -> str:
+        """What prepare records as ``source_sha256``, without preparing (the data watch compares it)."""
         ...
 
     # -- validate: the GX suite, alone and against the champion's data -----------------------------------
@@ -80,16 +106,43 @@ class TaskKind(Protocol):
         """A saved fine-tuned model for inference (safetensors only)."""
         ...
 
-    def encode(self, frame: pd.DataFrame, snapshot: Path, labels: list[str]) -> Any:
-        """A split as model-ready examples and class ids; ``.sizes`` orders inference batches."""
+    def processor(self, model_dir: Path, max_length: int, training: bool = False) -> Any:
+        """What turns inputs into tensors for the model of `model_dir` (text: its tokenizer cutting at
+        `max_length`; images: its resize/normalise, at ``image.size`` when `training`)."""
+        ...
+
+    def save_processor(self, processor: Any, out_dir: Path) -> None:
+        """Save the processor beside the fine-tuned weights, so serving reads the inputs as training did."""
+        ...
+
+    def augmentation(self, seed: int) -> Any:
+        """Training-only augmentation (None: none)."""
+        ...
+
+    def items(self, frame: pd.DataFrame, snapshot: Path) -> list[Any]:
+        """The inputs of a prepared split's rows (texts; image files inside the snapshot)."""
+        ...
+
+    def encode_items(self, items: list[Any], processor: Any) -> Any:
+        """Unlabelled inputs (texts; image paths or decoded images) as model-ready examples."""
+        ...
+
+    def encode(self, frame: pd.DataFrame, snapshot: Path, labels: list[str], processor: Any = None) -> Any:
+        """A split as model-ready examples and class ids (``.labels``); ``.sizes`` orders batches."""
         ...
 
     def batches(self, inputs: Any, batch_size: int, rng: random.Random) -> list[list[int]]:
         """One epoch's training batches (text groups similar lengths; images shuffle)."""
         ...
 
-    def collate(self, inputs: Any, indices: list[int], *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """The forward-pass keyword arguments of examples `indices` (training-only augmentation included)."""
+    def collate(
+        self, inputs: Any, indices: list[int], processor: Any, augmentation: Any = None, epoch: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """The forward-pass keyword arguments of examples `indices` (augmented only when given)."""
+        ...
+
+    def example_key(self, inputs: Any, index: int) -> Any:
+        """What makes two examples' fixed-layer outputs equal (text: token ids; images: the file)."""
         ...
 
     def blocks(self, model: PreTrainedModel) -> Any:
@@ -106,6 +159,18 @@ class TaskKind(Protocol):
 
     def top(self, model: PreTrainedModel, hidden: Any, depth: int) -> torch.Tensor:
         """Logits (B, C) from the output of layer `depth`: ``top(bottom(x, d), d)`` is the forward pass."""
+        ...
+
+    def split_hidden(self, hidden: Any) -> list[torch.Tensor]:
+        """A batch of ``bottom``'s output as one CPU tensor per example (what the activation cache keeps)."""
+        ...
+
+    def stack_hidden(self, rows: list[torch.Tensor]) -> Any:
+        """Cached rows back into the batch ``top`` takes."""
+        ...
+
+    def hidden_to(self, hidden: Any, device: Any) -> Any:
+        """A batch of ``stack_hidden`` moved to `device`."""
         ...
 
     def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -127,6 +192,15 @@ class TaskKind(Protocol):
 
     def scoring_items(self, path: Path) -> list[Any]:
         """What ``batch-predict`` scores in `path` (text: a table's rows; images: a folder or a list)."""
+        ...
+
+    def scoring_input(self, path: Path, column: str) -> Any:
+        """``batch-predict``'s input as a tasks.scoring.ScoringInput: the rows, the column holding each
+        row's input, the sha256 of what was read; ScoringInputError when unusable."""
+        ...
+
+    def warmup_input(self) -> Any:
+        """One input that exercises the model (serving warms the kernels up before the first request)."""
         ...
 
     # -- drift ---------------------------------------------------------------------------------------------

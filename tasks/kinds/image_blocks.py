@@ -15,11 +15,11 @@ convolutions are left alone, they hold few parameters), the attention projection
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tasks.kinds.base import Blocks
+
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel
 
 # model_type -> (stem, layer list), as attribute paths under the base model (model.<base_model_prefix>).
@@ -36,19 +36,8 @@ LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "convnext": ("pwconv1", "pwconv2"),
 }
 CACHEABLE = ("efficientnet_lite",)
+ARCHITECTURES = (*BLOCK_PATHS, "efficientnet_lite")  # the image model types with a known layout
 HEAD_MODULES = ("classifier",)  # trained in full under LoRA (PEFT's modules_to_save)
-
-
-@dataclass(frozen=True)
-class Blocks:
-    """The parts of a model the strategies freeze, group and cache; the head is the rest."""
-
-    stem: Any  # a module (or a ModuleList of the stem's modules)
-    layers: list[Any]  # early -> late
-
-    def head_parameters(self, model: PreTrainedModel) -> list[torch.nn.Parameter]:
-        inside = {id(p) for module in (self.stem, *self.layers) for p in module.parameters()}
-        return [p for p in model.parameters() if id(p) not in inside]
 
 
 def _base(model: PreTrainedModel) -> Any:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tasks.kinds.base import RequestError
 from tasks.kinds.image_files import ImageFileError, load_rgb
 
 if TYPE_CHECKING:
@@ -34,12 +35,8 @@ _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 LIST_SUFFIXES = (".txt", ".lst")
 
 
-class ImageRequestError(ValueError):
+class ImageRequestError(RequestError):
     """A request the service refuses: ``status`` is the HTTP 4xx code, ``detail`` says what to fix."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
 
 
 @dataclass(frozen=True)

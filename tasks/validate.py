@@ -144,6 +144,14 @@ class ValidationReport:
             lines += [f"- **{o.expectation}** ({_where(o)}): {_md_cell(o.detail)}" for o in self.failures]
         return "\n".join(lines) + "\n"
 
+    # What the error message calls the data and how it advises; a task's report overrides these.
+    subject = "data"
+    prepared = "the prepared data"
+
+    def hint(self, outcome: ExpectationOutcome) -> str:
+        """What to change so that this expectation passes."""
+        return _hint(outcome)
+
     def error_message(self, report_dir: Path | None = None) -> str:
         """What failed (each expectation with its count and examples), what to do, where the report is."""
         if self.success:
@@ -151,14 +159,14 @@ class ValidationReport:
                 f"data validation passed: {len(self.outcomes)} expectations on {_rows_text(self.rows)} rows"
             )
         lines = [
-            f"data validation failed: {len(self.failures)} of {len(self.outcomes)} expectations failed on the"
-            f" prepared data ({_rows_text(self.rows)} rows):"
+            f"{self.subject} validation failed: {len(self.failures)} of {len(self.outcomes)} expectations"
+            f" failed on {self.prepared} ({_rows_text(self.rows)} rows):"
         ]
         hints: list[str] = []
         for o in self.failures:
             count = "" if o.unexpected_count is None else f" [{o.unexpected_count:,} offending]"
             lines.append(f"  - {o.expectation} on {_where(o)}{count}: {o.detail}")
-            hint = _hint(o)
+            hint = self.hint(o)
             if hint not in hints:
                 hints.append(hint)
         lines.append("What to do:")

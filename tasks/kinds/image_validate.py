@@ -51,25 +51,11 @@ _Check = suite._Check
 class ImageValidationReport(suite.ValidationReport):
     """The suite's verdict; the error message's advice is about image files and the ``image`` keys."""
 
-    def error_message(self, report_dir: Path | None = None) -> str:
-        if self.success:
-            return super().error_message(report_dir)
-        lines = [
-            f"image validation failed: {len(self.failures)} of {len(self.outcomes)} expectations failed on"
-            f" the prepared images ({suite._rows_text(self.rows)} rows):"
-        ]
-        hints: list[str] = []
-        for o in self.failures:
-            count = "" if o.unexpected_count is None else f" [{o.unexpected_count:,} offending]"
-            lines.append(f"  - {o.expectation} on {suite._where(o)}{count}: {o.detail}")
-            hint = image_hint(o)
-            if hint not in hints:
-                hints.append(hint)
-        where = f"{Path(report_dir).as_posix()}/" if report_dir is not None else "reports/validation/"
-        lines += ["What to do:", *[f"  - {h}" for h in hints]]
-        lines.append("  - then re-run prepare and validate (`dvc repro validate` or `transferline run`).")
-        lines.append(f"Full report: {where} (summary.md, result.json, data_docs/index.html).")
-        return "\n".join(lines)
+    subject = "image"
+    prepared = "the prepared images"
+
+    def hint(self, outcome: suite.ExpectationOutcome) -> str:
+        return image_hint(outcome)
 
 
 def image_hint(outcome: suite.ExpectationOutcome) -> str:

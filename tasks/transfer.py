@@ -79,9 +79,16 @@ def make_plan(
 ) -> Plan:
     """What adapts when; `augmented`: training inputs change every epoch (random crops), so fixed layers
     must see each epoch's inputs and nothing is cached."""
-    _, layers = encoder_layers(model)
+    stem, layers = encoder_layers(model)
     n = len(layers)
     strategy = cfg.strategy
+    if cfg.adversarial_eps and not hasattr(stem, "word_embeddings"):
+        raise ConfigError(
+            f"train.adversarial_eps: {cfg.adversarial_eps:g} is a text-embedding perturbation (it shifts the"
+            f" word embeddings of a batch's tokens) and this model ({model.config.model_type}) reads no"
+            " tokens; set train.adversarial_eps: 0 (images: image.augment_crop_scale and image.augment_flip"
+            " make training robust to small input changes)"
+        )
     if strategy == "freeze" and cfg.freeze_layers > n:
         raise ConfigError(f"train.freeze_layers: {cfg.freeze_layers} exceeds the model's {n} encoder layers")
     embeddings_frozen = {

@@ -79,6 +79,23 @@ def test_an_unknown_task_type_names_the_known_ones():
         load_task("audio-classification", None)
 
 
+@pytest.mark.parametrize("strategy", ["full", "head"])
+def test_adversarial_training_is_refused_for_images_with_what_to_do(strategy):
+    """FGM shifts word embeddings: an image model has none, so the plan refuses it before any step."""
+    from tasks.config import ConfigError
+    from tasks.kinds.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
+    from tasks.transfer import make_plan
+    from tests.minilm import train_cfg
+
+    model = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=2))
+    cfg = train_cfg(strategy=strategy, adversarial_eps=0.5)
+    with pytest.raises(ConfigError, match=r"train\.adversarial_eps: 0\.5 is a text-embedding perturbation"):
+        make_plan(cfg, model, steps_per_epoch=4)
+    with pytest.raises(ConfigError, match=r"set train\.adversarial_eps: 0 \(images: image\.augment_crop"):
+        make_plan(cfg, model, steps_per_epoch=4)
+    assert make_plan(cfg.model_copy(update={"adversarial_eps": 0.0}), model, 4).strategy == strategy
+
+
 def test_fine_tuning_the_head_on_lfw_makes_the_loss_fall(tmp_path):
     """The smoke test: 100 real face / non-face crops, the backbone fixed and cached, the head trained."""
     kind = load_task("image-classification", options(size=64))

@@ -152,6 +152,9 @@ class ValidationReport:
         """What to change so that this expectation passes."""
         return _hint(outcome)
 
+    def write_files(self, out: Path) -> None:
+        """Write what a task's report adds beside summary.md (text: nothing; images: bad_images.csv)."""
+
     def error_message(self, report_dir: Path | None = None) -> str:
         """What failed (each expectation with its count and examples), what to do, where the report is."""
         if self.success:
@@ -835,6 +838,7 @@ def run_validate(paths: ProjectPaths, cfg: Config, reference: pd.DataFrame | Non
     (out / "gx_result.json").write_text(
         json.dumps(report.gx_results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
+    report.write_files(out)
     (out / "summary.md").write_text(report.summary_markdown(), encoding="utf-8")
     if not report.success:
         raise DataValidationError(report, paths.display(out))

@@ -21,7 +21,9 @@ Against a reference (the champion's training split, whose parquet carries the sa
   (absolute, brightness in [0, 1]) of the reference's.
 
 The report is the text suite's ValidationReport; its "what to do" lines name the bad files and the image
-keys to change. The GX runner and the generic checks are tasks/validate.py's.
+keys to change, and every refused file (``bad_files``: path, split, what is wrong, what to do) is written
+beside the report as bad_images.csv, which the summary and the error message link. The GX runner and the
+generic checks are tasks/validate.py's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +51,43 @@ _EPS = suite._RATE_EPSILON
 _Check = suite._Check
 
 
+BAD_FILES = "bad_images.csv"  # beside the validation report: every refused file, what is wrong, what to do
+
+
+@dataclass(frozen=True)
 class ImageValidationReport(suite.ValidationReport):
-    """The suite's verdict; the error message's advice is about image files and the ``image`` keys."""
+    """The suite's verdict; the error message's advice is about image files and the ``image`` keys.
+    ``bad_files`` (bad_files()) lists every file the suite refuses; the stage writes it as BAD_FILES."""
+
+    bad_files: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     subject = "image"
     prepared = "the prepared images"
 
     def hint(self, outcome: suite.ExpectationOutcome) -> str:
         return image_hint(outcome)
+
+    @property
+    def refused_files(self) -> int:
+        return 0 if self.bad_files is None else len(self.bad_files)
+
+    def write_files(self, out: Path) -> None:
+        if self.refused_files:
+            self.bad_files.to_csv(out / BAD_FILES, index=False)
+
+    def summary_markdown(self) -> str:
+        summary = super().summary_markdown()
+        if not self.refused_files:
+            return summary
+        listed = f"{suite._n(self.refused_files, 'file')} refused, each with what is wrong and what to do"
+        return f"{summary}\n{listed}: [{BAD_FILES}]({BAD_FILES})\n"
+
+    def error_message(self, report_dir: Path | None = None) -> str:
+        message = super().error_message(report_dir)
+        if not self.refused_files:
+            return message
+        where = f"{Path(report_dir).as_posix()}/" if report_dir is not None else "reports/validation/"
+        return f"{message}\nEvery refused file, with what is wrong and what to do: {where}{BAD_FILES}"
 
 
 def image_hint(outcome: suite.ExpectationOutcome) -> str:
@@ -181,6 +213,7 @@ def validate_images(
         rows={name: len(frame) for name, frame in frames.items()},
         gx_results=raw,
         reference_rows=None if reference is None else len(reference),
+        bad_files=bad_files(images, image_cfg),
     )
     log.info("image validation %s: %d of %d expectations failed", "passed" if report.success else "FAILED",
              len(report.failures), len(outcomes))  # fmt: skip
@@ -449,3 +482,50 @@ def bad_images(report_images: pd.DataFrame) -> pd.DataFrame:
     """The unusable images (origin, split, error, detail): what the stage writes beside the report."""
     bad = report_images[report_images["error"].notna()]
     return bad[[ORIGIN, "split", "error", "detail"]].reset_index(drop=True)
+
+
+# What to do about a file, per problem ``inspect_image`` (or the snapshot check) names.
+_FILE_ADVICE = {
+    "zero-bytes": "the file is empty: copy it again from where it came from, or remove it from the source",
+    "not-an-image": "not an image (Pillow cannot identify it): remove it from the source or put the image"
+    " meant in its place",
+    "corrupt": "the file is damaged: re-export it (or copy it again), or remove it from the source",
+    "truncated": "the file ends before its pixels do (an interrupted copy or download): copy it again, or"
+    " remove it from the source",
+    "too-large": "downscale it below image.max_pixels (or raise image.max_pixels if such images are genuine)",
+    "missing": "the snapshot lacks it: re-run prepare",
+    "changed": "the snapshot was edited after prepare: re-run prepare",
+}
+_BOUND_ADVICE = {
+    "format": "convert it to one of image.formats, or add its format to image.formats if it is genuine",
+    "mode": "convert it to one of image.modes, or add its mode to image.modes if it is genuine",
+    "size": "resize it, or widen image.min_side / image.max_side if such images are genuine",
+}
+BAD_FILE_COLUMNS = ["path", "split", "problem", "what_to_do"]
+
+
+def bad_files(images: pd.DataFrame, cfg: ImageConfig) -> pd.DataFrame:
+    """One row per file the file checks refuse (BAD_FILE_COLUMNS): the path as the source names it, its
+    split, what is wrong and what to do; a file with several problems gets them joined by "; "."""
+    rows = []
+    for row in images.itertuples(index=False):
+        problems = _problems(row, cfg)
+        if problems:
+            what, todo = zip(*problems, strict=True)
+            rows.append([row.origin, row.split, "; ".join(what), "; ".join(dict.fromkeys(todo))])
+    return pd.DataFrame(rows, columns=BAD_FILE_COLUMNS)
+
+
+def _problems(row: Any, cfg: ImageConfig) -> list[tuple[str, str]]:
+    """(what is wrong, what to do) for each file check `row` of the images table fails."""
+    if isinstance(row.error, str):
+        return [(f"{row.error}: {row.detail}", _FILE_ADVICE.get(row.error, _FILE_ADVICE["corrupt"]))]
+    out = []
+    if row.format not in cfg.formats:
+        out.append((f"format {row.format} is not in image.formats", _BOUND_ADVICE["format"]))
+    if row.mode not in cfg.modes:
+        out.append((f"mode {row.mode} is not in image.modes", _BOUND_ADVICE["mode"]))
+    if not all(cfg.min_side <= side <= cfg.max_side for side in (row.width, row.height)):
+        bounds = f"[{cfg.min_side}, {cfg.max_side}]"
+        out.append((f"{row.width}×{row.height} pixels: a side outside {bounds}", _BOUND_ADVICE["size"]))
+    return out

@@ -41,7 +41,7 @@ def data_watch(
     """
     paths = ProjectPaths.at(project_dir)
     cfg = load_config(paths.params, overrides)
-    current = source_hash_task(paths, cfg.data)
+    current = source_hash_task(paths, cfg)
     trained = trained_sources_task(Registry.for_project(paths), cfg.registry.model_name)
     decision = decide(current, trained, attempts_task(retrain_deployment, current))
     get_run_logger().info("%s: %s", cfg.data.source, decision.reason)

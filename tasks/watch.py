@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import DataConfig
+from tasks.config import Config
+from tasks.kinds import task_of
 from tasks.paths import ProjectPaths
-from tasks.prepare import source_sha256
 from tasks.registry import CHAMPION, Registry
 
 log = logging.getLogger("transferline.watch")
@@ -55,8 +55,10 @@ def decide(current: str, trained: dict[str, str], attempts: list[str]) -> WatchD
 
 
 @task(name="hash-data-source", cache_policy=NO_CACHE)
-def source_hash_task(paths: ProjectPaths, cfg: DataConfig) -> str:
-    return source_sha256(cfg.source, paths.root)
+def source_hash_task(paths: ProjectPaths, cfg: Config) -> str:
+    """The identity of ``data.source`` as the project's task reads it: what prepare records, so what the
+    versions' SOURCE_TAG holds (an image folder: every file's path and content, not one file's bytes)."""
+    return task_of(cfg).source_identity(cfg.data, paths.root)
 
 
 @task(name="trained-data", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])

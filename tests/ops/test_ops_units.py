@@ -76,3 +76,35 @@ def test_deployment_table_points_at_flows():
     for spec in DEPLOYMENTS:
         path, _, function = spec.entrypoint.partition(":")
         assert f"def {function}(" in (CODE_ROOT / path).read_text(), spec.entrypoint
+
+
+def test_data_watch_hashes_an_image_folder_as_prepare_does(tmp_path):
+    """The watch's hash of an image-folder source is what prepare records (so a version trained on the
+    folder counts as trained on it): unchanged folder, no run; one more image, a run."""
+    import yaml
+
+    from tasks.config import config_from_dict
+    from tasks.kinds import task_of
+    from tasks.paths import ProjectPaths
+    from tasks.prepare import run_prepare
+    from tasks.watch import decide, source_hash_task
+    from tests.data.images import lfw_folder, noise, png_bytes
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    image = {
+        "task.type": "image-classification",
+        "data.source": "data/raw/lfw",
+        "data.labels": ["face", "other"],
+    }
+    cfg = config_from_dict(raw, image)
+    paths = ProjectPaths.at(tmp_path)
+    folder = lfw_folder(tmp_path / "data" / "raw" / "lfw", per_class=6)
+    trained = {"champion v1": run_prepare(paths, cfg.data, task_of(cfg)).source_sha256}
+
+    unchanged = decide(source_hash_task.fn(paths, cfg), trained, [])
+    assert not unchanged.retrain and "champion v1 was trained on this data" in unchanged.reason
+    (folder / "face" / "new.png").write_bytes(png_bytes(noise(7, (25, 25), channels=1)))
+    arrived = decide(source_hash_task.fn(paths, cfg), trained, [])
+    assert arrived.retrain and "new data" in arrived.reason
+    (folder / "face" / "new.png").unlink()
+    assert source_hash_task.fn(paths, cfg) == trained["champion v1"]

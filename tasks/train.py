@@ -507,6 +507,8 @@ def _train_epoch(run: _Run, state: _Progress) -> float:
             state.epoch_seconds = time.perf_counter() - t0
             _save_checkpoint(run, state)
     bar.close()
+    if run.world > 1:  # before validation and rank 0's save, so every process holds the same model
+        average_batch_norm(run.model, run.world)
     return time.perf_counter() - t0
 
 
@@ -701,6 +703,33 @@ def _average_gradients(params: list[Any], world: int) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= world
+
+
+def average_batch_norm(model: torch.nn.Module, world: int) -> int:
+    """All-reduce the running mean and variance of the BatchNorm layers that trained this epoch; returns
+    how many layers were averaged.
+
+    Gradients are averaged every step, so the weights agree across processes, but each process's running
+    statistics only saw its own share of the batches. Averaging them (rather than broadcasting rank 0's)
+    makes the statistics rank 0 saves an estimate over the whole epoch's data, not over a 1/world sample;
+    the mean of the per-process running variances leaves out the spread of the per-process means, which is
+    small next to the variance itself for shards drawn from one shuffle. Layers in eval mode (fixed by the
+    strategy) did not move and are left alone; ``num_batches_tracked`` is the same on every process.
+    """
+    import torch
+    import torch.distributed as dist
+
+    averaged = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or not module.training:
+            continue
+        if module.running_mean is None:  # track_running_stats=False: batch statistics only
+            continue
+        for buffer in (module.running_mean, module.running_var):
+            dist.all_reduce(buffer)
+            buffer /= world
+        averaged += 1
+    return averaged
 
 
 def _rng_state(rng: random.Random) -> list[Any]:

@@ -11,9 +11,13 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows.cli_common import Exit, Handler, error, overrides, settings, settings_options
-from tasks.config import ConfigError
+from tasks.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from tasks.serve import ServeSettings
 
 SERVE_EPILOG = """\
 endpoints:
@@ -65,6 +69,11 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "--max-batch", type=int, default=256, help="more texts per request get 413 (default: 256)"
     )
     serve.add_argument(
+        "--max-pixels", type=int, default=None, metavar="N",
+        help="images declaring more pixels (width x height) get 413 before they are decoded (default: "
+        "image.max_pixels of params.yaml)",
+    )  # fmt: skip
+    serve.add_argument(
         "--batch-window-ms", type=float, default=2.0, metavar="MS",
         help="dynamic batching: how long a request waits for concurrent ones to share its inference pass "
         "(default: 2; 0: share only with requests already waiting)",
@@ -92,21 +101,20 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be positive, got {value}")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from tasks.registry import Registry
-    from tasks.serve import ServeSettings, build_watcher, run_server
+def serve_settings(args: argparse.Namespace, cfg: Config) -> ServeSettings:
+    """The server's settings from `serve`'s options (--max-pixels defaults to the project's
+    image.max_pixels); ConfigError naming the option when one is out of range."""
+    from tasks.serve import ServeSettings
 
-    try:
-        paths, cfg = settings(args)
-        for name in ("poll_interval", "retry_refused", "max_body_bytes", "max_batch", "batch_requests"):
-            _positive(f"--{name.replace('_', '-')}", getattr(args, name))
-        if not 0 <= args.batch_window_ms <= 1000:
-            raise ConfigError(f"--batch-window-ms must be 0..1000, got {args.batch_window_ms}")
-        if not 0 <= args.port <= 65535:
-            raise ConfigError(f"--port must be 0..65535, got {args.port}")
-    except ConfigError as err:
-        return error(err, Exit.BAD_INPUT)
-    serving = ServeSettings(
+    max_pixels = cfg.image.max_pixels if args.max_pixels is None else args.max_pixels
+    for name in ("poll_interval", "retry_refused", "max_body_bytes", "max_batch", "batch_requests"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    _positive("--max-pixels", max_pixels)
+    if not 0 <= args.batch_window_ms <= 1000:
+        raise ConfigError(f"--batch-window-ms must be 0..1000, got {args.batch_window_ms}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {args.port}")
+    return ServeSettings(
         host=args.host,
         port=args.port,
         poll_s=args.poll_interval,
@@ -116,7 +124,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_size=cfg.evaluate.batch_size,  # the batch the offline evaluation scored with
         batch_window_s=args.batch_window_ms / 1000,
         batch_requests=args.batch_requests,
+        max_pixels=max_pixels,
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tasks.registry import Registry
+    from tasks.serve import build_watcher, run_server
+
+    try:
+        paths, cfg = settings(args)
+        serving = serve_settings(args, cfg)
+    except ConfigError as err:
+        return error(err, Exit.BAD_INPUT)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a log, not a terminal
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = Registry.for_project(paths)

@@ -66,6 +66,7 @@ class ServeSettings:
     batch_size: int  # inference batch; the project's evaluate.batch_size, as offline
     batch_window_s: float  # dynamic batching: how long a request waits for others to share its pass
     batch_requests: int  # dynamic batching: requests per pass at most (1: one request at a time)
+    max_pixels: int | None = None  # images declaring more get 413 before decoding (None: image.max_pixels)
 
 
 class PredictRequest(BaseModel):

@@ -265,9 +265,11 @@ class ImageClassification:
 
     def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[Any]:
         """The images of a POST /predict body; `limits`: ImageLimits, or the server's settings (their
-        max_batch, and max_body_bytes as the most one image may have) with ``image.max_pixels``."""
+        max_batch, max_body_bytes as the most one image may have, and max_pixels; ``image.max_pixels``
+        when they set none)."""
         if not isinstance(limits, ImageLimits):
-            limits = ImageLimits(limits.max_batch, limits.max_body_bytes, self.options.max_pixels)
+            max_pixels = getattr(limits, "max_pixels", None) or self.options.max_pixels
+            limits = ImageLimits(limits.max_batch, limits.max_body_bytes, max_pixels)
         return parse_request(body, content_type, limits)
 
     def scoring_items(self, path: Path) -> list[Path]:

@@ -242,3 +242,28 @@ def test_embedding_drift_tells_faces_from_other_crops(tmp_path):
     assert kind.drift_checks(faces, others, roots, cfg, None) == []  # no encoder: nothing to embed
     vectors = kind.embed([folder / p for p in faces["image"][:3]], base)
     assert vectors.shape == (3, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_serve_max_pixels_defaults_to_the_image_section_and_bounds_requests(tmp_path):
+    """`serve --max-pixels N`: images declaring more than N pixels get 413 before decoding; without the
+    option the project's image.max_pixels applies."""
+    import yaml
+
+    from flows.cli import _parser
+    from flows.serve_commands import serve_settings
+    from tasks.config import ConfigError, config_from_dict
+    from tests.conftest import ROOT
+
+    cfg = config_from_dict(yaml.safe_load((ROOT / "params.yaml").read_text()), {"image.max_pixels": 5_000})
+    default = serve_settings(_parser().parse_args(["serve"]), cfg)
+    given = serve_settings(_parser().parse_args(["serve", "--max-pixels", "1000"]), cfg)
+    assert (default.max_pixels, given.max_pixels) == (5_000, 1_000)
+    with pytest.raises(ConfigError, match="--max-pixels must be positive"):
+        serve_settings(_parser().parse_args(["serve", "--max-pixels", "0"]), cfg)
+
+    kind = load_task("image-classification", options())  # the model's own image.max_pixels: 40,000,000
+    body = json.dumps({"images": [base64.b64encode(png_bytes(noise(5, (40, 40)))).decode()]}).encode()
+    assert len(kind.parse_request(body, "application/json", default)) == 1  # 1,600 pixels
+    with pytest.raises(ImageRequestError) as refused:
+        kind.parse_request(body, "application/json", given)
+    assert refused.value.status == 413

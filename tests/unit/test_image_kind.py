@@ -267,3 +267,11 @@ def test_serve_max_pixels_defaults_to_the_image_section_and_bounds_requests(tmp_
     with pytest.raises(ImageRequestError) as refused:
         kind.parse_request(body, "application/json", given)
     assert refused.value.status == 413
+
+
+def test_the_image_example_params_are_a_valid_image_config():
+    from tasks.config import load_config
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "examples" / "image-classification" / "params.yaml")
+    assert cfg.task.type == "image-classification" and cfg.image.size == 64

@@ -16,6 +16,20 @@ Speed-up = Trainer training wall time / ours (ours includes its per-epoch valida
 
 Last line: {"full_speedup", "full_accuracy_delta", "cached_freeze_speedup", "cached_freeze_accuracy_delta",
 "peak_rss_gb"} (peak_rss_gb: the largest peak of our two arms).
+
+``--task image``: the image example's model (EfficientNet-Lite0) and settings (examples/image-classification
+params.yaml: freeze with its fixed layers, learning rate, batch size, one torch thread) on a stratified
+Fashion-MNIST subset prepared by the pipeline's own stages, against a plain torch loop over the same model,
+data, preprocessing and hyperparameters (AdamW, the same warm-up and decay), which decodes every batch and
+runs every layer each step (no activation cache):
+
+- plain-freeze / ours-freeze: the stem and the lowest train.freeze_layers layers fixed (ours caches them)
+- plain-full / ours-full:     every weight trains
+
+    python bench/training.py --task image           # 1,500 images at 64 pixels, 3 epochs
+    python bench/training.py --task image --quick   # smoke test: 300 images at 32 pixels, 1 epoch
+
+Last line: the same keys, with "task": "image" (peak_rss_gb: the largest peak of our two arms).
 """
 
 from __future__ import annotations
@@ -36,6 +50,12 @@ sys.path.insert(0, str(ROOT))
 
 ARMS = ("trainer-full", "ours-full", "trainer-freeze", "ours-freeze")
 FROZEN_LAYERS = 4
+IMAGE_ARMS = ("plain-freeze", "ours-freeze", "plain-full", "ours-full")
+IMAGE_PARAMS = ROOT / "examples" / "image-classification" / "params.yaml"
+# The image subset: Fashion-MNIST images kept before splitting (data.max_rows), input side, epochs.
+IMAGE_FULL = {"rows": 1500, "size": 64, "epochs": 3}
+IMAGE_QUICK = {"rows": 300, "size": 32, "epochs": 1}  # a smoke test: well under a minute
+BASELINES = {"text": ("trainer-full", "trainer-freeze"), "image": ("plain-full", "plain-freeze")}
 
 
 def prepare(workdir: Path, rows: int | None) -> None:
@@ -56,6 +76,24 @@ def prepare(workdir: Path, rows: int | None) -> None:
 
         path = ProjectPaths.at(workdir).split_file("train")
         subsample(pd.read_parquet(path), rows, 42).to_parquet(path, index=False)
+
+
+def prepare_image(workdir: Path, rows: int, size: int) -> None:
+    """A project folder with the image example's params (a `rows`-image subset at `size` pixels), the
+    prepared snapshot and the converted base model, made by the pipeline's own stages."""
+    import yaml
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load(IMAGE_PARAMS.read_text())
+    params["data"]["max_rows"] = rows
+    params["image"]["size"] = size
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for stage in ("prepare", "download"):
+        cmd = [sys.executable, "-m", f"tasks.{stage}"]
+        done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"{stage} failed in {workdir}:\n{(done.stdout + done.stderr)[-3000:]}")
 
 
 def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> dict:
@@ -110,6 +148,98 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
     }
 
 
+def run_image_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> dict:
+    """Train one image arm in this process; returns its figures."""
+    import torch
+
+    from tasks.config import load_config
+    from tasks.download import load_base_ref
+    from tasks.inference import predict_inputs
+    from tasks.kinds import task_of
+    from tasks.paths import ProjectPaths
+    from tasks.prepare import read_split
+    from tasks.train import fine_tune
+
+    paths = ProjectPaths.at(workdir)
+    cfg = load_config(paths.params)
+    kind, base, labels = task_of(cfg), load_base_ref(paths).path, cfg.data.labels
+    snapshot = paths.prepared_dir
+    train, val, test = (read_split(paths, s) for s in ("train", "validation", "test"))
+    t = cfg.train.model_copy(update={"epochs": epochs, "checkpoint_every_steps": 0})
+    if seed is not None:
+        t = t.model_copy(update={"seed": seed})
+    torch.set_num_threads(t.num_threads or os.cpu_count() or 1)
+    freeze = arm.endswith("freeze")
+    if arm.startswith("ours"):
+        change = {"strategy": "freeze", "cache_frozen": True} if freeze else {"strategy": "full"}
+        t = t.model_copy(update={**change, "layer_lr_decay": 1.0})
+        started = time.perf_counter()
+        model, prep, result = fine_tune(base, train, val, labels, t, False, kind=kind, snapshot=snapshot)
+        seconds, precision = time.perf_counter() - started, result.precision
+    else:
+        prep = kind.training_preprocessing(base)
+        x_train = kind.encode(train, snapshot, labels)
+        seconds, model = _plain_image_loop(kind, base, labels, t, (x_train, prep), freeze)
+        precision = "fp32"
+    x_test = kind.encode(test, snapshot, labels)
+    logits = predict_inputs(model, x_test, 128, (kind, prep, torch.device("cpu"), precision))
+    accuracy = float((logits.argmax(-1) == x_test.labels).float().mean())
+    return {
+        "arm": arm,
+        "train_rows": len(train),
+        "epochs": epochs,
+        "train_seconds": round(seconds, 1),
+        "samples_per_s": round(len(train) * epochs / seconds, 1),
+        "test_accuracy": round(accuracy, 4),
+        "precision": precision,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
+    }
+
+
+def _plain_image_loop(kind, base: Path, labels: list[str], t, data, freeze: bool):
+    """A plain torch loop: AdamW on what trains, linear warm-up then decay, every batch decoded and run
+    through every layer. `data`: (encoded training images, preprocessing). Returns (seconds, model)."""
+    import math
+    import random
+
+    import torch
+    import torch.nn.functional as F
+
+    x_train, prep = data
+    torch.manual_seed(t.seed)
+    model = kind.build_model(base, labels)
+    blocks = kind.blocks(model)
+    fixed = [blocks.stem, *blocks.layers[: t.freeze_layers]] if freeze else []
+    for module in fixed:
+        module.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=t.learning_rate, weight_decay=t.weight_decay)
+    steps = math.ceil(len(x_train) / t.batch_size) * t.epochs
+    warmup = max(1, int(steps * t.warmup_ratio))
+
+    def factor(step: int) -> float:  # linear warm-up, then linear decay to zero (as tasks/train.py)
+        return (step + 1) / warmup if step < warmup else max(0.0, (steps - step) / max(1, steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    rng = random.Random(t.seed)
+    started = time.perf_counter()
+    for _ in range(t.epochs):
+        model.train()
+        for module in fixed:  # fixed layers keep their BatchNorm statistics, as ours do
+            module.eval()
+        order = list(range(len(x_train)))
+        rng.shuffle(order)
+        for start in range(0, len(order), t.batch_size):
+            batch = order[start : start + t.batch_size]
+            logits = model(**kind.collate(x_train, batch, prep)).logits
+            F.cross_entropy(logits, x_train.labels[batch]).backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - started, model
+
+
 def _trainer(base: Path, train, labels: list[str], t, freeze: bool):
     """A plain `Trainer` fine-tune: its defaults, our hyperparameters. Returns (seconds, model, tokenizer)."""
     from datasets import Dataset
@@ -157,16 +287,29 @@ def _trainer(base: Path, train, labels: list[str], t, freeze: bool):
     return time.perf_counter() - started, trainer.model, tokenizer
 
 
-def bench_args(doc: str | None, arms: tuple[str, ...]) -> argparse.Namespace:
-    """The options of a benchmark whose arms each train in their own process; sets the runtime up offline."""
+def bench_args(doc: str | None, arms: tuple[str, ...], tasks: bool = False) -> argparse.Namespace:
+    """The options of a benchmark whose arms each train in their own process; sets the runtime up offline.
+    `tasks`: the benchmark also takes --task and --quick (this one does)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=0, help="training rows (0 = the whole training split)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--arms", default=",".join(arms), help="comma-separated subset of " + ", ".join(arms))
+    parser.add_argument("--epochs", type=int, default=None, help="passes over the training rows (default: 3)")
+    parser.add_argument("--arms", help="comma-separated subset of " + ", ".join(arms))
     parser.add_argument("--workdir", type=Path, help="reuse a prepared folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, help="train.seed for every arm (default: params.yaml's)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm, print its JSON
+    if tasks:
+        parser.add_argument("--task", choices=sorted(BASELINES), default="text", help="default: text")
+        parser.add_argument("--quick", action="store_true", help="image: a smoke test on a tiny subset")
     args = parser.parse_args()
+    if not tasks:
+        args.task, args.quick = "text", False
+    if args.quick and args.task != "image":
+        parser.error("--quick is for --task image")
+    subset = (IMAGE_QUICK if args.quick else IMAGE_FULL) if args.task == "image" else {"rows": 0, "epochs": 3}
+    args.rows = args.rows or subset["rows"]
+    args.epochs = args.epochs or subset["epochs"]
+    args.size = subset.get("size")
+    args.arms = args.arms or ",".join(IMAGE_ARMS if args.task == "image" else arms)
 
     from tasks.runtime import configure_environment
 
@@ -180,12 +323,17 @@ def run_arms(script: str, arms: list[str], args: argparse.Namespace) -> Iterator
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"bench-{Path(script).stem}-"))
     if not (workdir / "data" / "prepared" / "train.parquet").exists():
         print(f"preparing the sample split and base model in {workdir} ...", flush=True)
-        prepare(workdir, args.rows or None)
+        if args.task == "image":
+            prepare_image(workdir, args.rows, args.size)
+        else:
+            prepare(workdir, args.rows or None)
     for arm in arms:
         print(f"running {arm} ...", flush=True)
         cmd = [sys.executable, script, "--arm", arm, "--workdir", str(workdir), "--epochs", str(args.epochs)]
         if args.seed is not None:
             cmd += ["--seed", str(args.seed)]
+        if args.task != "text":
+            cmd += ["--task", args.task]
         done = subprocess.run(
             cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )
@@ -195,9 +343,10 @@ def run_arms(script: str, arms: list[str], args: argparse.Namespace) -> Iterator
 
 
 def main() -> None:
-    args = bench_args(__doc__, ARMS)
+    args = bench_args(__doc__, ARMS, tasks=True)
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.workdir, args.epochs, args.seed)))
+        arm = run_image_arm if args.task == "image" else run_arm
+        print(json.dumps(arm(args.arm, args.workdir, args.epochs, args.seed)))
         return
 
     results = {}
@@ -219,17 +368,21 @@ def main() -> None:
             return round(results[ours]["test_accuracy"] - results[base]["test_accuracy"], 4)
         return None
 
+    full, freeze = BASELINES[args.task]
     figures = {
-        "full_speedup": ratio("trainer-full", "ours-full"),
-        "full_accuracy_delta": delta("trainer-full", "ours-full"),
-        "cached_freeze_speedup": ratio("trainer-freeze", "ours-freeze"),
-        "cached_freeze_accuracy_delta": delta("trainer-freeze", "ours-freeze"),
+        "full_speedup": ratio(full, "ours-full"),
+        "full_accuracy_delta": delta(full, "ours-full"),
+        "cached_freeze_speedup": ratio(freeze, "ours-freeze"),
+        "cached_freeze_accuracy_delta": delta(freeze, "ours-freeze"),
         "peak_rss_gb": max(
             (results[a]["peak_rss_gb"] for a in results if a.startswith("ours")), default=None
         ),
     }
-    print("\ngoals: full_speedup >= 2.5 with |accuracy delta| <= 0.005; cached_freeze_speedup >= 4 with")
-    print("|accuracy delta| <= 0.01; peak_rss_gb <= 2.5")
+    if args.task == "text":
+        print("\ngoals: full_speedup >= 2.5 with |accuracy delta| <= 0.005; cached_freeze_speedup >= 4 with")
+        print("|accuracy delta| <= 0.01; peak_rss_gb <= 2.5")
+    else:
+        figures = {"task": "image", "train_rows": next(iter(results.values()))["train_rows"], **figures}
     print(json.dumps(figures))
 
 

@@ -1,8 +1,9 @@
-"""The evidence flow: learning curve (pretrained vs a tuned random init vs TF-IDF + logistic regression) and
-strategy table on the project's data.
+"""The evidence flow: learning curve (pretrained vs a tuned random init vs a logistic regression on TF-IDF or
+pixels) and strategy table on the project's data, whatever its task.
 
 Composes the prepare and download tasks with one training task per arm; writes tables and plots under
-docs/results/, logs them to MLflow (experiment `<registry.experiment>-evidence`) and as Prefect artifacts.
+docs/results/ (or the folder given), logs them to MLflow (experiment `<registry.experiment>-evidence`) and
+as Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tasks.experiment import (
     strategy_arms,
 )
 from tasks.experiment_report import write_results
+from tasks.kinds import task_of
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.prepare import prepare_task, read_split
 from tasks.registry import Registry
@@ -41,7 +43,8 @@ PARTS = ("learning-curve", "strategies")
 @task(name="train-arm", cache_policy=NO_CACHE, task_run_name="arm {arm.name}")
 def arm_task(paths: ProjectPaths, cfg: Config, base_path: Any, arm: Arm, options: ArmOptions) -> ArmResult:
     splits = {name: read_split(paths, name) for name in SPLITS}
-    return run_arm(base_path, splits, cfg.data.labels, cfg.train, arm, cfg.data.seed, options)
+    task = (task_of(cfg), paths.prepared_dir)
+    return run_arm(base_path, splits, cfg.data.labels, cfg.train, arm, cfg.data.seed, options, task)
 
 
 @flow(name="experiment", description=__doc__)
@@ -54,6 +57,7 @@ def experiment(
     min_steps: int = MIN_STEPS,
     scratch_rates: list[float] | None = None,
     scratch_lengths: list[int] | None = None,
+    results_dir: str | None = None,
 ) -> dict[str, Any]:
     """Run the evidence arms and return the summary figures.
 
@@ -66,6 +70,7 @@ def experiment(
         scratch_rates: learning rates of the scratch arm's grid (default: SCRATCH_RATES).
         scratch_lengths: epoch counts of the scratch arm's grid, as multiples of the pretrained arm's
             (default: SCRATCH_LENGTHS).
+        results_dir: where the tables, plots and JSON go, relative to the project (default: docs/results).
     Returns:
         summary.json's object: the figures of the command's last line.
     """
@@ -92,9 +97,10 @@ def experiment(
         "date": date.today().isoformat(),
         "overrides": overrides or {},
     }
-    files = write_results(paths, results, context)
+    out = paths.root / results_dir if results_dir else paths.results_dir
+    files = write_results(paths, results, context, out)
     # the merged results: a part run alone still reports the other part's latest figures
-    figures = json.loads((paths.results_dir / "summary.json").read_text())
+    figures = json.loads((out / "summary.json").read_text())
     Registry.for_project(paths).log_evidence(
         experiment=f"{cfg.registry.experiment}-evidence",
         run_name="evidence " + "+".join(parts),

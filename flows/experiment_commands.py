@@ -63,6 +63,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "--scratch-lengths", help="epoch counts the scratch arm tries, as multiples of the pretrained arm's, "
         f"comma-separated (default {','.join(map(str, SCRATCH_LENGTHS))})",
     )  # fmt: skip
+    p.add_argument(
+        "--output", help="folder for the tables, plots and JSON, relative to the project (default: "
+        "docs/results; e.g. docs/results/images for an image project's evidence)",
+    )  # fmt: skip
     return {"experiment": cmd_experiment}
 
 
@@ -97,23 +101,25 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from tasks.registry import RegistryError
 
     parts = list(PARTS) if args.part == "all" else [args.part]
+    out = paths.root / args.output if args.output else paths.results_dir
     try:
         figures = experiment(
             project_dir=str(paths.root),
             parts=parts,
             overrides=overrides(args),
             min_steps=args.min_steps,
+            results_dir=args.output,
             **choices,
         )
     except ConfigError as err:
         return error(err, Exit.BAD_INPUT)
     except RegistryError as err:
-        return error(err, Exit.BACKEND, f"the tables are written under {paths.rel(paths.results_dir)}/")
-    context, arms = load_results(paths)
+        return error(err, Exit.BACKEND, f"the tables are written under {paths.display(out)}/")
+    context, arms = load_results(paths, out)
     if "learning-curve" in parts:
         print("\nLearning curve (test accuracy)\n" + curve_table(arms, context))
     if "strategies" in parts:
         print("\nStrategies\n" + strategy_table(arms))
-    print(f"\nwritten: {paths.rel(paths.results_dir)}/ (tables, plots, results.json, summary.json)")
+    print(f"\nwritten: {paths.display(out)}/ (tables, plots, results.json, summary.json)")
     print(json.dumps(figures))
     return Exit.OK

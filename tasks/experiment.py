@@ -6,13 +6,14 @@ on the project's own splits.
   - `scratch`: the same architecture randomly initialised, with its own learning rate and schedule length
     chosen on the validation split from a small grid (a random init does not learn with the pretrained
     model's settings);
-  - `classical`: TF-IDF + logistic regression (tasks/classical.py), the baseline with no transfer at all.
+  - `classical`: logistic regression on the inputs' plainest features (tasks/classical.py: TF-IDF for
+    text, pixels for images), the baseline with no transfer at all.
 - Strategy table: head, freeze, full, gradual and lora on all training rows, each with the settings it is
   usually run with (shown in the table).
 
-Transformer arms train with `fine_tune` (the train stage's own loop). Every choice an arm makes is made on
-the validation split; each arm is scored once, on the same test split. Tables and plots:
-tasks/experiment_report.py.
+Neural arms train with `fine_tune` (the train stage's own loop) through the project's task (tasks/kinds),
+so text and image projects run the same arms. Every choice an arm makes is made on the validation split;
+each arm is scored once, on the same test split. Tables and plots: tasks/experiment_report.py.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from tasks.config import TrainConfig
 
 if TYPE_CHECKING:
     import pandas as pd
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
+    from tasks.kinds.base import TaskKind
     from tasks.train import TrainResult
 
 log = logging.getLogger("transferline.experiment")
@@ -152,22 +154,27 @@ def run_arm(
     arm: Arm,
     seed: int,
     options: ArmOptions | None = None,
+    task: tuple[TaskKind, Path] | None = None,
 ) -> ArmResult:
-    """Train one arm, making its choices on the validation split, and score it on the test split."""
-    from tasks.prepare import subsample
+    """Train one arm, making its choices on the validation split, and score it on the test split.
+    `task`: the project's task and the snapshot folder its splits' files are in (default: text)."""
+    from tasks.kinds import load_task
+    from tasks.kinds.splitting import subsample_examples
 
     options = options or ArmOptions()
-    train = subsample(splits["train"], arm.train_rows or None, seed)
+    task = task or (load_task("text-classification", None), Path())
+    train = subsample_examples(splits["train"], task[0].key(splits["train"]), arm.train_rows or None, seed)
     if arm.init == "classical":
-        return _classical_arm(arm, train, splits, seed)
+        return _classical_arm(arm, train, splits, seed, task)
     cfg = arm_config(train_cfg, arm, len(train), options.min_steps)
     log.info("arm %s: %d training rows, %d epoch(s), %s", arm.name, len(train), cfg.epochs, arm.settings)
     grid: list[dict[str, Any]] = []
+    data = (train, splits["validation"], labels, task)
     if arm.init == "scratch":
-        trained, grid = _scratch_grid(base_model, train, splits["validation"], labels, cfg, options)
+        trained, grid = _scratch_grid(base_model, data, cfg, options)
     else:
-        trained = _fine_tune(base_model, train, splits["validation"], labels, cfg, pretrained=True)
-    accuracy = _test_accuracy(trained, splits["test"], labels)
+        trained = _fine_tune(base_model, data, cfg, pretrained=True)
+    accuracy = _test_accuracy(trained, splits["test"], labels, task)
     log.info("arm %s: test accuracy %.4f in %.0f s", arm.name, accuracy, trained.seconds)
     chosen = {"learning_rate": trained.cfg.learning_rate} if grid else {}
     return ArmResult(
@@ -190,34 +197,29 @@ def run_arm(
 @dataclass(frozen=True)
 class _Trained:
     model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    processor: Any  # the kind's input processor (text: the tokenizer; images: the preprocessing)
     result: TrainResult
     cfg: TrainConfig
     seconds: float
 
 
-def _fine_tune(
-    base_model: Path,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
-    labels: list[str],
-    cfg: TrainConfig,
-    pretrained: bool,
-) -> _Trained:
+# (train, validation, labels, (kind, snapshot)): what every neural arm trains on
+_Data = tuple["pd.DataFrame", "pd.DataFrame", list[str], tuple["TaskKind", Path]]
+
+
+def _fine_tune(base_model: Path, data: _Data, cfg: TrainConfig, pretrained: bool) -> _Trained:
     from tasks.train import fine_tune
 
+    train, validation, labels, (kind, snapshot) = data
     started = time.perf_counter()
-    model, tokenizer, result = fine_tune(base_model, train, validation, labels, cfg, pretrained=pretrained)
-    return _Trained(model, tokenizer, result, cfg, time.perf_counter() - started)
+    model, processor, result = fine_tune(
+        base_model, train, validation, labels, cfg, pretrained=pretrained, kind=kind, snapshot=snapshot
+    )
+    return _Trained(model, processor, result, cfg, time.perf_counter() - started)
 
 
 def _scratch_grid(
-    base_model: Path,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
-    labels: list[str],
-    cfg: TrainConfig,
-    options: ArmOptions,
+    base_model: Path, data: _Data, cfg: TrainConfig, options: ArmOptions
 ) -> tuple[_Trained, list[dict[str, Any]]]:
     """Train the random init once per (length, rate) of the grid; keep the best on validation.
 
@@ -235,9 +237,7 @@ def _scratch_grid(
             log.info("scratch grid: learning rate %g, %d epoch(s)", rate, cfg_cell.epochs)
             started = time.perf_counter()
             try:
-                trained: _Trained | None = _fine_tune(
-                    base_model, train, validation, labels, cfg_cell, pretrained=False
-                )
+                trained: _Trained | None = _fine_tune(base_model, data, cfg_cell, pretrained=False)
             except TrainingDiverged as err:  # a rate too large for a random init: a result of the grid
                 log.warning("scratch grid: learning rate %g diverged: %s", rate, err)
                 trained = None
@@ -261,32 +261,34 @@ def _scratch_grid(
     return best[0], grid
 
 
-def _test_accuracy(trained: _Trained, test: pd.DataFrame, labels: list[str]) -> float:
-    import torch
+def _test_accuracy(
+    trained: _Trained, test: pd.DataFrame, labels: list[str], task: tuple[TaskKind, Path]
+) -> float:
+    """The test split scored as evaluation scores it (the kind's inputs, the inference path)."""
+    from tasks.inference import predict_inputs
 
-    from tasks.inference import encode, padding_id, predict_logits
-    from tasks.prepare import LABEL, TEXT
-
-    encoded = encode(trained.tokenizer, test[TEXT].tolist(), trained.cfg.max_length)
+    kind, snapshot = task
+    encoded = kind.encode(test, snapshot, labels, trained.processor)
     device = next(trained.model.parameters()).device
-    logits = predict_logits(
-        trained.model, encoded, padding_id(trained.tokenizer), 128, device, trained.result.precision
-    )
-    truth = torch.tensor([labels.index(v) for v in test[LABEL]])
-    return float((logits.argmax(-1) == truth).float().mean())
+    where = (kind, trained.processor, device, trained.result.precision)
+    logits = predict_inputs(trained.model, encoded, 128, where)
+    return float((logits.argmax(-1) == encoded.labels).float().mean())
 
 
-def _classical_arm(arm: Arm, train: pd.DataFrame, splits: dict[str, pd.DataFrame], seed: int) -> ArmResult:
+def _classical_arm(
+    arm: Arm, train: pd.DataFrame, splits: dict[str, pd.DataFrame], seed: int, task: tuple[TaskKind, Path]
+) -> ArmResult:
     from tasks import classical
 
-    fitted = classical.fit(train, splits["validation"], seed)
-    accuracy = classical.accuracy(fitted.model, splits["test"])
+    baseline = classical.baseline(*task)
+    fitted = baseline.fit(train, splits["validation"], seed)
+    accuracy = baseline.accuracy(fitted.model, splits["test"])
     log.info("arm %s: C=%g chosen on validation, test accuracy %.4f", arm.name, fitted.c, accuracy)
     return ArmResult(
         name=arm.name,
         part=arm.part,
         init=arm.init,
-        strategy=classical.NAME,
+        strategy=baseline.name,
         train_rows=len(train),
         epochs=0,
         test_accuracy=accuracy,

@@ -16,24 +16,35 @@ if TYPE_CHECKING:
 
     from tasks.paths import ProjectPaths
 
+# The classical arm's names come from the baseline the results hold (tasks/classical.py DESCRIPTIONS).
 COLUMNS = {
     "pretrained": "pretrained",
     "scratch": "from scratch, tuned",
-    "classical": "TF-IDF + logistic regression",
+    "classical": "{long}",
 }
 NOTE_NAMES = {
     "pretrained": "The pretrained model",
     "scratch": "The randomly initialised model, with the best setting of its validation grid,",
-    "classical": "TF-IDF + logistic regression, with the best C on validation,",
+    "classical": "{long}, with the best C on validation,",
 }
 PLOT_LABELS = {
     "pretrained": "pretrained",
     "scratch": "same architecture, random init (tuned on validation)",
-    "classical": "TF-IDF + logistic regression (C tuned on validation)",
+    "classical": "{long} (C tuned on validation)",
 }
 # An arm learned something only when its test accuracy is this many standard errors of a test accuracy
 # (at the majority class's share) above the majority class: one row more is chance, not learning.
 LEARNED_STANDARD_ERRORS = 2.0
+
+
+def classical_names(results: list[ArmResult]) -> dict[str, str]:
+    """{"long", "short"}: what the tables call the classical baseline the results hold (text's when
+    they hold none)."""
+    from tasks.classical import DESCRIPTIONS, NAME
+
+    used = next((r.strategy for r in results if r.init == "classical"), NAME)
+    long, short = DESCRIPTIONS.get(used, DESCRIPTIONS[NAME])
+    return {"long": long, "short": short}
 
 
 def learned(accuracy: float, majority: float, test_rows: int) -> bool:
@@ -60,9 +71,10 @@ def _curve(results: list[ArmResult]) -> dict[int, dict[str, ArmResult]]:
 def curve_table(results: list[ArmResult], context: dict[str, Any]) -> str:
     """Test accuracy of each init at each size, the gaps, and what the majority class scores."""
     majority, n = context["majority_class_accuracy"], context["test_rows"]
-    head = " | ".join(COLUMNS[i] for i in INITS)
+    names = classical_names(results)
+    head = " | ".join(COLUMNS[i].format(**names) for i in INITS)
     lines = [
-        f"| training rows | {head} | pretrained − scratch | pretrained − TF-IDF |",
+        f"| training rows | {head} | pretrained − scratch | pretrained − {names['short']} |",
         "|---:|" + "---:|" * (len(INITS) + 2),
     ]
     for rows, arms in _curve(results).items():
@@ -96,9 +108,11 @@ def _majority_note(results: list[ArmResult], majority: float, n: int) -> str:
                 failed.setdefault(init, []).append(f"{r.train_rows:,}")
     if not failed:
         return note + " Every arm beats the majority class at every size."
+    names = classical_names(results)
     for init, sizes in failed.items():
         note += (
-            f"\n\n**{NOTE_NAMES[init]} does not beat the majority class at {', '.join(sizes)} training rows:"
+            f"\n\n**{NOTE_NAMES[init].format(**names)} does not beat the majority class at"
+            f" {', '.join(sizes)} training rows:"
             " there it learned nothing usable.**"
         )
     return note
@@ -106,9 +120,10 @@ def _majority_note(results: list[ArmResult], majority: float, n: int) -> str:
 
 def choices_table(results: list[ArmResult]) -> str:
     """What each tuned arm chose on the validation split, and what its grid cost."""
+    short = classical_names(results)["short"]
     lines = [
         "| training rows | pretrained: epochs, time (s) | from scratch: rate, epochs (best epoch) "
-        "| validation | scratch grid: runs, time (s) | TF-IDF: C | validation |",
+        f"| validation | scratch grid: runs, time (s) | {short}: C | validation |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rows, arms in _curve(results).items():
@@ -210,7 +225,8 @@ def plot_curve(results: list[ArmResult], context: dict[str, Any], path: Path) ->
     for init in INITS:
         pts = sorted((arms[init].train_rows, arms[init].test_accuracy) for arms in curve if init in arms)
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=PLOT_LABELS[init])
+            label = PLOT_LABELS[init].format(**classical_names(results))
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
     ax.axhline(context["majority_class_accuracy"], color="grey", linestyle="--", label="majority class")
     ax.set_xscale("log")
     ax.set_xlabel("training examples")
@@ -281,24 +297,27 @@ def _round(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
-def load_results(paths: ProjectPaths) -> tuple[dict[str, Any], list[ArmResult]]:
-    """(context, arms) of docs/results/results.json; ({}, []) before the first run."""
-    path = paths.results_dir / "results.json"
+def load_results(paths: ProjectPaths, out: Path | None = None) -> tuple[dict[str, Any], list[ArmResult]]:
+    """(context, arms) of docs/results/results.json (or `out`'s); ({}, []) before the first run."""
+    path = (out or paths.results_dir) / "results.json"
     if not path.is_file():
         return {}, []
     data = json.loads(path.read_text())
     return data.get("context", {}), [ArmResult.from_dict(a) for a in data.get("arms", [])]
 
 
-def write_results(paths: ProjectPaths, results: list[ArmResult], context: dict[str, Any]) -> list[Path]:
-    """Tables, plots, results.json and summary.json under docs/results/; returns the files written.
+def write_results(
+    paths: ProjectPaths, results: list[ArmResult], context: dict[str, Any], out: Path | None = None
+) -> list[Path]:
+    """Tables, plots, results.json and summary.json under docs/results/ (or `out`); returns the files
+    written.
 
     Running one part keeps the other part's latest arms, so the tables of both stay consistent.
     """
-    out = paths.results_dir
+    out = out or paths.results_dir
     out.mkdir(parents=True, exist_ok=True)
     parts = {r.part for r in results}
-    results = [r for r in load_results(paths)[1] if r.part not in parts] + results
+    results = [r for r in load_results(paths, out)[1] if r.part not in parts] + results
     (out / "results.json").write_text(
         json.dumps({"context": context, "arms": [r.to_dict() for r in results]}, indent=2) + "\n"
     )

@@ -26,12 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.prepare import subsample
-
 if TYPE_CHECKING:
     import pandas as pd
 
     from tasks.config import TrainConfig
+    from tasks.kinds.base import TaskKind
     from tasks.train import FrozenActivations
 
 log = logging.getLogger("transferline.search")
@@ -45,6 +44,15 @@ SEARCH_SPACE: dict[str, tuple[dict[str, Any], tuple[float, ...]]] = {
     "lora": ({"lora_rank": 16, "lora_alpha": 32}, (1.0e-3, 5.0e-4, 2.0e-3)),
     "freeze": ({"freeze_layers": 4, "cache_frozen": True}, (1.0e-4, 5.0e-5, 2.0e-4)),
     "head": ({"cache_frozen": True}, (2.0e-3, 1.0e-3, 4.0e-3)),
+}
+# Image models (tasks/kinds/image.py): the same strategies around the rates the image example's table
+# chose on validation (docs/images.md: head 3e-3, freeze 1e-3 with the stem and 5 of the 8 layers fixed);
+# a convolutional network fine-tunes at rates ten times a transformer's.
+IMAGE_SEARCH_SPACE: dict[str, tuple[dict[str, Any], tuple[float, ...]]] = {
+    "full": ({"layer_lr_decay": 0.9}, (1.0e-3, 5.0e-4, 2.0e-3)),
+    "lora": ({"lora_rank": 16, "lora_alpha": 32}, (2.0e-3, 1.0e-3, 4.0e-3)),
+    "freeze": ({"freeze_layers": 5, "cache_frozen": True}, (1.0e-3, 5.0e-4, 2.0e-3)),
+    "head": ({"cache_frozen": True}, (3.0e-3, 1.0e-3, 1.0e-2)),
 }
 ETA = 3  # each round keeps the best 1/ETA of the last one
 LAST_ROUND = 2  # candidates of the last round: the choice is made between at least two
@@ -236,6 +244,13 @@ def trial_shape(rows: int, available: int) -> tuple[int, int]:
 # -- running it ----------------------------------------------------------------------------------------
 
 
+def search_space(kind: TaskKind | None) -> dict[str, tuple[dict[str, Any], tuple[float, ...]]]:
+    """The candidates for the kind's models: IMAGE_SEARCH_SPACE for image inputs, else SEARCH_SPACE."""
+    from tasks.kinds.image_sources import IMAGE
+
+    return IMAGE_SEARCH_SPACE if kind is not None and kind.input_column == IMAGE else SEARCH_SPACE
+
+
 def run_search(
     base: Path,
     train: pd.DataFrame,
@@ -243,12 +258,15 @@ def run_search(
     labels: list[str],
     cfg: TrainConfig,
     record: Path | None = None,
+    task: tuple[TaskKind, Path] | None = None,
 ) -> tuple[SearchResult, FrozenActivations | None]:
     """The search, or the one `record` holds from an earlier attempt of the same run (written there).
+    `task`: the project's task and the snapshot folder its splits' files are in (default: text).
 
     Returns:
         (the result, the activation cache when the chosen candidate trains from one, else None).
     """
+    from tasks.kinds import load_task
     from tasks.train import FrozenActivations
 
     if record is not None and record.is_file():
@@ -256,7 +274,8 @@ def run_search(
         log.info("strategy search: reusing %s (%s)", record, found.chosen.label())
         return found, FrozenActivations() if found.best().cached_layers else None
     activations = FrozenActivations()
-    found = _halve(base, train, validation, labels, cfg, activations)
+    task = task or (load_task("text-classification", None), Path())
+    found = _halve(_Search(base, train, validation, labels, cfg, activations, task))
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(found.to_dict(), indent=2) + "\n")
@@ -284,6 +303,7 @@ class _Search:
     labels: list[str]
     cfg: TrainConfig
     activations: FrozenActivations
+    task: tuple[TaskKind, Path]  # the project's task and the snapshot folder of its splits
     started: float = field(default_factory=time.perf_counter)
     trials: list[Trial] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -310,18 +330,12 @@ class _Search:
             )  # fmt: skip
 
 
-def _halve(
-    base: Path,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
-    labels: list[str],
-    cfg: TrainConfig,
-    activations: FrozenActivations,
-) -> SearchResult:
+def _halve(state: _Search) -> SearchResult:
     """Successive halving within cfg.time_budget_s (see the module docstring)."""
-    state = _Search(base, train, validation, labels, cfg, activations)
-    _warm_up(base, labels)
-    every = pool = candidates()
+    cfg, train = state.cfg, state.train
+    space = search_space(state.task[0])
+    _warm_up(state)
+    every = pool = candidates(space)
     # Calibration: the costliest strategy for a few steps, so round 0 is sized by this machine's pace.
     # It always runs (nothing to estimate it from), so there is always a trial to choose from.
     state.run_round(CALIBRATION, pool[:1], min(len(train), CALIBRATION_STEPS * cfg.batch_size))
@@ -332,7 +346,7 @@ def _halve(
     # Round 0 at the calibration's pace for every candidate: an over-estimate for all but the costliest,
     # which leaves more of the budget to the later rounds.
     dearest = estimate_cost(state.trials, pool[0].strategy) or Cost(0, 0)
-    rows, size = first_round(state.left(), dearest, len(pool), len(SEARCH_SPACE), (floor, low, high))
+    rows, size = first_round(state.left(), dearest, len(pool), len(space), (floor, low, high))
     pool, rounds = every[:size], halving_rounds(size)
     state.skipped += [
         f"round 0: {c.label()} (too short a budget for every learning rate)" for c in every[size:]
@@ -361,35 +375,34 @@ def _halve(
     return SearchResult(cfg.time_budget_s, state.spent(), state.trials, chosen, stopped, state.skipped)
 
 
-def _warm_up(base: Path, labels: list[str]) -> None:
+def _warm_up(search: _Search) -> None:
     """Pay the process's one-time costs before the calibration: importing the model's code and reading its
     weights can take ten times a small trial, and the calibration's fixed part must estimate what every
     later trial sets up, not the cold start. The budget pays for it (it is no trial)."""
     started = time.perf_counter()
-    from transformers import AutoTokenizer
-
-    from tasks.train import build_model
-
-    AutoTokenizer.from_pretrained(base)
-    build_model(base, labels)
+    kind = search.task[0]
+    kind.processor(search.base, search.cfg.max_length, training=True)
+    kind.build_model(search.base, search.labels)
     log.info("strategy search: model code and weights loaded in %.1f s", time.perf_counter() - started)
 
 
 def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Trial:
     """One candidate trained on `rows` training examples (a stratified subset, the same rows for every
     candidate of a round and nested across rounds), scored on the whole validation split."""
+    from tasks.kinds.splitting import subsample_examples
     from tasks.train import fine_tune
 
     cfg = search.cfg
     rows, epochs = trial_shape(rows, len(search.train))
-    subset = subsample(search.train, rows, cfg.seed)
+    kind, snapshot = search.task
+    subset = subsample_examples(search.train, kind.key(search.train), rows, cfg.seed)
     settings = {**candidate.settings, "strategy": candidate.strategy, "epochs": epochs}
     trial_cfg = cfg.model_copy(update={**settings, "checkpoint_every_steps": 0, "early_stopping_patience": 0})
     started = time.perf_counter()
     cache_before = (search.activations.seconds, search.activations.computed)
     _, _, result = fine_tune(
         search.base, subset, search.validation, search.labels, trial_cfg, progress=False,
-        activations=search.activations,
+        activations=search.activations, kind=kind, snapshot=snapshot,
     )  # fmt: skip
     return Trial(
         round=number,

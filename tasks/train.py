@@ -862,7 +862,7 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
             raise ConfigError("train.strategy: auto searches in one process; name a strategy under torchrun")
         record = checkpoint_dir / search.RECORD_FILE
         found, activations = search.run_search(
-            base.path, train, validation, cfg.data.labels, cfg.train, record
+            base.path, train, validation, cfg.data.labels, cfg.train, record, (kind, paths.prepared_dir)
         )
         train_cfg = search.chosen_config(cfg.train, found)
     model, processor, result = fine_tune(

@@ -46,6 +46,14 @@ def subsample(frame: pd.DataFrame, key: str, max_rows: int | None, seed: int) ->
     return pd.concat(parts).sort_index().reset_index(drop=True)
 
 
+def subsample_examples(frame: pd.DataFrame, keys: pd.Series, max_rows: int | None, seed: int) -> pd.DataFrame:
+    """``subsample`` with each row's key given (a task's ``key(frame)``) instead of a column's name: what
+    the strategy search and the evidence arms cut their training rows with, for any task."""
+    if max_rows is None or len(frame) <= max_rows:
+        return frame
+    return subsample(frame.assign(_key=keys.to_numpy()), "_key", max_rows, seed).drop(columns="_key")
+
+
 def split(
     frame: pd.DataFrame, key: str, val_size: float, test_size: float, seed: int
 ) -> dict[str, pd.DataFrame]:

@@ -99,3 +99,44 @@ def test_experiment_refuses_bad_arguments_before_training(project, capsys):
     assert cli("experiment", "--project", str(project), "--set", "train.strategy=everything") == 2
     assert "train.strategy" in capsys.readouterr().err
     assert not ProjectPaths.at(project).results_dir.exists()
+
+
+def test_the_evidence_of_an_image_project(tmp_path, capsys, prefect_server):
+    """`transferline experiment` on an image project (lfw_subset, EfficientNet-Lite0 at 32 pixels): the
+    pretrained model, the same architecture from random init (rate and length chosen on validation, 2 × 2
+    runs here; the evidence's command uses 3 × 2) and a logistic regression on pixels (C on validation), and
+    the strategy table, under --output."""
+    from tasks.classical import PIXEL_C_GRID, PIXEL_SIDE, PIXELS_NAME
+    from tests.conftest import make_project
+    from tests.data.images import lfw_folder
+    from tests.pipeline.test_image_pipeline import IMAGE_PARAMS
+
+    project = make_project(tmp_path, {**IMAGE_PARAMS, "data.val_size": 0.2, "train.batch_size": 8})
+    lfw_folder(project / "data" / "raw" / "lfw", per_class=20)
+    code = cli(
+        "experiment", "--project", str(project), "--sizes", "12", "--strategies", "head",
+        "--min-steps", "4", "--set", "train.epochs=1", "--scratch-rates", "1e-3,1e-2",
+        "--scratch-lengths", "1,2", "--output", "docs/results/images",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    figures = json.loads(out.strip().splitlines()[-1])
+    results_dir = project / "docs" / "results" / "images"
+    assert json.loads((results_dir / "summary.json").read_text()) == figures
+    assert not (project / "docs" / "results" / "results.json").exists()  # only under --output
+    arms = {a["name"]: a for a in json.loads((results_dir / "results.json").read_text())["arms"]}
+    assert set(arms) == {"pretrained@12", "scratch@12", "classical@12", "head"}
+    assert arms["pretrained@12"]["train_rows"] == 12 and arms["head"]["train_rows"] > 12
+    scratch = arms["scratch@12"]
+    assert {(c["learning_rate"], c["epochs"]) for c in scratch["grid"]} == {
+        (rate, epochs) for rate in (1e-3, 1e-2) for epochs in (2, 4)
+    }
+    assert scratch["trainable_params"] == scratch["total_params"] > 3_000_000  # EfficientNet-Lite0, all of it
+    classical = arms["classical@12"]
+    assert classical["strategy"] == PIXELS_NAME and [c["C"] for c in classical["grid"]] == list(PIXEL_C_GRID)
+    assert classical["trainable_params"] == PIXEL_SIDE * PIXEL_SIDE * 3 + 1
+    assert arms["head"]["trainable_params"] < 10_000  # a linear probe on 1,280 pooled features
+    curve = (results_dir / "learning_curve.md").read_text()
+    assert f"logistic regression on {PIXEL_SIDE}×{PIXEL_SIDE} pixels" in curve and "TF-IDF" not in curve
+    assert "| 12 |" in curve and "| head |" in (results_dir / "strategies.md").read_text()
+    assert (results_dir / "learning_curve.png").stat().st_size > 0

@@ -4,6 +4,7 @@ its record. The schedule's arithmetic alone is tests/unit/test_search.py."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pandas as pd
@@ -68,3 +69,38 @@ def test_the_search_stays_within_its_budget_and_resumes_from_its_record(reviews,
     again, _ = run_search(BASE, train, val, LABELS, cfg, record)  # a restarted run: no trial again
     assert time.perf_counter() - started < 2
     assert again.to_dict() == found.to_dict()
+
+
+def test_auto_searches_an_image_model_with_the_image_candidates(tmp_path):
+    """The same search over EfficientNet-Lite0 on lfw_subset crops (32 pixels): trials train through the
+    image task, on its candidates, within the budget; head and freeze trials share their cached layers."""
+    from tasks.kinds import load_task
+    from tasks.search import IMAGE_SEARCH_SPACE
+    from tests.data.images import converted_model, lfw_folder
+    from tests.unit.test_image_kind import options
+
+    base = converted_model(tmp_path / "base")
+    folder = lfw_folder(tmp_path / "lfw", per_class=24)
+    files = sorted(folder.rglob("*.png"))
+    frame = pd.DataFrame(
+        {
+            "image": [str(f.relative_to(folder)) for f in files],
+            "label": [f.parent.name for f in files],
+            "sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files],
+        }
+    )
+    train, val = frame[frame.index % 4 != 0], frame[frame.index % 4 == 0]  # 36 and 12 images
+    kind = load_task("image-classification", options(size=32, augment_crop_scale=1.0, augment_flip=False))
+    budget = 40.0
+    cfg = train_cfg(
+        strategy="auto", epochs=2, batch_size=8, time_budget_s=budget, num_threads=1,
+        lora_target_modules=["conv_pw", "conv_pwl", "conv_head"],  # as the image example sets them
+    )  # fmt: skip
+    started = time.perf_counter()
+    found, _ = run_search(base, train, val, ["face", "other"], cfg, task=(kind, folder))
+    assert time.perf_counter() - started <= 1.3 * budget
+    image_candidates = candidates(IMAGE_SEARCH_SPACE)
+    assert found.chosen in image_candidates and len(found.trials) >= 3
+    assert all(t.candidate in image_candidates for t in found.trials)
+    assert {t.cached_layers for t in found.trials if t.strategy == "head"} <= {8}
+    assert {t.cached_layers for t in found.trials if t.strategy == "freeze"} <= {5}

@@ -36,3 +36,35 @@ def test_c_is_chosen_on_validation_and_the_model_learns_the_words():
 def test_an_empty_grid_is_refused():
     with pytest.raises(ValueError, match="c_grid is empty"):
         fit(reviews(10), reviews(4, offset=10), seed=42, c_grid=())
+
+
+def test_the_image_baseline_is_a_logistic_regression_on_pixels_chosen_on_validation(tmp_path):
+    """lfw_subset's faces against other crops, from the files, at PIXEL_SIDE: C on validation, well above
+    chance on held-out images."""
+    from tasks.classical import PIXEL_C_GRID, PIXEL_SIDE, PIXELS_NAME, baseline
+    from tasks.kinds import load_task
+    from tests.data.images import lfw_folder
+    from tests.unit.test_image_kind import options
+
+    folder = lfw_folder(tmp_path / "lfw", per_class=60)
+    files = sorted(folder.rglob("*.png"))
+    frame = pd.DataFrame(
+        {"image": [str(f.relative_to(folder)) for f in files], "label": [f.parent.name for f in files]}
+    )
+    train, val, test = (frame.iloc[i::3].reset_index(drop=True) for i in range(3))
+    pixels = baseline(load_task("image-classification", options()), folder)
+    fitted = pixels.fit(train, val, seed=0)
+    assert pixels.name == PIXELS_NAME and [cell["C"] for cell in fitted.grid] == list(PIXEL_C_GRID)
+    assert [cell["C"] for cell in fitted.grid if cell["chosen"]] == [fitted.c]
+    assert fitted.parameters == PIXEL_SIDE * PIXEL_SIDE * 3 + 1  # RGB pixels and the intercept (2 classes)
+    assert pixels.accuracy(fitted.model, test) >= 0.75
+
+
+def test_a_task_without_a_baseline_is_refused():
+    from tasks.classical import baseline
+
+    class Tokens:
+        name, input_column = "token-classification", "tokens"
+
+    with pytest.raises(ValueError, match="no classical baseline for token-classification"):
+        baseline(Tokens())

@@ -291,9 +291,12 @@ def bench_args(doc: str | None, arms: tuple[str, ...], tasks: bool = False) -> a
     """The options of a benchmark whose arms each train in their own process; sets the runtime up offline.
     `tasks`: the benchmark also takes --task and --quick (this one does)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=0, help="training rows (0 = the whole training split)")
+    choices = ", ".join(arms) + (f" (--task image: {', '.join(IMAGE_ARMS)})" if tasks else "")
+    images = f"; --task image: images kept before splitting (default {IMAGE_FULL['rows']:,})" if tasks else ""
+    rows_help = f"training rows (0 = the whole training split){images}"
+    parser.add_argument("--rows", type=int, default=0, help=rows_help)
     parser.add_argument("--epochs", type=int, default=None, help="passes over the training rows (default: 3)")
-    parser.add_argument("--arms", help="comma-separated subset of " + ", ".join(arms))
+    parser.add_argument("--arms", help="comma-separated subset of " + choices)
     parser.add_argument("--workdir", type=Path, help="reuse a prepared folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, help="train.seed for every arm (default: params.yaml's)")
     parser.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm, print its JSON

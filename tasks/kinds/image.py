@@ -243,8 +243,19 @@ class ImageClassification:
         return model(**inputs).logits
 
     def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
+        """LoRA on ``train.lora_target_modules``; ConfigError naming the architecture's own targets when
+        none of them is a module of it (e.g. a text model's query/value left in params.yaml)."""
+        from tasks.config import ConfigError
+
         targets = list(cfg.lora_target_modules) or list(image_blocks.lora_targets(model))
-        return image_blocks.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets)
+        try:
+            return image_blocks.apply_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, targets)
+        except ValueError as err:  # PEFT: no module of the model matches the targets
+            model_type = model.config.model_type
+            own = image_blocks.LORA_TARGETS.get(model_type)
+            hint = f" (use {model_type}'s own: {list(own)})" if own else ""
+            reason = str(err).split(". ")[0]
+            raise ConfigError(f"train.lora_target_modules: {targets}: {reason}{hint}") from None
 
     # -- predictions, serving, scoring ----------------------------------------------------------------------
     def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:

@@ -275,3 +275,17 @@ def test_the_image_example_params_are_a_valid_image_config():
 
     cfg = load_config(ROOT / "examples" / "image-classification" / "params.yaml")
     assert cfg.task.type == "image-classification" and cfg.image.size == 64
+
+
+def test_lora_targets_of_a_text_model_are_refused_with_the_image_models_own():
+    from tasks.config import ConfigError
+    from tasks.kinds.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
+    from tests.minilm import train_cfg
+
+    kind = load_task("image-classification", options())
+    model = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=2))
+    cfg = train_cfg(strategy="lora", lora_target_modules=["query", "value"])
+    with pytest.raises(ConfigError, match=r"train\.lora_target_modules: \['query', 'value'\].*'conv_pw'"):
+        kind.apply_lora(model, cfg)
+    adapted = kind.apply_lora(model, cfg.model_copy(update={"lora_target_modules": ["conv_pw"]}))
+    assert any("lora_" in name for name, _ in adapted.named_parameters())

@@ -154,7 +154,8 @@ def save_training(
     """Checkpoint `step` of a run: what a restarted run needs to continue as if it had never stopped.
 
     Args:
-        weights: the parameters that adapt, by name (the rest are the base model's and never change).
+        weights: what training changes, by name: the parameters that adapt and BatchNorm running statistics
+            (the rest is the base model's and never changes).
         scheduler: a LambdaLR; its lambdas are code, rebuilt by the run, so they are not saved.
         progress: where the loop is (epoch, step, the python RNG state of the epoch, ...), JSON-able.
         best: the weights of the best epoch so far, when it is not the current one.

@@ -145,6 +145,9 @@ class _Run:
     scheduler: Any
     scaler: torch.amp.GradScaler
     adapting: dict[str, torch.Tensor]  # name -> parameter, every one the optimiser holds
+    # What training changes, by name: the adapting parameters and the BatchNorm running statistics, which
+    # move with them; the best epoch and checkpoints keep all of it (a text model has no BatchNorm).
+    kept: dict[str, torch.Tensor]
     trainable: int  # parameters that learn at some point of the run
     total: int
     layers: dict[str, dict[str, int]]  # block -> trainable/total params, as set up
@@ -396,6 +399,7 @@ def _set_up(
         # fp16 gradients underflow without loss scaling; for bf16/fp32 the scaler is a pass-through.
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
         adapting=adapting,
+        kept={**adapting, **running_statistics(model)},
         trainable=trainable,
         total=total,
         layers=layers,
@@ -459,10 +463,10 @@ def _resume(run: _Run) -> tuple[_Progress, int | None]:
     ckpt = checkpoints.latest(run.checkpoint_dir)
     if ckpt is None:
         return fresh, None
-    if set(ckpt.tensors.get("weights", {})) != set(run.adapting):
+    if set(ckpt.tensors.get("weights", {})) != set(run.kept):
         log.warning("ignoring checkpoint %s: it holds other parameters than this run trains", ckpt.path)
         return fresh, None
-    progress, run.best = checkpoints.restore_training(ckpt, run.adapting, run.optimizer, run.scheduler)
+    progress, run.best = checkpoints.restore_training(ckpt, run.kept, run.optimizer, run.scheduler)
     state = _Progress(**progress)
     log.info("resumed from checkpoint %s (step %d, epoch %d)", ckpt.path.name, ckpt.step, state.epoch)
     return state, ckpt.step
@@ -598,7 +602,7 @@ def _close_epoch(run: _Run, state: _Progress, seconds: float) -> None:
     )  # fmt: skip
     if val_acc > state.best_acc:
         state.best_acc, state.best_epoch, state.stale_epochs = val_acc, state.epoch, 0
-        run.best = {n: p.detach().clone() for n, p in run.adapting.items()}
+        run.best = {n: p.detach().clone() for n, p in run.kept.items()}
     else:
         state.stale_epochs += 1
         if cfg.early_stopping_patience and state.stale_epochs >= cfg.early_stopping_patience:
@@ -626,7 +630,7 @@ def _save_checkpoint(run: _Run, state: _Progress) -> None:
     checkpoints.save_training(
         run.checkpoint_dir,
         state.global_step,
-        run.adapting,
+        run.kept,
         run.optimizer,
         run.scheduler,
         asdict(state),
@@ -642,7 +646,7 @@ def _keep_best(run: _Run, state: _Progress) -> None:
         return
     with torch.no_grad():
         for name, value in run.best.items():
-            run.adapting[name].copy_(value)
+            run.kept[name].copy_(value)
     log.info("keeping epoch %d (best validation accuracy %.4f)", state.best_epoch, state.best_acc)
 
 
@@ -703,6 +707,19 @@ def _average_gradients(params: list[Any], world: int) -> None:
         if p.grad is not None:
             dist.all_reduce(p.grad)
             p.grad /= world
+
+
+def running_statistics(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The running mean and variance of every BatchNorm layer that tracks them, by name (the live
+    buffers): state that training changes besides the parameters."""
+    import torch
+
+    stats: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            stats[f"{name}.running_mean"] = module.running_mean
+            stats[f"{name}.running_var"] = module.running_var
+    return stats
 
 
 def average_batch_norm(model: torch.nn.Module, world: int) -> int:

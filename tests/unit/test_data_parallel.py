@@ -59,3 +59,23 @@ def test_two_processes_end_the_epoch_with_the_mean_of_their_running_statistics(t
             torch.testing.assert_close(r["after"][key], r["before"][key])
     fresh = tiny_bn_model().state_dict()
     torch.testing.assert_close(ranks[0]["after"]["3.running_mean"], fresh["3.running_mean"])
+
+
+def test_running_statistics_are_the_live_buffers_the_best_epoch_and_checkpoints_keep():
+    """Best-epoch keeping and checkpoints copy these tensors in place: they must be the model's own
+    buffers (a copy would keep the last epoch's statistics beside the best epoch's weights)."""
+    from tasks.train import running_statistics
+
+    model = tiny_bn_model()
+    stats = running_statistics(model)
+    # the untracked BatchNorm has no running statistics; the fixed one has them (they must travel too)
+    assert set(stats) == {"1.running_mean", "1.running_var", "3.running_mean", "3.running_var"}
+    assert stats["1.running_mean"] is model[1].running_mean
+    kept = {name: value.clone() for name, value in stats.items()}
+    with torch.no_grad():
+        model(torch.randn(8, 3, 6, 6) + 3)  # an epoch moves the statistics of the training layer
+        assert not torch.equal(model[1].running_mean, kept["1.running_mean"])
+        for name, value in kept.items():  # what _keep_best does with the best epoch's copy
+            stats[name].copy_(value)
+    assert torch.equal(model[1].running_mean, kept["1.running_mean"])
+    assert running_statistics(torch.nn.Linear(2, 2)) == {}

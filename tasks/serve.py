@@ -47,6 +47,7 @@ WEIGHTS_TAG = "weights_sha256"  # recorded by tasks/promote.py lineage_tags
 FILES_TAG = "model_files_sha256"  # JSON {file name: sha256}, same origin
 MAX_LENGTH_PARAM = "train.max_length"  # the run's params: the length the model was trained and scored with
 VERSION_HEADER = "X-Model-Version"
+KEEP_ALIVE_S = 75  # seconds an idle keep-alive connection stays open (see run_server)
 
 
 class VerificationError(RuntimeError):
@@ -515,6 +516,10 @@ def run_server(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Longer than a load balancer's idle timeout (60 s on the common ones), so that the balancer, not the
+        # server, closes an idle connection: otherwise a client that reuses one after a pause can write
+        # into a socket the server just closed and see a broken pipe instead of an answer.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = uvicorn.Server(config)
     if ready is not None:

@@ -83,3 +83,16 @@ def word_rows(logits: torch.Tensor, words: list[int | None], n_words: int) -> tu
         best = int(probs[position].argmax())
         tags[word], scores[word] = best, float(probs[position, best])
     return tags, scores
+
+
+def tags_per_word(
+    logits: torch.Tensor, inputs: TokenInputs, n_words: list[int], tags: list[str]
+) -> tuple[list[list[str]], list[list[float]]]:
+    """Per sentence, each word's predicted tag and its probability from per-position logits (N, T, C)
+    in input order (``tasks.inference.predict_inputs``): what the metrics and the spans read."""
+    out_tags, out_scores = [], []
+    for row, words, count in zip(logits, inputs.words, n_words, strict=True):
+        ids, scores = word_rows(row, words, count)
+        out_tags.append([tags[i] for i in ids])
+        out_scores.append(scores)
+    return out_tags, out_scores

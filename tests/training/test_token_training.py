@@ -7,9 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from tasks.inference import predict_inputs
 from tasks.kinds import task_of
 from tasks.kinds.base import IGNORE_INDEX
-from tasks.kinds.token_align import first_subtoken_targets, word_rows
+from tasks.kinds.token_align import first_subtoken_targets, tags_per_word, word_rows
+from tasks.kinds.token_metrics import entity_scores
+from tasks.kinds.token_tags import tag_names
 from tasks.train import fine_tune, save_model, task_loss
 from tests.data.sentences import TYPES, corpus, ner_config
 from tests.minilm import BASE, train_cfg
@@ -73,6 +76,11 @@ def test_the_loss_falls_with_the_cached_encoder_and_the_model_saves(kind, tmp_pa
     losses = [h.train_loss for h in result.history]
     assert result.cached_layers == 4 and losses[-1] < losses[0] * 0.5, losses
     assert result.best_val_accuracy > 0.9  # the tags of the scored (first) sub-tokens
+    val = frame(rows[48:])
+    inputs = kind.encode_items(kind.items(val, None), processor)
+    logits = predict_inputs(model, inputs, 8, (kind, processor, torch.device("cpu"), "fp32"))
+    predicted, _ = tags_per_word(logits, inputs, [len(t) for t in val["tokens"]], tag_names(TYPES))
+    assert entity_scores(list(val["tags"]), predicted, TYPES).f1 > 0.8  # exact spans, on unseen sentences
     save_model(model, processor, tmp_path / "m", {"task": {"type": kind.name}}, kind)
     loaded = kind.load_model(tmp_path / "m")
     assert loaded.config.id2label[3] == "B-geo-loc"

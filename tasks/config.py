@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.kinds.image_config import ImageConfig
+from tasks.kinds.token_config import NerConfig
 
 
 class ConfigError(ValueError):
@@ -238,6 +239,7 @@ class Config(_Section):
     task: TaskConfig
     data: DataConfig
     image: ImageConfig  # read only by image classification (tasks/kinds/image_config.py)
+    ner: NerConfig  # read only by token classification (tasks/kinds/token_config.py)
     validate_: ValidateConfig = Field(alias="validate")
     drift: DriftConfig
     model: ModelConfig

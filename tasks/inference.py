@@ -157,11 +157,27 @@ def predict_inputs(
 
     kind, processor, device, precision = where
     model.eval()
-    out = torch.empty((len(inputs), model.config.num_labels), dtype=torch.float32)
+    parts = []
     with torch.inference_mode(), autocast(device, precision):
         for idx in by_length(inputs.sizes, batch_size):
             batch = {k: v.to(device) for k, v in kind.collate(inputs, idx, processor).items()}
-            out[idx] = kind.logits(model, batch).float().cpu()
+            parts.append((idx, kind.logits(model, batch).float().cpu()))
+    return assemble(parts, len(inputs), model.config.num_labels)
+
+
+def assemble(parts: list[tuple[list[int], torch.Tensor]], n: int, num_labels: int) -> torch.Tensor:
+    """Batches of logits put back in input order: (N, C) per example, or (N, T, C) per position (token
+    classification), each batch's positions padded with zeros to the longest T of all batches."""
+    import torch
+
+    if not parts or parts[0][1].dim() == 2:
+        out = torch.empty((n, num_labels), dtype=torch.float32)
+        for idx, logits in parts:
+            out[idx] = logits
+        return out
+    out = torch.zeros((n, max(logits.shape[1] for _, logits in parts), num_labels), dtype=torch.float32)
+    for idx, logits in parts:
+        out[idx, : logits.shape[1]] = logits
     return out
 
 

@@ -164,6 +164,9 @@ def read_hf_dataset(source: str) -> tuple[pd.DataFrame, str]:
             frame[column] = [
                 feature.int2str(int(v)) if v is not None and v >= 0 else None for v in frame[column]
             ]
+        elif isinstance(getattr(feature, "feature", None), datasets.ClassLabel):  # token tags: lists of ids
+            names = feature.feature
+            frame[column] = [[names.int2str(int(v)) for v in row] for row in frame[column]]
     if frame.empty:
         raise DataSourceError(f"data.source {source!r} has no rows in split {split!r}")
     return frame, identity

@@ -81,7 +81,9 @@ _CONFUSION_PLOT = {"template": "confusion", "x": "predicted", "y": "actual"}
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
-        Stage("prepare", params=("task", "data", "image"), deps=("raw_dir",), outs=(Out("prepared_dir"),)),
+        Stage(
+            "prepare", params=("task", "data", "image", "ner"), deps=("raw_dir",), outs=(Out("prepared_dir"),)
+        ),
         Stage("download", params=("model",), outs=(Out("base_manifest"),)),
         Stage(
             "champion",
@@ -95,26 +97,26 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "validate",
-            params=("task", "data.labels", "image", "validate"),
+            params=("task", "data.labels", "image", "ner", "validate"),
             deps=("prepared_dir", "champion_manifest"),
             outs=(Out("validation_dir"),),
         ),
         Stage(
             "drift",
-            params=("task", "data.labels", "image", "drift"),
+            params=("task", "data.labels", "image", "ner", "drift"),
             deps=("prepared_dir", "base_manifest", "champion_manifest"),
             outs=(Out("drift_dir"),),
         ),
         Stage(
             "train",
-            params=("task", "data.labels", "image", "train"),
+            params=("task", "data.labels", "image", "ner", "train"),
             deps=("prepared_dir", "base_manifest"),
             after=("validate", "drift"),  # bad data or blocking drift stop the run before training
             outs=(Out("challenger_dir"),),
         ),
         Stage(
             "evaluate",
-            params=("task", "data.labels", "image", "train.max_length", "evaluate"),
+            params=("task", "data.labels", "image", "ner", "train.max_length", "evaluate"),
             deps=("prepared_dir", "challenger_dir", "champion_manifest"),
             outs=(Out("evaluation_file"),),
             metrics=(Out("metrics_file"),),

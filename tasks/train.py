@@ -34,6 +34,7 @@ from tasks.download import BaseModelRef, load_base_ref
 from tasks.inference import (
     INFERENCE_BATCH,
     METADATA_FILE,
+    assemble,
     autocast,
     by_length,
     choose_device,
@@ -41,6 +42,7 @@ from tasks.inference import (
     predict_inputs,
 )
 from tasks.kinds import load_task, task_of
+from tasks.kinds.base import IGNORE_INDEX
 from tasks.paths import ProjectPaths
 from tasks.prepare import data_sha256, read_split
 from tasks.runtime import configure_environment, stage_logging, torch_threads
@@ -232,7 +234,8 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: 
 
 
 def task_loss(logits: torch.Tensor, target: torch.Tensor, rdrop_alpha: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of `logits` (B, C) against `target` (B,).
+    """Cross-entropy of `logits` (B, C) against `target` (B,); per-position logits (B, T, C) against
+    targets (B, T') are scored on the positions whose target is not IGNORE_INDEX (`scored_positions`).
 
     With `rdrop_alpha` > 0 the logits are (2B, C): the batch run twice under independent dropout masks.
     The loss is then R-Drop's (Liang et al., 2021): the mean cross-entropy of both halves plus alpha times
@@ -241,6 +244,8 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor, rdrop_alpha: float = 0
     """
     import torch.nn.functional as F
 
+    if logits.dim() > 2:
+        logits, target = scored_positions(logits, target, 2 if rdrop_alpha else 1)
     if not rdrop_alpha:
         return F.cross_entropy(logits, target)
     first, second = logits.chunk(2)
@@ -249,6 +254,20 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor, rdrop_alpha: float = 0
         q, p, log_target=True, reduction="batchmean"
     )
     return (F.cross_entropy(first, target) + F.cross_entropy(second, target)) / 2 + rdrop_alpha * kl / 2
+
+
+def scored_positions(
+    logits: torch.Tensor, target: torch.Tensor, passes: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position logits (passes·B, T, C) and targets (B, T') -> (passes·N, C) and (N,) over the N
+    positions whose target is not IGNORE_INDEX (a word's later sub-tokens, special tokens, padding). T' may
+    exceed T: targets are padded to the longest example of the split, a batch only to its own longest."""
+    import torch
+
+    target = target[:, : logits.shape[1]]
+    keep = target.reshape(-1) != IGNORE_INDEX
+    rows = [part.reshape(-1, part.shape[-1])[keep] for part in logits.chunk(passes)]
+    return torch.cat(rows), target.reshape(-1)[keep]
 
 
 @contextlib.contextmanager
@@ -621,6 +640,9 @@ def _val_accuracy(run: _Run) -> float:
     else:
         where = (run.kind, run.processor, run.device, run.precision)
         logits = predict_inputs(run.model, run.x_val, INFERENCE_BATCH, where)
+    if run.y_val.dim() > 1:  # per-position targets: the share of scored positions predicted right
+        predicted, target = scored_positions(logits, run.y_val)
+        return float((predicted.argmax(-1) == target).float().mean())
     return float((logits.argmax(-1) == run.y_val).float().mean())
 
 
@@ -823,12 +845,12 @@ def _logits_from_cache(
 
     kind, _, device, precision = where
     model.eval()
-    out = torch.empty((len(cache), model.config.num_labels), dtype=torch.float32)
+    parts = []
     with torch.inference_mode(), autocast(device, precision):
         for idx in by_length([h.shape[0] for h in cache], batch_size):
             hidden = kind.hidden_to(kind.stack_hidden([cache[i] for i in idx]), device)
-            out[idx] = kind.top(model, hidden, depth).float().cpu()
-    return out
+            parts.append((idx, kind.top(model, hidden, depth).float().cpu()))
+    return assemble(parts, len(cache), model.config.num_labels)
 
 
 # -- stage shell ---------------------------------------------------------------------------------------

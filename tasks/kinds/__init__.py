@@ -38,6 +38,18 @@ def _image_options() -> type:
     return ImageConfig
 
 
+def _token_classification() -> type:
+    from tasks.kinds.token import TokenClassification
+
+    return TokenClassification
+
+
+def _token_options() -> type:
+    from tasks.kinds.token_config import NerConfig
+
+    return NerConfig
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     implementation: Callable[[], type]  # imports and returns the class implementing tasks/kinds/base.py
@@ -54,6 +66,11 @@ TASKS: dict[str, TaskSpec] = {
         implementation=_image_classification,
         options_section="image",
         options_type=_image_options,
+    ),
+    "token-classification": TaskSpec(
+        implementation=_token_classification,
+        options_section="ner",
+        options_type=_token_options,
     ),
 }
 

@@ -7,9 +7,12 @@ docs/design/tasks.md says which code of each stage moves behind which member, an
 tests/unit/test_image_kind.py checks that every task in the table provides all of them.
 
 Shapes: ``inputs`` is what ``collate`` returns, the keyword arguments of the model's forward pass
-(text: input_ids and attention_mask, (B, T); images: pixel_values, (B, 3, H, W)). ``hidden`` is what
-``bottom`` returns (text: (B, T, H) hidden states with their mask; images: (B, C, h, w) feature maps, or
-(B, C) pooled features at the top depth).
+(text and tokens: input_ids and attention_mask, (B, T); images: pixel_values, (B, 3, H, W)). ``hidden`` is
+what ``bottom`` returns (text and tokens: (B, T, H) hidden states with their mask; images: (B, C, h, w)
+feature maps, or (B, C) pooled features at the top depth). Logits are (B, C), one row per example, or
+(B, T, C), one row per position (token classification); then the targets (``encode``'s ``.labels``) are
+(N, T') with IGNORE_INDEX where no loss reads, and training, scoring and the cache put per-position logits
+back in order padded to the longest example (``tasks.inference.assemble``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ if TYPE_CHECKING:
     from tasks.config import DataConfig, DriftConfig, TrainConfig, ValidateConfig
     from tasks.drift import DriftCheck
     from tasks.validate import ValidationReport
+
+
+# A target position that no loss or metric reads (torch's cross_entropy ignores it by default): token
+# classification gives it to a word's later sub-tokens, special tokens and padding.
+IGNORE_INDEX = -100
 
 
 class RequestError(ValueError):
@@ -158,7 +166,8 @@ class TaskKind(Protocol):
         ...
 
     def top(self, model: PreTrainedModel, hidden: Any, depth: int) -> torch.Tensor:
-        """Logits (B, C) from the output of layer `depth`: ``top(bottom(x, d), d)`` is the forward pass."""
+        """Logits (B, C) or (B, T, C) from the output of layer `depth`: ``top(bottom(x, d), d)`` is the
+        forward pass."""
         ...
 
     def split_hidden(self, hidden: Any) -> list[torch.Tensor]:
@@ -174,7 +183,7 @@ class TaskKind(Protocol):
         ...
 
     def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The one forward pass of training, evaluation and serving: logits (B, C)."""
+        """The one forward pass of training, evaluation and serving: logits (B, C), or (B, T, C)."""
         ...
 
     def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:

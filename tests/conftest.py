@@ -71,10 +71,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def prefect_server():
+    """One real Prefect server per test process, for flows run in the test and for every `transferline`
+    process the test starts: its URL is exported, so those processes talk to it instead of each starting
+    and migrating a temporary server of its own (seconds of CPU a process). Tests about the temporary
+    server or about having no server say so by leaving PREFECT_API_URL out of the child's environment."""
+    from prefect.settings import get_current_settings
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        os.environ["PREFECT_API_URL"] = str(get_current_settings().api.url)
+        try:
+            yield
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 def set_params(project: Path, updates: dict) -> None:
@@ -155,12 +164,12 @@ def make_project(base: Path, params: dict | None = None, fresh_stores: bool = Fa
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def project(tmp_path: Path, prefect_server) -> Path:
     return make_project(tmp_path)
 
 
 @pytest.fixture
-def bare_project(tmp_path: Path) -> Path:
+def bare_project(tmp_path: Path, prefect_server) -> Path:
     """A fresh tiny project with no MLflow store yet: for tests that check what creates one."""
     return make_project(tmp_path, fresh_stores=True)
 
@@ -172,7 +181,7 @@ CANARY_ENV = ("AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD", "HF_TOKEN", "
 
 
 @pytest.fixture
-def quick_project(tmp_path: Path) -> Path:
+def quick_project(tmp_path: Path, prefect_server) -> Path:
     """A fresh project on the QUICK configuration: for tests where a model only has to exist."""
     return make_project(tmp_path, QUICK)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import os
 import sys
 import threading
 import time
@@ -105,5 +106,6 @@ def test_run_refuses_approval_without_a_prefect_server(project: Path):
             "promote.require_approval=true",
         ],
         project,
+        {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},  # as on a machine without a server
     )
     assert result.returncode == 2 and "PREFECT_API_URL" in result.stderr

@@ -133,9 +133,10 @@ def test_inference_cast_stores_the_model_in_its_inference_dtype(reviews, precisi
     expected_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     assert {p.dtype for p in cast.parameters()} == {expected_dtype}
     tok = AutoTokenizer.from_pretrained(BASE)
-    encoded = encode(tok, reviews[1]["text"].tolist()[:40], 48)
+    # bf16 matmuls are slow on CPUs without bf16 units: a dozen reviews cover one-row and padded batches.
+    encoded = encode(tok, reviews[1]["text"].tolist()[:12], 48)
     cpu = torch.device("cpu")
-    for batch_size in (1, 16):
+    for batch_size in (1, 8):
         want = predict_logits(model, encoded, tok.pad_token_id, batch_size, cpu, precision)
         got = predict_logits(cast, encoded, tok.pad_token_id, batch_size, cpu, precision)
         if precision == "fp32":

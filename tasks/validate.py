@@ -62,6 +62,7 @@ TEXT = "text"
 LABEL = "label"
 REQUIRED_COLUMNS = (TEXT, LABEL)
 MAX_EXAMPLES = 3
+LISTED = 10  # offending examples named in a detail sentence (the examples keep MAX_EXAMPLES)
 _EXAMPLE_CHARS = 80
 # Pairs checked for leakage: test is what the gate scores, so nothing seen in training or model selection
 # may reappear there.
@@ -499,6 +500,25 @@ def _overlap(left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
         if key in right_keys:
             shared.setdefault(key, str(text))
     return pd.DataFrame({TEXT: pd.Series(list(shared.values()), dtype="object")})
+
+
+def content_overlap_check(
+    shared: pd.DataFrame, where: str, noun: str, clean: str, description: str
+) -> _Check:
+    """The split-overlap check of a task that finds repeated examples itself (images by their bytes,
+    sentences by their words): `shared` has a row per example found in more than one split, its column
+    `where` says where; `noun` counts them ("image"), `clean` is the sentence when there are none."""
+    import great_expectations.expectations as gxe
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        if success:
+            return 0, [], clean
+        listed = list(shared[where])
+        detail = f"{_n(len(shared), noun)} appear in more than one split: {'; '.join(listed[:LISTED])}"
+        return len(shared), listed[:MAX_EXAMPLES], detail
+
+    expectation = gxe.ExpectTableRowCountToEqual(value=0, description=description)
+    return _Check("split_overlap", None, expectation, explain)
 
 
 def _overlap_check(table: str, left: str, right: str, shared: pd.DataFrame) -> _Check:

@@ -222,7 +222,7 @@ def validate_images(
 
 # -- checks on the files ------------------------------------------------------------------------------------
 
-LISTED = 10  # offending images named in a detail sentence (the examples keep suite.MAX_EXAMPLES)
+LISTED = suite.LISTED
 
 
 def _rule(
@@ -371,20 +371,13 @@ def _overlap(images: pd.DataFrame) -> pd.DataFrame:
 
 
 def _overlap_check(shared: pd.DataFrame) -> _Check:
-    import great_expectations.expectations as gxe
-
-    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
-        if success:
-            return 0, [], "no image content appears in more than one split"
-        listed = list(shared["files"])
-        shown = "; ".join(listed[:LISTED])
-        detail = f"{suite._n(len(shared), 'image')} appear in more than one split (same bytes): {shown}"
-        return len(shared), listed[: suite.MAX_EXAMPLES], detail
-
-    expectation = gxe.ExpectTableRowCountToEqual(
-        value=0, description="No image (by the sha256 of its bytes) is in more than one split."
+    return suite.content_overlap_check(
+        shared,
+        "files",
+        "image",
+        "no image content appears in more than one split",
+        "No image (by the sha256 of its bytes) is in more than one split.",
     )
-    return _Check("split_overlap", None, expectation, explain)
 
 
 # -- against the champion's training images --------------------------------------------------------------

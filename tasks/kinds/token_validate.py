@@ -41,7 +41,7 @@ from tasks.paths import SPLITS
 log = logging.getLogger("transferline.token_validate")
 
 REQUIRED_COLUMNS = (SENTENCE, TOKENS, TAGS)
-LISTED = 10  # offending sentences named in a detail sentence (the examples keep suite.MAX_EXAMPLES)
+LISTED = suite.LISTED
 _EPS = suite._RATE_EPSILON
 _Check = suite._Check
 
@@ -310,20 +310,13 @@ def _entity_count_check(counts: pd.DataFrame, minimum: int) -> _Check:
 
 
 def _overlap_check(shared: pd.DataFrame) -> _Check:
-    import great_expectations.expectations as gxe
-
-    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
-        if success:
-            return 0, [], "no sentence appears in more than one split"
-        listed = list(shared["where"])
-        shown = "; ".join(listed[:LISTED])
-        detail = f"{suite._n(len(shared), 'sentence')} appear in more than one split: {shown}"
-        return len(shared), listed[: suite.MAX_EXAMPLES], detail
-
-    expectation = gxe.ExpectTableRowCountToEqual(
-        value=0, description="No sentence (tokens joined by spaces) is in more than one split."
+    return suite.content_overlap_check(
+        shared,
+        "where",
+        "sentence",
+        "no sentence appears in more than one split",
+        "No sentence (tokens joined by spaces) is in more than one split.",
     )
-    return _Check("split_overlap", None, expectation, explain)
 
 
 # -- against the champion's training sentences --------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 The challenger and the current champion (models/champion.json) are scored on exactly the same rows, so
 the gate compares like with like. Metrics: accuracy, macro-F1, per-class precision/recall/F1 and the
-confusion matrix (rows = true label, columns = predicted label, both in ``data.labels`` order).
+confusion matrix (rows = true label, columns = predicted label, both in ``data.labels`` order). Each task
+scores a split itself (``TaskKind.score``): token classification gives micro entity F1 as its headline, per
+entity type scores and per-sentence counts (tasks/kinds/token_evaluate.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from tasks.runtime import configure_environment, stage_logging
 
 log = logging.getLogger("transferline.evaluate")
 
+ACCURACY, F1 = "accuracy", "f1"  # EvalResult.metric: the headline metric a result carries
+METRIC_NAMES = {ACCURACY: "accuracy", F1: "entity F1"}  # how reports name them
+
 
 @dataclass(frozen=True)
 class ClassMetrics:
@@ -48,13 +53,29 @@ class EvalResult:
     confusion: list[list[int]]
     truth: list[str]  # per test row, in row order: the paired tests of the gate need them
     predictions: list[str]
+    # The headline the gate judges: "accuracy", or "f1" (micro entity F1 of token classification, whose
+    # rows are sentences and whose per_class are entity types: `counts` holds each sentence's (tp, fp, fn)
+    # for the paired bootstrap of the F1 difference).
+    metric: str = ACCURACY
+    f1: float | None = None
+    counts: list[list[int]] | None = None
+
+    @property
+    def headline(self) -> float:
+        """The value of `metric`: what the gate's floor, comparison and retention read."""
+        return float(getattr(self, self.metric))
 
     def correct(self) -> list[bool]:
         return [t == p for t, p in zip(self.truth, self.predictions, strict=True)]
 
     def metrics(self, prefix: str = "test_") -> dict[str, float]:
-        """Flat metrics for MLflow, e.g. test_accuracy, test_recall_fresh."""
+        """Flat metrics for MLflow, e.g. test_accuracy, test_recall_fresh (entities: test_f1 and per type)."""
         out = {f"{prefix}accuracy": self.accuracy, f"{prefix}macro_f1": self.macro_f1}
+        if self.metric == F1:
+            tp, fp, fn = (sum(row[i] for row in self.counts or []) for i in range(3))
+            out[f"{prefix}f1"] = float(self.f1) if self.f1 is not None else float("nan")
+            out[f"{prefix}precision"] = tp / (tp + fp) if tp + fp else 0.0
+            out[f"{prefix}recall"] = tp / (tp + fn) if tp + fn else 0.0
         for label, m in self.per_class.items():
             out[f"{prefix}precision_{label}"] = m.precision
             out[f"{prefix}recall_{label}"] = m.recall
@@ -63,8 +84,11 @@ class EvalResult:
 
     def summary(self) -> dict:
         data = asdict(self)
-        data.pop("predictions")
-        data.pop("truth")
+        for per_row in ("predictions", "truth", "counts"):
+            data.pop(per_row)
+        if self.metric == ACCURACY:  # classification reports keep exactly their fields
+            data.pop("metric")
+            data.pop("f1")
         return data
 
 
@@ -147,11 +171,20 @@ def measure_budgets(predictor: Predictor, texts: list[Any], champion: Predictor 
 def score(
     predictor: Predictor, frame: pd.DataFrame, cfg: Config, name: str, snapshot: Path | None = None
 ) -> EvalResult:
-    """`predictor` on the rows of a prepared split; `snapshot`: the folder its files are in (tasks whose
-    inputs are files)."""
-    items = predictor.kind.items(frame, snapshot or Path())
-    predictions = predictor.predict(items, cfg.evaluate.batch_size)
-    result = compute_metrics(frame[LABEL].tolist(), predictions, cfg.data.labels, name)
+    """`predictor` on the rows of a prepared split, scored by its task; `snapshot`: the folder its files
+    are in (tasks whose inputs are files)."""
+    return predictor.kind.score(
+        predictor, frame, snapshot or Path(), cfg.data.labels, name, cfg.evaluate.batch_size
+    )
+
+
+def score_classes(
+    predictor: Predictor, frame: pd.DataFrame, snapshot: Path, labels: list[str], name: str, batch_size: int
+) -> EvalResult:
+    """One label per row (text and image classification): accuracy, macro-F1, per class, confusion."""
+    items = predictor.kind.items(frame, snapshot)
+    predictions = predictor.predict(items, batch_size)
+    result = compute_metrics(frame[LABEL].tolist(), predictions, labels, name)
     broken = predictions.count(NON_FINITE)
     if broken:  # argmax of NaN logits is some class: the accuracy would look like a real one
         log.error("%s: non-finite outputs on %d of %d rows: its accuracy is NaN", name, broken, result.n)
@@ -165,10 +198,13 @@ def write_reports(paths: ProjectPaths, result: EvalResult, test: pd.DataFrame) -
     out = paths.evaluation_dir
     out.mkdir(parents=True, exist_ok=True)
     paths.metrics_file.write_text(json.dumps(result.summary(), indent=2, sort_keys=True) + "\n")
-    pd.DataFrame({"actual": test[LABEL].tolist(), "predicted": result.predictions}).to_csv(
+    pd.DataFrame({"actual": result.truth, "predicted": result.predictions}).to_csv(
         paths.predictions_file, index=False
     )
-    plot_confusion(result, paths.confusion_png)
+    if result.confusion:
+        plot_confusion(result, paths.confusion_png)
+    else:  # entity results have no confusion of labels: the same file shows their F1 per type
+        plot_type_f1(result, paths.confusion_png)
 
 
 def plot_confusion(result: EvalResult, path: Path) -> None:
@@ -190,6 +226,26 @@ def plot_confusion(result: EvalResult, path: Path) -> None:
                 j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black"
             )
     ax.set_title(f"{result.name}: accuracy {result.accuracy:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_type_f1(result: EvalResult, path: Path) -> None:
+    """Horizontal bars of each entity type's F1, with its support."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    types = list(result.per_class)
+    fig, ax = plt.subplots(figsize=(5.5, 1.2 + 0.35 * len(types)))
+    ax.barh(range(len(types)), [result.per_class[t].f1 for t in types], color="tab:blue")
+    ax.set_yticks(range(len(types)), [f"{t} ({result.per_class[t].support})" for t in types])
+    ax.invert_yaxis()  # declared order, top to bottom
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("entity F1 (support)")
+    ax.set_title(f"{result.name}: micro entity F1 {result.headline:.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -285,8 +341,8 @@ def main() -> None:
         print(f"evaluate: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     ch, champion = evaluation.challenger, evaluation.champion
-    versus = f"; champion v{evaluation.champion_version} {champion.accuracy:.4f}" if champion else ""
-    print(f"evaluate: test accuracy {ch.accuracy:.4f}, macro-F1 {ch.macro_f1:.4f}{versus}")
+    versus = f"; champion v{evaluation.champion_version} {champion.headline:.4f}" if champion else ""
+    print(f"evaluate: test {METRIC_NAMES[ch.metric]} {ch.headline:.4f}, macro-F1 {ch.macro_f1:.4f}{versus}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 ``decide`` is pure: evaluation results in, a Decision with every check's value, threshold and verdict
 out. The policy (``gate`` in params.yaml):
 
+- every check reads the results' headline metric: accuracy, or micro entity F1 for token classification
+  (``EvalResult.metric``);
 - the challenger's accuracy must exist and be a finite number, and reach ``gate.min_accuracy``;
 - the serving budgets always apply: p95 latency <= ``gate.max_latency_ms`` (what a call takes on an
   idle core, however busy the machine was: tasks/inference.py ``measure_latency``) and weights size <=
@@ -13,6 +15,9 @@ out. The policy (``gate`` in params.yaml):
       (p < ``gate.alpha``, b > c);
     * ``non_inferiority``: the interval's lower end lies above ``-gate.margin``;
     * no class loses more than ``gate.max_class_drop`` recall;
+    * entity F1 instead: the paired bootstrap resamples sentences (tasks/kinds/token_metrics.py), no
+      McNemar (F1 has no right/wrong outcome per row), and no entity type loses more than
+      ``gate.max_class_drop`` F1;
     * on the retention set (when measured) the challenger loses at most ``gate.max_forgetting`` accuracy;
     * an unusable champion metric fails (never promote blindly);
 - with no champion yet, the floor and the budgets alone decide (the first-model rule).
@@ -31,7 +36,17 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks import caching
 from tasks.config import Config, ConfigError, GateConfig, load_config
-from tasks.evaluate import Budgets, EvalResult, Evaluation, Retention, read_evaluation
+from tasks.evaluate import (
+    ACCURACY,
+    F1,
+    METRIC_NAMES,
+    Budgets,
+    EvalResult,
+    Evaluation,
+    Retention,
+    read_evaluation,
+)
+from tasks.kinds.token_metrics import f1_drops, paired_bootstrap_f1
 from tasks.paths import ProjectPaths
 from tasks.runtime import configure_environment, stage_logging
 from tasks.stats import Interval, McNemar, mcnemar, paired_bootstrap_ci, recall_drops
@@ -68,6 +83,7 @@ class Decision:
     mcnemar: McNemar | None = None
     policy: GateConfig | None = field(default=None, repr=False)
     budgets: Budgets | None = None  # as measured, with how the latency was measured
+    metric: str = ACCURACY  # the headline the *_accuracy fields and the interval hold (EvalResult.metric)
 
     @property
     def failed(self) -> tuple[Check, ...]:
@@ -76,7 +92,7 @@ class Decision:
     def summary(self) -> str:
         if not self.passed:
             return "gate failed: " + "; ".join(c.detail for c in self.failed)
-        text = f"gate passed: challenger accuracy {self.challenger_accuracy:.4f}"
+        text = f"gate passed: challenger {METRIC_NAMES[self.metric]} {self.challenger_accuracy:.4f}"
         if self.first_model:
             return f"{text} (first model: floor and budgets only)"
         if self.interval is not None:
@@ -93,7 +109,8 @@ class Decision:
                 if self.policy is not None
                 else "paired bootstrap over the shared test rows"
             )
-            lines.append(f"Accuracy {_gain(self.interval)} ({how}).")
+            what = METRIC_NAMES[self.metric]
+            lines.append(f"{what[0].upper()}{what[1:]} {_gain(self.interval)} ({how}).")
         if self.mcnemar is not None:
             m = self.mcnemar
             lines.append(
@@ -118,7 +135,8 @@ class Decision:
         if self.first_model:
             against = "no champion yet, so the first-model rule applies (floor and budgets only)"
         else:
-            against = f"champion {_v(self.champion_version)} (accuracy {_fmt(self.champion_accuracy)})"
+            what = METRIC_NAMES[self.metric]
+            against = f"champion {_v(self.champion_version)} ({what} {_fmt(self.champion_accuracy)})"
         mode = f"Mode: `{self.mode}`.\n\n" if not self.first_model else ""
         lines = [*self.comparison_lines(), self.latency_line()]
         comparison = "".join(f"{line}\n\n" for line in lines if line)
@@ -139,6 +157,7 @@ class Decision:
             {
                 "passed": self.passed,
                 "mode": self.mode,
+                "metric": self.metric,
                 "first_model": self.first_model,
                 "challenger_accuracy": self.challenger_accuracy,
                 "champion_accuracy": self.champion_accuracy,
@@ -187,8 +206,16 @@ def _number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _headline(result: object) -> object:
+    """The value of a result's headline metric (its accuracy unless it names another), None when absent."""
+    return getattr(result, getattr(result, "metric", ACCURACY), None)
+
+
 def _same_rows(challenger: EvalResult, champion: EvalResult) -> str | None:
-    """None when both were scored on the same rows, else why not."""
+    """None when both were scored on the same rows (and metric), else why not."""
+    if challenger.metric != champion.metric:
+        mine, theirs = METRIC_NAMES[challenger.metric], METRIC_NAMES[champion.metric]
+        return f"the challenger was scored on {mine}, the champion on {theirs}"
     if len(challenger.truth) != len(champion.truth):
         return f"challenger scored {len(challenger.truth)} rows, champion {len(champion.truth)}"
     if len(challenger.predictions) != len(challenger.truth) or len(champion.predictions) != len(
@@ -245,6 +272,9 @@ def _comparison_checks(
         return [Check("same rows", None, None, False, f"not the same rows: {reason}")], None, None
     n = len(challenger.truth)
     checks = [Check("same rows", n, None, True, f"both models scored on the same {n} test rows")]
+    if challenger.metric == F1:
+        more, ci = _f1_checks(challenger, champion, policy, version)
+        return checks + more, ci, None
     a, b = challenger.correct(), champion.correct()
     ci = paired_bootstrap_ci(a, b, samples=policy.bootstrap_samples, alpha=policy.alpha, seed=policy.seed)
     test = mcnemar(a, b)
@@ -316,6 +346,57 @@ def _comparison_checks(
     return checks, ci, test
 
 
+def _f1_checks(
+    challenger: EvalResult, champion: EvalResult, policy: GateConfig, version: str
+) -> tuple[list[Check], Interval]:
+    """Entity results: the paired bootstrap of the micro-F1 difference over sentences (McNemar needs one
+    right/wrong outcome per row, which F1 has not) and the per-type F1 drops."""
+    import numpy as np
+
+    ci = paired_bootstrap_f1(
+        np.asarray(challenger.counts), np.asarray(champion.counts),
+        samples=policy.bootstrap_samples, alpha=policy.alpha, seed=policy.seed,
+    )  # fmt: skip
+    if policy.mode == "superiority":
+        name, threshold, param, shown = (
+            "improvement over champion",
+            policy.min_improvement,
+            "gate.min_improvement",
+            "gate.min_improvement",
+        )
+    else:
+        name, threshold, param, shown = "non-inferiority", -policy.margin, "gate.margin", "-gate.margin"
+    ok = ci.low > threshold
+    checks = [
+        Check(
+            name,
+            ci.low,
+            threshold,
+            ok,
+            f"entity F1 {_gain(ci)} over champion {version}: CI low {'>' if ok else '<='} {threshold:+.4f} "
+            f"({shown})",
+            interval=(ci.low, ci.high),
+            param=param,
+        )
+    ]
+    drops = f1_drops(challenger.per_class, champion.per_class)
+    worst = max(drops, key=lambda k: drops[k])
+    drop, before = drops[worst], champion.per_class[worst].f1
+    ok = drop <= policy.max_class_drop + _EPS
+    checks.append(
+        Check(
+            "type F1",
+            drop,
+            policy.max_class_drop,
+            ok,
+            f"worst type {worst!r}: F1 {before:.4f} -> {before - drop:.4f} (drop {drop:+.4f}) "
+            f"{'<=' if ok else '>'} {policy.max_class_drop:.4f} (gate.max_class_drop)",
+            param="gate.max_class_drop",
+        )
+    )
+    return checks, ci
+
+
 def _retention_check(retention: Retention | None, policy: GateConfig) -> Check:
     param = "gate.max_forgetting"
     if retention is None:
@@ -326,14 +407,15 @@ def _retention_check(retention: Retention | None, policy: GateConfig) -> Check:
             True,
             "no retention set available: forgetting not checked",
         )
-    old, new = retention.champion.accuracy, retention.challenger.accuracy
+    old, new = _headline(retention.champion), _headline(retention.challenger)
+    what = METRIC_NAMES[retention.challenger.metric]
     if not (_number(old) and _number(new)):
         return Check(
             "retention",
             None,
             policy.max_forgetting,
             False,
-            f"retention accuracy not measured (challenger {new!r}, champion {old!r})",
+            f"retention {what} not measured (challenger {new!r}, champion {old!r})",
             param=param,
         )
     reason = _same_rows(retention.challenger, retention.champion)
@@ -348,7 +430,7 @@ def _retention_check(retention: Retention | None, policy: GateConfig) -> Check:
         forgetting,
         policy.max_forgetting,
         ok,
-        f"retention accuracy {old:.4f} -> {new:.4f} on {retention.challenger.n} rows (forgetting "
+        f"retention {what} {old:.4f} -> {new:.4f} on {retention.challenger.n} rows (forgetting "
         f"{forgetting:+.4f}) {'<=' if ok else '>'} {policy.max_forgetting:.4f} ({param})",
         param=param,
     )
@@ -363,8 +445,11 @@ def decide(
     retention: Retention | None = None,
     budgets: Budgets | None = None,
 ) -> Decision:
-    """Apply the gate policy; the champion (when any) must have been scored on the challenger's rows."""
-    acc = getattr(challenger, "accuracy", None)
+    """Apply the gate policy to the results' headline metric (accuracy, or entity F1: EvalResult.metric);
+    the champion (when any) must have been scored on the challenger's rows."""
+    metric = getattr(challenger, "metric", ACCURACY)
+    what = METRIC_NAMES[metric]
+    acc = _headline(challenger)
     has_acc = _number(acc)
     checks = [
         Check(
@@ -372,27 +457,26 @@ def decide(
             float(acc) if has_acc else None,
             None,
             has_acc,
-            "challenger test accuracy is a number"
+            f"challenger test {what} is a number"
             if has_acc
-            else f"challenger accuracy is {acc!r}: nothing else can be judged",
+            else f"challenger {what} is {acc!r}: nothing else can be judged",
         )
     ]
     if has_acc:
         ok = acc >= policy.min_accuracy
         checks.append(
             Check(
-                "accuracy floor",
+                f"{what} floor",
                 float(acc),
                 policy.min_accuracy,
                 ok,
-                f"accuracy {acc:.4f} {'>=' if ok else '<'} floor {policy.min_accuracy:.4f}"
-                " (gate.min_accuracy)",
+                f"{what} {acc:.4f} {'>=' if ok else '<'} floor {policy.min_accuracy:.4f} (gate.min_accuracy)",
                 param="gate.min_accuracy",
             )
         )
     checks += _budget_checks(budgets, policy)
 
-    champ_acc = getattr(champion, "accuracy", None) if champion is not None else None
+    champ_acc = _headline(champion) if champion is not None else None
     interval = test = None
     version = _v(champion_version)
     if champion is None:
@@ -405,7 +489,7 @@ def decide(
                     None,
                     None,
                     False,
-                    f"champion {version} accuracy is {champ_acc!r}: never promote blindly",
+                    f"champion {version} {what} is {champ_acc!r}: never promote blindly",
                 )
             )
         elif has_acc:
@@ -424,6 +508,7 @@ def decide(
         mcnemar=test,
         policy=policy,
         budgets=budgets,
+        metric=metric,
     )
 
 

@@ -219,13 +219,15 @@ class Predictor:
         return predict_inputs(self.model, inputs, batch_size, where)
 
     def predict(self, texts: list[Any], batch_size: int) -> list[str]:
-        """Label names, in input order; NON_FINITE where the model's outputs are not numbers."""
+        """Label names, in input order; NON_FINITE where the model's outputs are not numbers. Per-position
+        logits (token classification) give each example's sub-token tags joined by spaces."""
         import torch
 
         id2label = self.model.config.id2label
         logits = self.logits(texts, batch_size)
-        finite = torch.isfinite(logits).all(-1).tolist()
-        labels = [id2label[i] for i in logits.argmax(-1).tolist()]
+        finite = torch.isfinite(logits).flatten(1).all(-1).tolist()
+        best = logits.argmax(-1).tolist()  # (N,) or (N, T)
+        labels = [id2label[i] if isinstance(i, int) else " ".join(id2label[j] for j in i) for i in best]
         return [label if ok else NON_FINITE for label, ok in zip(labels, finite, strict=True)]
 
 

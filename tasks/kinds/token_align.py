@@ -9,6 +9,7 @@ never trained on, and are predicted ``O``.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,3 +97,22 @@ def tags_per_word(
         out_tags.append([tags[i] for i in ids])
         out_scores.append(scores)
     return out_tags, out_scores
+
+
+def predict_words(
+    predictor: Any, sentences: list[list[str]], batch_size: int
+) -> tuple[list[list[str]], list[list[float]], list[bool]]:
+    """Per sentence: each word's predicted tag, its probability, and whether the model's outputs were all
+    finite numbers. `predictor`: a tasks.inference.Predictor of a token-classification model."""
+    import torch
+
+    inference = importlib.import_module("tasks.inference")  # by name: see tasks/kinds/text.py _module
+    inputs = predictor.kind.encode_items(sentences, predictor.processor)
+    where = (predictor.kind, predictor.processor, predictor.device, predictor.precision)
+    logits = inference.predict_inputs(predictor.model, inputs, batch_size, where)  # (N, T, C)
+    id2label = predictor.model.config.id2label
+    tags, scores = tags_per_word(
+        logits, inputs, [len(s) for s in sentences], [id2label[i] for i in range(len(id2label))]
+    )
+    finite = torch.isfinite(logits).flatten(1).all(1).tolist() if len(sentences) else []
+    return tags, scores, finite

@@ -10,8 +10,9 @@ apply. The resampling draws the same indices as tasks/stats.py's accuracy bootst
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -110,10 +111,15 @@ def paired_bootstrap_f1(
     return Interval(estimate=estimate, low=float(low), high=float(high), level=1 - alpha)
 
 
-def f1_drops(challenger: EntityScores, champion: EntityScores) -> dict[str, float]:
-    """Per type of the champion: its F1 minus the challenger's (positive = the challenger lost F1)."""
+def f1_drops(challenger: Mapping[str, Any], champion: Mapping[str, Any]) -> dict[str, float]:
+    """Per type of the champion: its F1 minus the challenger's (positive = the challenger lost F1).
+
+    Args:
+        challenger, champion: per type, scores with an ``f1`` (EntityScores.per_type, or an entity
+            EvalResult's per_class); a type the challenger lacks counts as F1 0.
+    """
     drops = {}
-    for entity, theirs in champion.per_type.items():
-        mine = challenger.per_type.get(entity)
+    for entity, theirs in champion.items():
+        mine = challenger.get(entity)
         drops[entity] = theirs.f1 - (mine.f1 if mine is not None else 0.0)
     return drops

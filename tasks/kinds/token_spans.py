@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.kinds.token_align import predict_words
 from tasks.kinds.token_tags import entities
 
 _WORD = re.compile(r"\S+")
@@ -60,4 +61,20 @@ def entity_spans(
         start, end = _trimmed(text, [p for w in pieces[first:stop] for p in w], start, end)
         score = sum(scores[first:stop]) / (stop - first)
         out.append({"type": entity, "text": text[start:end], "start": start, "end": end, "score": score})
+    return out
+
+
+def predict_spans(predictor: Any, texts: list[str], batch_size: int) -> list[list[dict[str, Any]]]:
+    """Per raw text, its entity spans (`predictor`: a tasks.inference.Predictor of a token-classification
+    model). A text without words has none and is not run through the model."""
+    words = [split_words(text) for text in texts]
+    worded = [i for i, w in enumerate(words) if w]
+    tags, scores, finite = predict_words(predictor, [[w.text for w in words[i]] for i in worded], batch_size)
+    if not all(finite):
+        raise ValueError(f"the model gave non-finite outputs on {finite.count(False)} of {len(worded)} texts")
+    out: list[list[dict[str, Any]]] = [[] for _ in texts]
+    tokenizer = predictor.processor.tokenizer
+    for i, sentence_tags, sentence_scores in zip(worded, tags, scores, strict=True):
+        pieces = word_pieces(tokenizer, words[i])
+        out[i] = entity_spans(texts[i], words[i], sentence_tags, sentence_scores, pieces)
     return out

@@ -44,3 +44,64 @@ def test_a_misaligned_sentence_and_an_opening_inside_tag_stop_the_flow_at_valida
     assert f"data/raw/ner.txt:{line_span(rows, 11)} (token 4 'Turing': I-person after O)" in message
     assert not (project / "models" / "challenger").exists(), "the refused run trained a model"
     assert registry(project).list_versions(model_name(project)) == []
+
+
+# A tiny real run: synthetic sentences (one person and one place each), every layer adapting for a few
+# small batches, the entity-F1 floor at 0 (what is promoted is the first model; the test reads what it says).
+PROMOTED_PARAMS = {
+    **NER_PARAMS,
+    "train.epochs": 3,
+    "train.batch_size": 8,
+    "train.learning_rate": 1.0e-3,
+    "gate.min_accuracy": 0.0,
+    "registry.model_name": "entities",
+}
+
+
+def test_a_tagged_file_is_promoted_and_its_champion_answers_spans(tmp_path: Path, prefect_server, capsys):
+    import json
+    import os
+
+    import mlflow
+
+    from flows.retrain import retrain
+    from tasks.kinds.token_requests import parse_request
+    from tests.conftest import cli
+
+    project = make_project(tmp_path, PROMOTED_PARAMS)
+    write_conll(project / "data" / "raw" / "ner.txt", corpus(100))
+    summary = retrain(project_dir=str(project))
+    assert summary.promoted and summary.version == "1", summary.report
+    metrics = json.loads((project / "reports" / "evaluation" / "metrics.json").read_text())
+    assert metrics["metric"] == "f1" and set(metrics["per_class"]) == set(TYPES)
+    gate = json.loads((project / "reports" / "gate.json").read_text())
+    assert gate["metric"] == "f1" and gate["challenger_accuracy"] == pytest.approx(metrics["f1"])
+
+    capsys.readouterr()
+    assert cli("status", "--json", "--project", str(project)) == 0
+    champion = json.loads(capsys.readouterr().out)["champion"]
+    assert champion["version"] == "1"
+    assert champion["metrics"]["test_f1"] == pytest.approx(metrics["f1"])
+    assert metrics["f1"] > 0.5, "the synthetic entities are easy: a trained model finds most of them"
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    try:
+        model = mlflow.pyfunc.load_model("models:/entities@champion")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    text = "Grace Hopper  visited Kyoto, yesterday #7"
+    (spans,) = model.predict([text])
+    assert spans, "no entity found in a sentence like the training ones"
+    for span in spans:
+        assert set(span) == {"type", "text", "start", "end", "score"}
+        assert text[span["start"] : span["end"]] == span["text"] and span["type"] in TYPES
+        assert 0.0 < span["score"] <= 1.0
+    assert "Kyoto" in [s["text"] for s in spans if s["type"] == "geo-loc"]  # the comma left out
+
+    lines = b"\n".join(json.dumps({"text": t}).encode() for t in (text, "   ", "Linus left Oslo again #3"))
+    texts = parse_request(lines, "application/x-ndjson", max_batch=8)
+    answered = model.predict(texts)
+    where = [[(s["type"], s["start"], s["end"]) for s in found] for found in answered]
+    assert (
+        len(where) == 3 and where[0] == [(s["type"], s["start"], s["end"]) for s in spans] and where[1] == []
+    )

@@ -49,7 +49,7 @@ def test_the_paired_bootstrap_of_f1_is_deterministic_and_pairs_the_sentences():
 def test_per_type_f1_drops():
     champion = entity_scores(TRUTH, TRUTH, ["person", "geo-loc"])
     challenger = entity_scores(TRUTH, PRED, ["person", "geo-loc"])
-    assert f1_drops(challenger, champion) == {"person": pytest.approx(1.0), "geo-loc": 0.0}
+    assert f1_drops(challenger.per_type, champion.per_type) == {"person": pytest.approx(1.0), "geo-loc": 0.0}
 
 
 def test_the_crf_baseline_learns_the_synthetic_entities():

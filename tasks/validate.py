@@ -244,9 +244,7 @@ def validate_splits(
         tables.update(reference_tables)
         checks += reference_checks
 
-    verdicts, raw = _run_gx(tables, checks, docs_dir)
-    order = {id(check): i for i, check in enumerate(checks)}
-    outcomes = tuple(_outcome(c, v) for c, v in sorted(verdicts, key=lambda cv: order[id(cv[0])]))
+    outcomes, raw = run_checks(tables, checks, docs_dir)
     report = ValidationReport(
         success=all(o.success for o in outcomes),
         outcomes=outcomes,
@@ -263,6 +261,42 @@ def validate_splits(
     if reference is None:
         logger.info(NO_REFERENCE)
     return report
+
+
+def run_checks(
+    tables: dict[str, pd.DataFrame], checks: list[_Check], docs_dir: Path | None
+) -> tuple[tuple[ExpectationOutcome, ...], dict[str, Any]]:
+    """Run `checks` on `tables` in GX: their outcomes in the order the checks were given, and GX's raw
+    results (every task's suite reports in the order it declares its checks)."""
+    verdicts, raw = _run_gx(tables, checks, docs_dir)
+    order = {id(check): i for i, check in enumerate(checks)}
+    return tuple(_outcome(c, v) for c, v in sorted(verdicts, key=lambda cv: order[id(cv[0])])), raw
+
+
+def row_check(
+    table_name: str,
+    table: pd.DataFrame,
+    column: str | None,
+    expectation: Any,
+    bad: pd.Series,
+    ok: str,
+    what: str,
+    show: Callable[[Any], str],
+    noun: str,
+) -> _Check:
+    """A check whose offending rows of `table` are `bad`: the detail counts them as `noun`s ("image",
+    "sentence") and names the first LISTED with `show`."""
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        rows = table[bad.fillna(False).astype(bool)]
+        if success:
+            return 0, [], ok
+        listed = [show(r) for r in rows.itertuples(index=False)]
+        more = f" … and {len(listed) - LISTED:,} more" if len(listed) > LISTED else ""
+        detail = f"{_n(len(rows), noun)} {what}: {'; '.join(listed[:LISTED])}{more}"
+        return len(rows), listed[:MAX_EXAMPLES], detail
+
+    return _Check(table_name, column, expectation, explain)
 
 
 def _run_gx(

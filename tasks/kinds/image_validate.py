@@ -204,9 +204,7 @@ def validate_images(
         )
         tables.update(reference_tables)
         checks += reference_checks
-    verdicts, raw = suite._run_gx(tables, checks, docs_dir)
-    order = {id(check): i for i, check in enumerate(checks)}
-    outcomes = tuple(suite._outcome(c, v) for c, v in sorted(verdicts, key=lambda cv: order[id(cv[0])]))
+    outcomes, raw = suite.run_checks(tables, checks, docs_dir)
     report = ImageValidationReport(
         success=all(o.success for o in outcomes),
         outcomes=outcomes,
@@ -222,24 +220,12 @@ def validate_images(
 
 # -- checks on the files ------------------------------------------------------------------------------------
 
-LISTED = suite.LISTED
-
 
 def _rule(
     table: pd.DataFrame, column: str, expectation: Any, bad: pd.Series, ok: str, what: str, show: Any
 ) -> _Check:
     """A check on the images table whose offending rows are `bad`; the detail names them with `show`."""
-
-    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
-        rows = table[bad.fillna(False).astype(bool)]
-        if success:
-            return 0, [], ok
-        listed = [show(r) for r in rows.itertuples(index=False)]
-        more = f" … and {len(listed) - LISTED:,} more" if len(listed) > LISTED else ""
-        detail = f"{suite._n(len(rows), 'image')} {what}: {'; '.join(listed[:LISTED])}{more}"
-        return len(rows), listed[: suite.MAX_EXAMPLES], detail
-
-    return _Check("images", column, expectation, explain)
+    return suite.row_check("images", table, column, expectation, bad, ok, what, show, "image")
 
 
 def _file_checks(images: pd.DataFrame, cfg: ImageConfig) -> list[_Check]:

@@ -41,7 +41,6 @@ from tasks.paths import SPLITS
 log = logging.getLogger("transferline.token_validate")
 
 REQUIRED_COLUMNS = (SENTENCE, TOKENS, TAGS)
-LISTED = suite.LISTED
 _EPS = suite._RATE_EPSILON
 _Check = suite._Check
 
@@ -195,9 +194,7 @@ def validate_sentences(
         reference_tables, reference_checks = _reference_checks(sentences, reference, types, cfg, ner)
         tables.update(reference_tables)
         checks += reference_checks
-    verdicts, raw = suite._run_gx(tables, checks, docs_dir)
-    order = {id(check): i for i, check in enumerate(checks)}
-    outcomes = tuple(suite._outcome(c, v) for c, v in sorted(verdicts, key=lambda cv: order[id(cv[0])]))
+    outcomes, raw = suite.run_checks(tables, checks, docs_dir)
     report = TokenValidationReport(
         success=all(o.success for o in outcomes),
         outcomes=outcomes,
@@ -221,17 +218,7 @@ def _rule(
     show: Callable[[Any], str],
 ) -> _Check:
     """A check whose offending rows are `bad`; the detail names them (sentences) with `show`."""
-
-    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
-        rows = table[bad.fillna(False).astype(bool)]
-        if success:
-            return 0, [], ok
-        listed = [show(r) for r in rows.itertuples(index=False)]
-        more = f" … and {len(listed) - LISTED:,} more" if len(listed) > LISTED else ""
-        detail = f"{suite._n(len(rows), 'sentence')} {what}: {'; '.join(listed[:LISTED])}{more}"
-        return len(rows), listed[: suite.MAX_EXAMPLES], detail
-
-    return _Check(table_name, column, expectation, explain)
+    return suite.row_check(table_name, table, column, expectation, bad, ok, what, show, "sentence")
 
 
 def _sentence_checks(sentences: pd.DataFrame, cfg: ValidateConfig, ner: NerConfig) -> list[_Check]:

@@ -58,6 +58,20 @@ IMAGE_QUICK = {"rows": 300, "size": 32, "epochs": 1}  # a smoke test: well under
 BASELINES = {"text": ("trainer-full", "trainer-freeze"), "image": ("plain-full", "plain-freeze")}
 
 
+def _row(arm: str, rows: int, epochs: int, seconds: float, accuracy: float, precision: str) -> dict:
+    """One arm's line of the table (text and image arms alike)."""
+    return {
+        "arm": arm,
+        "train_rows": rows,
+        "epochs": epochs,
+        "train_seconds": round(seconds, 1),
+        "samples_per_s": round(rows * epochs / seconds, 1),
+        "test_accuracy": round(accuracy, 4),
+        "precision": precision,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
+    }
+
+
 def prepare(workdir: Path, rows: int | None) -> None:
     """A project folder with the prepared sample split and the base model (the pipeline's own stages)."""
     import shutil
@@ -136,16 +150,7 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
     logits = predict_logits(model, encoded, padding_id(tokenizer), 128, torch.device("cpu"), precision)
     truth = torch.tensor([labels.index(v) for v in test["label"]])
     accuracy = float((logits.argmax(-1) == truth).float().mean())
-    return {
-        "arm": arm,
-        "train_rows": len(train),
-        "epochs": epochs,
-        "train_seconds": round(seconds, 1),
-        "samples_per_s": round(len(train) * epochs / seconds, 1),
-        "test_accuracy": round(accuracy, 4),
-        "precision": precision,
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
-    }
+    return _row(arm, len(train), epochs, seconds, accuracy, precision)
 
 
 def run_image_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> dict:
@@ -184,16 +189,7 @@ def run_image_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None)
     x_test = kind.encode(test, snapshot, labels)
     logits = predict_inputs(model, x_test, 128, (kind, prep, torch.device("cpu"), precision))
     accuracy = float((logits.argmax(-1) == x_test.labels).float().mean())
-    return {
-        "arm": arm,
-        "train_rows": len(train),
-        "epochs": epochs,
-        "train_seconds": round(seconds, 1),
-        "samples_per_s": round(len(train) * epochs / seconds, 1),
-        "test_accuracy": round(accuracy, 4),
-        "precision": precision,
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
-    }
+    return _row(arm, len(train), epochs, seconds, accuracy, precision)
 
 
 def _plain_image_loop(kind, base: Path, labels: list[str], t, data, freeze: bool):

@@ -54,7 +54,7 @@ IMAGE_ARMS = ("plain-freeze", "ours-freeze", "plain-full", "ours-full")
 IMAGE_PARAMS = ROOT / "examples" / "image-classification" / "params.yaml"
 # The image subset: Fashion-MNIST images kept before splitting (data.max_rows), input side, epochs.
 IMAGE_FULL = {"rows": 1500, "size": 64, "epochs": 3}
-IMAGE_QUICK = {"rows": 300, "size": 32, "epochs": 1}  # a smoke test: well under a minute
+IMAGE_QUICK = {"rows": 300, "size": 32, "epochs": 1}  # a smoke test of the arms, not a measurement
 BASELINES = {"text": ("trainer-full", "trainer-freeze"), "image": ("plain-full", "plain-freeze")}
 
 

@@ -231,6 +231,30 @@ class Predictor:
         return [label if ok else NON_FINITE for label, ok in zip(labels, finite, strict=True)]
 
 
+def class_predictions(predictor: Predictor, items: list[Any], batch_size: int) -> list[dict[str, Any]]:
+    """Per input of a classifier: its label, the label's probability and every class's probability."""
+    import torch
+
+    id2label = predictor.model.config.id2label
+    labels = [id2label[i] for i in range(len(id2label))]
+    probs = torch.softmax(predictor.logits(items, batch_size).float(), dim=-1)
+    return [
+        {"label": labels[best], "score": row[best], "probabilities": dict(zip(labels, row, strict=True))}
+        for row, best in zip(probs.tolist(), probs.argmax(-1).tolist(), strict=True)
+    ]
+
+
+def class_columns(predictions: list[dict[str, Any]], labels: list[str]) -> dict[str, list]:
+    """A classifier's predictions as table columns: prediction, score and prob_<label> per class."""
+    columns: dict[str, list] = {
+        "prediction": [p["label"] for p in predictions],
+        "score": [p["score"] for p in predictions],
+    }
+    for label in labels:
+        columns[f"prob_{label}"] = [p["probabilities"][label] for p in predictions]
+    return columns
+
+
 # -- latency -------------------------------------------------------------------------------------------
 
 # Single-example latency: each of LATENCY_TEXTS texts is timed once per window, in LATENCY_WINDOWS

@@ -1,6 +1,7 @@
 """batch scoring: label every row of a file with a registered version (by default the champion).
 
-The output is the input's rows with ``prediction``, ``score`` and ``prob_<label>`` columns plus
+The output is the input's rows with the task's prediction columns (``prediction``, ``score`` and
+``prob_<label>`` for a classifier; ``entities`` for a tagger) plus
 ``model_version`` and ``input_sha256``, written in the input's format; a JSON sidecar
 (``<output>.json``) records the model, its verified weights hash, the input's hash and the row count,
 so any prediction file can be traced to the exact model and data that produced it.
@@ -111,13 +112,12 @@ def read_table(path: Path, text_column: str) -> ScoringInput:
 def score_frame(
     model: LoadedModel, frame: pd.DataFrame, text_column: str, batch_size: int, input_sha256: str
 ) -> pd.DataFrame:
-    """The input rows with prediction, score, prob_<label>, model_version and input_sha256 columns."""
+    """The input rows with the task's prediction columns (classification: prediction, score,
+    prob_<label>; entities: entities as JSON), model_version and input_sha256."""
     predictions = model.predict(frame[text_column].tolist(), batch_size)
     out = frame.copy()
-    out["prediction"] = [p.label for p in predictions]
-    out["score"] = [p.score for p in predictions]
-    for label in model.labels:
-        out[f"prob_{label}"] = [p.probabilities[label] for p in predictions]
+    for column, values in model.predictor.kind.prediction_columns(predictions, list(model.labels)).items():
+        out[column] = values
     out["model_version"] = model.version
     out["input_sha256"] = input_sha256
     return out

@@ -79,13 +79,6 @@ class PredictRequest(BaseModel):
 
 
 @dataclass(frozen=True)
-class Prediction:
-    label: str
-    score: float  # probability of `label`
-    probabilities: dict[str, float]
-
-
-@dataclass(frozen=True)
 class LoadedModel:
     """One verified model version, loaded and warmed up."""
 
@@ -97,18 +90,10 @@ class LoadedModel:
     predictor: Predictor
     loaded_at: str
 
-    def predict(self, texts: list[str], batch_size: int) -> list[Prediction]:
-        """Labels and class probabilities, in input order."""
-        import torch
-
-        logits = self.predictor.logits(texts, batch_size)  # (N, C)
-        probs = torch.softmax(logits, dim=-1).tolist()
-        out = []
-        for row, label_id in zip(probs, logits.argmax(-1).tolist(), strict=True):
-            out.append(
-                Prediction(self.labels[label_id], row[label_id], dict(zip(self.labels, row, strict=True)))
-            )
-        return out
+    def predict(self, items: list[Any], batch_size: int) -> list[dict[str, Any]]:
+        """The task's answer per input, in input order (classification: label, score, probabilities;
+        entities: their spans)."""
+        return self.predictor.kind.predict(self.predictor, items, batch_size)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -429,7 +414,7 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
     # so concurrent calls would only oversubscribe the CPU; and one thread keeps one OpenMP team (above).
     # Concurrent requests share that thread's passes instead (tasks/batching.py).
     inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
-    batcher: Batcher[LoadedModel, Prediction] = Batcher(
+    batcher: Batcher[LoadedModel, dict[str, Any]] = Batcher(
         lambda model, texts: model.predict(texts, settings.batch_size),
         inference,
         BatchSettings(settings.batch_window_s, settings.batch_requests, settings.max_batch),
@@ -453,13 +438,7 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
             return json_response({"detail": "no model loaded yet", **watcher.status()}, 503)
         # the event loop stays free while the inference thread works on this request's pass
         predictions = await batcher.submit(model, texts)
-        body = {
-            "model": model.name,
-            "version": model.version,
-            "predictions": [
-                {"label": p.label, "score": p.score, "probabilities": p.probabilities} for p in predictions
-            ],
-        }
+        body = {"model": model.name, "version": model.version, "predictions": predictions}
         return json_response(body, version=model.version)
 
     async def health(request: Request) -> Response:

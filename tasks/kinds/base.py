@@ -207,8 +207,14 @@ class TaskKind(Protocol):
         ...
 
     # -- predictions, serving, scoring ----------------------------------------------------------------------
-    def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:
-        """What a prediction is, per example (classification: label, score, probabilities)."""
+    def predict(self, predictor: Any, items: list[Any], batch_size: int) -> list[dict[str, Any]]:
+        """What a prediction is, per input, as a JSON-ready object: what /predict answers and the
+        MLflow model returns (classification: label, score, probabilities; entities: their spans)."""
+        ...
+
+    def prediction_columns(self, predictions: list[dict[str, Any]], labels: list[str]) -> dict[str, list]:
+        """``predict``'s answers as the columns batch-predict adds to a table (classification: prediction,
+        score, prob_<label>; entities: one column of JSON)."""
         ...
 
     def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[Any]:

@@ -275,21 +275,12 @@ class ImageClassification:
         return score_classes(predictor, frame, snapshot, labels, name, batch_size)
 
     # -- predictions, serving, scoring ----------------------------------------------------------------------
-    def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:
-        """Per example: the label, its probability and every class's probability (as the text task)."""
-        import torch
+    def predict(self, predictor: Any, items: list[Any], batch_size: int) -> list[dict[str, Any]]:
+        """Per image: the label, its probability and every class's probability (as the text task)."""
+        return importlib.import_module("tasks.inference").class_predictions(predictor, items, batch_size)
 
-        probs = torch.softmax(logits.float(), dim=-1)
-        out = []
-        for row, best in zip(probs.tolist(), probs.argmax(-1).tolist(), strict=True):
-            out.append(
-                {
-                    "label": labels[best],
-                    "score": row[best],
-                    "probabilities": dict(zip(labels, row, strict=True)),
-                }
-            )
-        return out
+    def prediction_columns(self, predictions: list[dict[str, Any]], labels: list[str]) -> dict[str, list]:
+        return importlib.import_module("tasks.inference").class_columns(predictions, labels)
 
     def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[Any]:
         """The images of a POST /predict body; `limits`: ImageLimits, or the server's settings (their

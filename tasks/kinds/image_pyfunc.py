@@ -77,9 +77,7 @@ class ImageClassifier(PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         column = IMAGE_COLUMN if IMAGE_COLUMN in frame.columns else frame.columns[0]
         images = [image_bytes(v) for v in frame[column]]
-        logits = self.predictor.logits(images, BATCH)
-        id2label = self.predictor.model.config.id2label
-        rows = self.predictor.kind.format_predictions(logits, [id2label[i] for i in range(len(id2label))])
+        rows = self.predictor.kind.predict(self.predictor, images, BATCH)
         return pd.DataFrame({"label": [r["label"] for r in rows], "score": [r["score"] for r in rows]})
 
 

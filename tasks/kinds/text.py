@@ -276,15 +276,12 @@ class TextClassification:
         return _module("evaluate").score_classes(predictor, frame, snapshot, labels, name, batch_size)
 
     # -- predictions, serving, scoring ----------------------------------------------------------------------
-    def format_predictions(self, logits: torch.Tensor, labels: list[str]) -> list[dict[str, Any]]:
-        """Per example: the label, its probability and every class's probability."""
-        import torch
+    def predict(self, predictor: Any, items: list[Any], batch_size: int) -> list[dict[str, Any]]:
+        """Per text: the label, its probability and every class's probability."""
+        return _module("inference").class_predictions(predictor, items, batch_size)
 
-        probs = torch.softmax(logits.float(), dim=-1)
-        return [
-            {"label": labels[best], "score": row[best], "probabilities": dict(zip(labels, row, strict=True))}
-            for row, best in zip(probs.tolist(), probs.argmax(-1).tolist(), strict=True)
-        ]
+    def prediction_columns(self, predictions: list[dict[str, Any]], labels: list[str]) -> dict[str, list]:
+        return _module("inference").class_columns(predictions, labels)
 
     def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[Any]:
         """The texts of a POST /predict body (``limits.max_batch`` texts at most)."""

@@ -10,6 +10,7 @@ never ask which task they run.
 from __future__ import annotations
 
 import importlib
+import json
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from tasks.kinds.token_sources import (
     read_token_source,
     write_snapshot,
 )
+from tasks.kinds.token_spans import ENTITIES, predict_spans
 from tasks.kinds.token_tags import tag_names
 
 if TYPE_CHECKING:
@@ -38,10 +40,7 @@ if TYPE_CHECKING:
     from tasks.config import DataConfig, TrainConfig, ValidateConfig
     from tasks.kinds.token_validate import TokenValidationReport
 
-NOT_BUILT = (
-    "token classification does not serve or embed through this member yet: tasks/kinds/token_spans.py"
-    " predict_spans answers raw texts (docs/ner.md says what is next)"
-)
+NOT_BUILT = "token classification has no embedding drift check yet (docs/ner.md says what is next)"
 
 
 class TokenClassification:
@@ -248,9 +247,13 @@ class TokenClassification:
     def _not_built(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(NOT_BUILT)
 
-    def format_predictions(self, logits: Any, labels: list[str]) -> Any:
-        """Spans need the texts as well as the logits: token_spans.predict_spans gives them."""
-        return self._not_built()
+    def predict(self, predictor: Any, items: list[Any], batch_size: int) -> list[dict[str, Any]]:
+        """Per raw text: its entity spans ``{type, text, start, end, score}`` (token_spans)."""
+        return [{ENTITIES: spans} for spans in predict_spans(predictor, items, batch_size)]
+
+    def prediction_columns(self, predictions: list[dict[str, Any]], labels: list[str]) -> dict[str, list]:
+        """One column: each row's entity spans as a JSON array (the same objects /predict answers)."""
+        return {ENTITIES: [json.dumps(p[ENTITIES], ensure_ascii=False) for p in predictions]}
 
     def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[str]:
         """Raw texts of a JSON ({"texts": [...]} or {"text": ...}) or JSON Lines body (token_requests)."""

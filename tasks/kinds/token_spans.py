@@ -16,6 +16,7 @@ from tasks.kinds.token_align import predict_words
 from tasks.kinds.token_tags import entities
 
 _WORD = re.compile(r"\S+")
+ENTITIES = "entities"  # the key of a text's spans in /predict answers and batch-predict tables
 
 
 @dataclass(frozen=True)

@@ -135,8 +135,8 @@ def test_serving_answers_base64_pngs_and_refuses_non_images(image_project: Path)
     files = sorted((image_project / "data" / "prepared" / "images").rglob("*.png"))[:3]
     body = json.dumps({"images": [base64.b64encode(f.read_bytes()).decode() for f in files]}).encode()
     predictions = model.predict(kind.parse_request(body, "application/json", settings), 8)
-    assert [p.label in ("face", "other") for p in predictions] == [True] * 3
-    assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in predictions)
+    assert [p["label"] in ("face", "other") for p in predictions] == [True] * 3
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in predictions)
     not_an_image = json.dumps({"images": [base64.b64encode(b"plain text").decode()]}).encode()
     with pytest.raises(RequestError) as refused:
         kind.parse_request(not_an_image, "application/json", settings)

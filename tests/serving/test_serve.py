@@ -6,6 +6,7 @@ and each leaves the registry as the next expects (v1 champion -> v2 promoted -> 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -51,14 +53,13 @@ class Client:
         return self.call("POST", "/predict", json.dumps({"texts": texts}).encode())
 
 
-@pytest.fixture(scope="module")
-def server(champion_project: Path, tmp_path_factory: pytest.TempPathFactory):
+@contextlib.contextmanager
+def serving(project: Path, log: Path, *options: str) -> Iterator[dict]:
+    """`transferline serve` on `project` as a real process on a free loopback port, until the block ends:
+    {"port", "log", "proc"} once /health answers 200."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    cmd = [
-        sys.executable, "-m", "flows.cli", "serve", "--project", str(champion_project), "--port", str(port),
-        "--poll-interval", "0.3", "--max-body-bytes", str(MAX_BODY), "--max-batch", str(MAX_BATCH),
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "flows.cli", "serve", "--project", str(project), "--port", str(port)]
+    cmd += options
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
     deadline = time.monotonic() + 120
@@ -77,6 +78,16 @@ def server(champion_project: Path, tmp_path_factory: pytest.TempPathFactory):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(champion_project: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    options = ("--poll-interval", "0.3", "--max-body-bytes", str(MAX_BODY), "--max-batch", str(MAX_BATCH))
+    try:
+        with serving(champion_project, log, *options) as started:
+            yield started
+    finally:
         # leave the registry as the session found it: v1 champion (batch-predict tests may run later)
         reg, name = registry(champion_project), model_name(champion_project)
         if reg.get_alias(name, "champion").version != "1":

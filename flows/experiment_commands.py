@@ -11,7 +11,7 @@ from tasks.experiment import CURVE_SIZES, MIN_STEPS, SCRATCH_LENGTHS, SCRATCH_RA
 
 EPILOG = """\
 examples:
-  transferline experiment                       # learning curve + strategy table (~100 min on 2 CPU cores)
+  transferline experiment                       # learning curve + strategy table (hours on 2 CPU cores)
   transferline experiment learning-curve --sizes 100,500
   transferline experiment learning-curve --sizes 2000 --scratch-rates 3e-4,1e-3 --scratch-lengths 3
   transferline experiment strategies --strategies head,freeze,lora

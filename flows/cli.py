@@ -166,8 +166,8 @@ def _run(args: argparse.Namespace, paths: ProjectPaths, cfg: Config) -> int:
         )
         return Exit.OK
     print(
-        f"\n{summary.model_name} v{summary.version} is now '{CHAMPION}' (test accuracy "
-        f"{summary.test_accuracy:.4f}; compared with "
+        f"\n{summary.model_name} v{summary.version} is now '{CHAMPION}' ({summary.test_metric} "
+        f"{summary.test_accuracy if summary.test_score is None else summary.test_score:.4f}; compared with "
         f"{'v' + summary.champion_version if summary.champion_version else 'no previous champion'}) "
         f"in {minutes:.1f} min.\n"
         f"  reports:  {paths.rel(paths.validation_dir)}/data_docs/index.html, "
@@ -210,11 +210,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not status["versions"]:
         print("  no versions yet: run `transferline run`")
         return Exit.OK
+    from tasks.evaluate import recorded_headline
+
     print()
-    rows = []
+    rows, tagger = [], any("test_f1" in v.get("metrics", {}) for v in status["versions"])
     for v in status["versions"]:
         tags = v.get("tags", {})
-        acc = v.get("metrics", {}).get("test_accuracy")
+        acc = recorded_headline(v.get("metrics", {}))[1]
         rows.append(
             [
                 v["version"],
@@ -225,7 +227,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{tags.get('base_model_id', '-')} ({tags.get('base_model_sha256', '')[:12]})",
             ]
         )
-    table(["version", "aliases", "test_acc", "gate", "data (DVC md5)", "base model"], rows)
+    score = "test_f1" if tagger else "test_acc"  # entity F1 for a tagger's versions, accuracy otherwise
+    table(["version", "aliases", score, "gate", "data (DVC md5)", "base model"], rows)
     return Exit.OK
 
 

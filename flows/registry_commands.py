@@ -116,13 +116,14 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     print("\nversions")
     if versions:
         rows = [_version_row(v) for v in versions]
+        tagger = any(r["test_f1"] is not None for r in rows)  # entity F1 is a tagger's headline
         table(
-            ["version", "aliases", "test_acc", "gate", "data_hash", "created"],
+            ["version", "aliases", "test_f1" if tagger else "test_acc", "gate", "data_hash", "created"],
             [
                 [
                     "v" + r["version"],
                     ",".join(r["aliases"]) or "-",
-                    _fmt(r["test_accuracy"]),
+                    _fmt(r["test_f1"] if tagger else r["test_accuracy"]),
                     r["gate"] or "-",
                     (r["data_hash"] or "-")[:20],
                     r["created"],
@@ -291,7 +292,10 @@ def restore_commands(git_commit: str | None, data_hash: str | None) -> list[str]
 
 def _print_lineage(info: dict) -> None:
     ds, base, gate, val = info["dataset"], info["base_model"], info["gate"], info["validation"]
+    from tasks.evaluate import recorded_headline
+
     aliases = f"  [{', '.join(info['aliases'])}]" if info["aliases"] else ""
+    headline, score = recorded_headline(info["metrics"])
     print(f"{info['model']} v{info['version']}{aliases}  (registered {info['created']})")
     rows = [
         ("dataset", f"{ds['path']} md5 {ds['data_hash'] or '-'}  (source {ds['data_source'] or '-'})"),
@@ -300,7 +304,7 @@ def _print_lineage(info: dict) -> None:
         ("params hash", info["params_hash"] or "-"),
         ("base model", f"{base['id'] or '-'} @ {base['revision'] or '-'}  sha256 {base['sha256'] or '-'}"),
         ("weights (DVC md5)", info["weights_hash"] or "-"),
-        ("test accuracy", _fmt(info["metrics"].get("test_accuracy"))),
+        (headline, _fmt(score)),
         ("strategy search", _search_line(info["strategy_search"], info["chosen"])),
         ("gate", gate["summary"] or gate["result"] or "-"),
         ("compared with", gate["compared_with_champion"] or "-"),
@@ -365,6 +369,7 @@ def _version_row(v: Any) -> dict:
         "version": v.version,
         "aliases": list(v.aliases),
         "test_accuracy": v.metrics.get("test_accuracy"),
+        "test_f1": v.metrics.get("test_f1"),  # token classification's headline (None for classifiers)
         "gate": v.tags.get("gate"),
         "data_hash": v.tags.get("data_hash"),
         "created": _iso(v.created_ms),

@@ -74,6 +74,8 @@ class RunSummary:
     champion_version: str | None  # the champion the challenger was compared with
     data_hash: str
     report: str
+    test_metric: str = "test accuracy"  # how the headline is named: "test accuracy" or "test entity F1"
+    test_score: float | None = None  # its value (None: test_accuracy)
 
 
 @flow(name="retrain", description=__doc__)
@@ -157,6 +159,8 @@ def _steps(paths: ProjectPaths, cfg: Config) -> RunSummary:
         champion_version=evaluation.champion_version,
         data_hash=tags["data_hash"],
         report=report,
+        test_metric=f"test {evaluation.challenger.headline_name}",
+        test_score=evaluation.challenger.headline,
     )
 
 
@@ -181,15 +185,16 @@ def _reproduced(name: str, champion: Champion) -> RunSummary:
 
 
 def _summary_markdown(name: str, version: str, passed: bool, evaluation: Any, tags: dict[str, str]) -> str:
-    ch = evaluation.challenger
-    champion = (
-        f"{evaluation.champion.accuracy:.4f} (v{evaluation.champion_version})" if evaluation.champion else "—"
-    )
+    ch, champ = evaluation.challenger, evaluation.champion
+    champion = f"{champ.headline:.4f} (v{evaluation.champion_version})" if champ else "—"
+    # the headline first (accuracy, or entity F1 with the word accuracy beside it), then macro-F1 over classes
+    extra = f"| word accuracy | {ch.accuracy:.4f} | |\n" if ch.metric != "accuracy" else ""
     rows = "\n".join(f"| {k} | `{v}` |" for k, v in tags.items())
     outcome = "promoted to `champion`" if passed else "kept as `challenger` (gate failed)"
     return (
         f"# {name} v{version}: {outcome}\n\n"
         f"| metric | challenger | champion |\n|---|---|---|\n"
-        f"| test accuracy | {ch.accuracy:.4f} | {champion} |\n| macro-F1 | {ch.macro_f1:.4f} | |\n\n"
+        f"| test {ch.headline_name} | {ch.headline:.4f} | {champion} |\n{extra}"
+        f"| macro-F1 | {ch.macro_f1:.4f} | |\n\n"
         f"## Lineage\n\n| tag | value |\n|---|---|\n{rows}\n"
     )

@@ -31,6 +31,17 @@ from tasks.runtime import configure_environment, stage_logging
 log = logging.getLogger("transferline.evaluate")
 
 ACCURACY, F1 = "accuracy", "f1"  # EvalResult.metric: the headline metric a result carries
+# How reports name each headline metric (F1 is micro entity F1: exact span and type).
+HEADLINE_NAMES = {ACCURACY: "accuracy", F1: "entity F1"}
+
+
+def recorded_headline(metrics: dict[str, float]) -> tuple[str, float | None]:
+    """The headline test metric a registered version recorded, named for reports: entity F1 where the run
+    logged ``test_f1``, accuracy otherwise."""
+    metric = F1 if f"test_{F1}" in metrics else ACCURACY
+    return f"test {HEADLINE_NAMES[metric]}", metrics.get(f"test_{metric}")
+
+
 METRIC_NAMES = {ACCURACY: "accuracy", F1: "entity F1"}  # how reports name them
 
 
@@ -59,6 +70,11 @@ class EvalResult:
     metric: str = ACCURACY
     f1: float | None = None
     counts: list[list[int]] | None = None
+
+    @property
+    def headline_name(self) -> str:
+        """How reports name `metric`: "accuracy" or "entity F1"."""
+        return HEADLINE_NAMES[self.metric]
 
     @property
     def headline(self) -> float:

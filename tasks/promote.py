@@ -26,6 +26,7 @@ from tasks.download import BaseModelRef
 from tasks.evaluate import Evaluation
 from tasks.gate import Decision, GateRejected, rejection_message
 from tasks.inference import METADATA_FILE
+from tasks.kinds import task_of
 from tasks.ledger import default_actor
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
@@ -135,7 +136,15 @@ def model_card(
     trained: TrainResult,
 ) -> str:
     """A model card (markdown) built from the promotion record."""
-    ch = evaluation.challenger
+    ch, kind = evaluation.challenger, task_of(cfg)
+    metrics = ch.metrics()
+    headline = (  # entity F1 (micro, exact span and type) leads for a tagger; accuracy for a classifier
+        f"Entity F1 {ch.headline:.4f} (micro, exact span and type), precision "
+        f"{metrics['test_precision']:.4f}, recall {metrics['test_recall']:.4f}; "
+        f"word accuracy {ch.accuracy:.4f}."
+        if ch.metric != "accuracy"
+        else f"Accuracy {ch.accuracy:.4f}, macro-F1 {ch.macro_f1:.4f}."
+    )
     per_class = "\n".join(
         f"| {label} | {m.precision:.4f} | {m.recall:.4f} | {m.f1:.4f} | {m.support} |"
         for label, m in ch.per_class.items()
@@ -163,7 +172,7 @@ def model_card(
 ## Model
 - Base model: `{tags["base_model_id"]}` at `{tags["base_model_revision"]}`
   (files sha256 `{tags["base_model_sha256"]}`)
-- Task: text classification into {", ".join(f"`{label}`" for label in cfg.data.labels)}
+- Task: {kind.description} {", ".join(f"`{label}`" for label in cfg.data.labels)}
 - Training: fine-tuning with a new classification head; {frozen}; {cfg.train.epochs} epoch(s), batch
   {cfg.train.batch_size}, learning rate {rate:g}, max length {cfg.train.max_length},
   {trained.precision} on {trained.device}; best epoch {trained.best_epoch} of {len(trained.history)} by
@@ -177,9 +186,9 @@ def model_card(
 - Validation (Great Expectations): {validation_line}.
 
 ## Evaluation (held-out test split, {ch.n} rows)
-- Accuracy {ch.accuracy:.4f}, macro-F1 {ch.macro_f1:.4f}.
+- {headline}
 
-| class | precision | recall | F1 | support |
+| {"entity type" if ch.metric != "accuracy" else "class"} | precision | recall | F1 | support |
 |---|---|---|---|---|
 {per_class}
 
@@ -187,11 +196,8 @@ def model_card(
 {decision.report_markdown().split(chr(10), 2)[2]}
 
 ## Intended use and limitations
-- Intended use: classifying short English texts like those of the training source (`{cfg.data.source}`)
-  into the labels above, as one signal among others.
-- Not intended for: texts in other languages or domains, long documents (only the first
-  {cfg.train.max_length} tokens are read), or decisions about people without human review.
-- Limitations: the accuracy above holds for data that look like the test split; the model inherits the
+- Intended use: {kind.intended_use}.
+- Limitations: the scores above hold for data that look like the test split; the model inherits the
   biases of its base model and of the training source. Check the drift and validation reports of new data.
 """
 

@@ -71,6 +71,8 @@ class TaskKind(Protocol):
     mlflow_flavor: str  # how tasks/packaging.py logs its models: "transformers" or "pyfunc" (from code)
     pyfunc_code: str | None  # flavor "pyfunc": the module logged as the model's code (tasks/packaging.py)
     default_model: str  # model.source when the project names none
+    description: str  # what the model does, for the model card ("text classification into ...")
+    intended_use: str  # the model card's intended use and limits, in one sentence of its own
 
     # -- prepare: a source -> the prepared snapshot --------------------------------------------------------
     def read_source(self, data: DataConfig, root: Path) -> Any:

@@ -70,6 +70,12 @@ class ImageClassification:
     """Single-label image classification (AutoModelForImageClassification models)."""
 
     name = "image-classification"
+    description = "image classification into the labels"
+    intended_use = (
+        "classifying images like those of the training source into the labels above, as one signal among "
+        "others; not for images of other kinds, sizes or sources, or decisions about people without human "
+        "review"
+    )
     input_column = IMAGE
     key_column = SHA256
     auto_model = "AutoModelForImageClassification"

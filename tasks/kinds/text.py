@@ -90,6 +90,12 @@ class TextClassification:
     """Single-label text classification (AutoModelForSequenceClassification models)."""
 
     name = "text-classification"
+    description = "text classification into the labels"
+    intended_use = (
+        "classifying short English texts like those of the training source into the labels above, as one "
+        "signal among others; not for texts in other languages or domains, the text past the trained "
+        "max length (it is not read), or decisions about people without human review"
+    )
     input_column = TEXT
     key_column = TEXT
     auto_model = "AutoModelForSequenceClassification"

@@ -47,6 +47,12 @@ class TokenClassification:
     """Per-token tags (IOB2) over pre-split words: AutoModelForTokenClassification models."""
 
     name = "token-classification"
+    description = "named-entity recognition (token classification) of the entity types"
+    intended_use = (
+        "finding the entities of the types above in short English texts like those of the training source, "
+        "as one signal among others; not for texts in other languages or domains, the text past the trained "
+        "max length (it is not read), or decisions about people without human review"
+    )
     input_column = TOKENS
     key_column = TEXT
     auto_model = "AutoModelForTokenClassification"

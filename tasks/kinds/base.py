@@ -59,6 +59,11 @@ class Blocks:
         return [p for p in model.parameters() if id(p) not in inside]
 
 
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The share of examples whose highest logit is their class: a classifier's validation score."""
+    return float((logits.argmax(-1) == targets).float().mean())
+
+
 @runtime_checkable
 class TaskKind(Protocol):
     """One task type. Attributes name it; methods are grouped by the stage that calls them."""
@@ -72,6 +77,7 @@ class TaskKind(Protocol):
     pyfunc_code: str | None  # flavor "pyfunc": the module logged as the model's code (tasks/packaging.py)
     default_model: str  # model.source when the project names none
     description: str  # what the model does, for the model card ("text classification into ...")
+    validation_metric: str  # what training keeps the best epoch by, as logs name it ("accuracy", "entity F1")
     intended_use: str  # the model card's intended use and limits, in one sentence of its own
 
     # -- prepare: a source -> the prepared snapshot --------------------------------------------------------
@@ -188,6 +194,11 @@ class TaskKind(Protocol):
 
     def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The one forward pass of training, evaluation and serving: logits (B, C), or (B, T, C)."""
+        ...
+
+    def validation_score(self, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> float:
+        """The validation split's score that training keeps the best epoch by (classification: accuracy;
+        entities: micro entity F1 of each word's first sub-token); `classes`: the model's, in id order."""
         ...
 
     def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:

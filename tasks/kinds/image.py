@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tasks.kinds import image_blocks
+from tasks.kinds.base import accuracy
 from tasks.kinds.image_config import ImageConfig
 from tasks.kinds.image_files import load_rgb
 from tasks.kinds.image_preprocess import Augmentation, Preprocessing, collate
@@ -71,6 +72,7 @@ class ImageClassification:
 
     name = "image-classification"
     description = "image classification into the labels"
+    validation_metric = "accuracy"
     intended_use = (
         "classifying images like those of the training source into the labels above, as one signal among "
         "others; not for images of other kinds, sizes or sources, or decisions about people without human "
@@ -248,6 +250,9 @@ class ImageClassification:
 
     def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**inputs).logits
+
+    def validation_score(self, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> float:
+        return accuracy(logits, targets)
 
     def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
         """LoRA on ``train.lora_target_modules``; ConfigError naming the architecture's own targets when

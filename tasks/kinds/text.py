@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tasks.kinds.base import Blocks
+from tasks.kinds.base import Blocks, accuracy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,6 +91,7 @@ class TextClassification:
 
     name = "text-classification"
     description = "text classification into the labels"
+    validation_metric = "accuracy"
     intended_use = (
         "classifying short English texts like those of the training source into the labels above, as one "
         "signal among others; not for texts in other languages or domains, the text past the trained "
@@ -263,6 +264,9 @@ class TextClassification:
         transfer = _module("transfer")
 
         return transfer.logits(model, inputs["input_ids"], inputs["attention_mask"])
+
+    def validation_score(self, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> float:
+        return accuracy(logits, targets)
 
     def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
         transfer = _module("transfer")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tasks.kinds.base import IGNORE_INDEX
 from tasks.kinds.text import TextClassification, TextProcessor
 from tasks.kinds.token_align import TokenInputs, first_subtoken_targets, padded_targets, tokenize_words
 from tasks.kinds.token_config import NerConfig
@@ -48,6 +49,7 @@ class TokenClassification:
 
     name = "token-classification"
     description = "named-entity recognition (token classification) of the entity types"
+    validation_metric = "entity F1"
     intended_use = (
         "finding the entities of the types above in short English texts like those of the training source, "
         "as one signal among others; not for texts in other languages or domains, the text past the trained "
@@ -214,6 +216,20 @@ class TokenClassification:
     def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T, C): one row of tag logits per sub-token."""
         return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+
+    def validation_score(self, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> float:
+        """Micro entity F1 (exact span and type) of the words' tags, each word's read at its first
+        sub-token: the headline the gate judges, so the kept epoch is the one that finds entities best."""
+        from tasks.kinds.token_metrics import entity_scores
+
+        truth, predicted = [], []
+        targets = targets[:, : logits.shape[1]]  # targets are padded to the split's longest sentence
+        for target, best in zip(targets.tolist(), logits.argmax(-1).tolist(), strict=True):
+            scored = [(t, p) for t, p in zip(target, best, strict=False) if t != IGNORE_INDEX]
+            truth.append([classes[t] for t, _ in scored])
+            predicted.append([classes[p] for _, p in scored])
+        types = list(dict.fromkeys(tag[2:] for tag in classes if tag[:2] in ("B-", "I-")))
+        return entity_scores(truth, predicted, types).f1
 
     def apply_lora(self, model: PreTrainedModel, cfg: TrainConfig) -> Any:
         """PEFT LoRA on ``train.lora_target_modules``; PEFT's token-classification task trains the head in

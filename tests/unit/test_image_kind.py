@@ -277,6 +277,16 @@ def test_the_image_example_params_are_a_valid_image_config():
     assert cfg.task.type == "image-classification" and cfg.image.size == 64
 
 
+def test_the_ner_example_params_are_a_valid_token_config():
+    from tasks.config import load_config
+    from tasks.kinds.token_tags import tag_names
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "examples" / "token-classification" / "params.yaml")
+    assert cfg.task.type == "token-classification" and cfg.data.source == "sample://wnut16"
+    assert len(tag_names(cfg.data.labels)) == 21  # O, then B-/I- of the sample's ten types
+
+
 def test_lora_targets_of_a_text_model_are_refused_with_the_image_models_own():
     from tasks.config import ConfigError
     from tasks.kinds.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteForImageClassification

@@ -65,3 +65,30 @@ def test_the_crf_baseline_learns_the_synthetic_entities():
     features = sentence_features(["@ada", "visited", "http://x.io"])
     assert features[0]["mention"] and features[0]["start"] and features[2]["url"] and features[2]["end"]
     assert features[1]["-1:lower"] == "@ada" and features[1]["+1:url"]
+
+
+def test_training_keeps_the_epoch_by_entity_f1_of_first_subtokens_not_word_accuracy():
+    import torch
+
+    from tasks.config import load_config
+    from tasks.kinds import task_of
+    from tasks.kinds.base import IGNORE_INDEX
+    from tasks.kinds.token_tags import tag_names
+    from tests.conftest import ROOT
+
+    classes = tag_names(["person", "geo-loc", "company"])
+    ids = {tag: i for i, tag in enumerate(classes)}
+    # per sentence: a special token, then each word's first sub-token (a later one ignored), then padding
+    width = 1 + max(len(s) for s in TRUTH) * 2 + 1
+    targets = torch.full((len(TRUTH), width), IGNORE_INDEX)
+    logits = torch.zeros((len(TRUTH), width - 1, len(classes)))  # a batch shorter than the split's padding
+    for i, (truth, pred) in enumerate(zip(TRUTH, PRED, strict=True)):
+        for j, (t, p) in enumerate(zip(truth, pred, strict=True)):
+            targets[i, 1 + 2 * j] = ids[t]
+            logits[i, 1 + 2 * j, ids[p]] = 5.0
+            logits[i, 2 + 2 * j, ids["B-company"]] = 9.0  # a later sub-token: never read
+    kind = task_of(load_config(ROOT / "params.yaml", {"task.type": "token-classification"}))
+    assert kind.validation_metric == "entity F1"
+    assert kind.validation_score(logits, targets, classes) == pytest.approx(
+        entity_scores(TRUTH, PRED, ["person", "geo-loc", "company"]).f1
+    )  # 0.57, where the words' accuracy would be 6/8

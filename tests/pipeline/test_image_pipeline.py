@@ -51,45 +51,6 @@ def image_project(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> P
     return project
 
 
-def test_bad_files_stop_the_run_before_training_and_are_listed_with_what_to_do(
-    tmp_path: Path, prefect_server
-):
-    """A truncated PNG, a zero-byte file and a text file renamed .png in a class folder: validation refuses
-    the data, names all three in bad_images.csv beside the report, and nothing is trained or registered."""
-    from flows.retrain import retrain
-    from tasks.validate import DataValidationError
-    from tests.data.images import noise, png_bytes, truncated
-
-    project = make_project(tmp_path, {**IMAGE_PARAMS, "registry.model_name": "faces-refused"})
-    source = lfw_folder(project / "data" / "raw" / "lfw", per_class=12)
-    broken = {
-        "face/cut.png": truncated(png_bytes(noise(1, (64, 64)))),
-        "face/empty.png": b"",
-        "other/notes.png": b"label,file\nface,001.png\n",
-    }
-    for name, content in broken.items():
-        (source / name).write_bytes(content)
-    with pytest.raises(DataValidationError, match=r"reports/validation/bad_images\.csv"):
-        retrain(project_dir=str(project))
-    report = project / "reports" / "validation"
-    listed = pd.read_csv(report / "bad_images.csv")
-    assert list(listed.columns) == ["path", "split", "problem", "what_to_do"]
-    assert sorted(listed["path"]) == sorted(broken)
-    problems = dict(zip(listed["path"], listed["problem"], strict=True))
-    assert problems["face/cut.png"].startswith("truncated")
-    assert problems["face/empty.png"].startswith("zero-bytes")
-    assert problems["other/notes.png"].startswith("not-an-image")
-    assert set(listed["split"]) <= {"train", "validation", "test"}
-    assert "copy it again" in problems_todo(listed, "face/cut.png")
-    assert "remove it from the source" in problems_todo(listed, "other/notes.png")
-    assert "[bad_images.csv](bad_images.csv)" in (report / "summary.md").read_text()
-    assert not (project / "models" / "challenger").exists()  # nothing trained
-
-
-def problems_todo(listed: pd.DataFrame, path: str) -> str:
-    return str(listed.loc[listed["path"] == path, "what_to_do"].item())
-
-
 def test_the_retrain_flow_promotes_an_image_classifier(image_project: Path):
     from tasks.kinds.image_preprocess import Preprocessing
 

@@ -75,12 +75,14 @@ def test_the_loss_falls_with_the_cached_encoder_and_the_model_saves(kind, tmp_pa
     model, processor, result = fine_tune(BASE, frame(rows[:48]), frame(rows[48:]), TYPES, cfg, kind=kind)
     losses = [h.train_loss for h in result.history]
     assert result.cached_layers == 4 and losses[-1] < losses[0] * 0.5, losses
-    assert result.best_val_accuracy > 0.9  # the tags of the scored (first) sub-tokens
     val = frame(rows[48:])
     inputs = kind.encode_items(kind.items(val, None), processor)
     logits = predict_inputs(model, inputs, 8, (kind, processor, torch.device("cpu"), "fp32"))
     predicted, _ = tags_per_word(logits, inputs, [len(t) for t in val["tokens"]], tag_names(TYPES))
-    assert entity_scores(list(val["tags"]), predicted, TYPES).f1 > 0.8  # exact spans, on unseen sentences
+    f1 = entity_scores(list(val["tags"]), predicted, TYPES).f1
+    assert f1 > 0.8  # exact spans, on unseen sentences
+    # the epoch was kept by the entity F1 of its words' first sub-tokens: the returned model's validation F1
+    assert result.best_val_accuracy == pytest.approx(f1)
     save_model(model, processor, tmp_path / "m", {"task": {"type": kind.name}}, kind)
     loaded = kind.load_model(tmp_path / "m")
     assert loaded.config.id2label[3] == "B-geo-loc"

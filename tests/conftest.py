@@ -63,6 +63,34 @@ def pytest_configure(config: pytest.Config) -> None:
         log_path().unlink(missing_ok=True)
 
 
+_FAILED_TMP = pytest.StashKey[set[Path]]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Note the tmp_path of every failed test: the folders a failed run keeps (pytest_sessionfinish)."""
+    outcome = yield
+    funcargs = getattr(item, "funcargs", {})
+    if outcome.get_result().failed and "tmp_path" in funcargs:
+        item.config.stash.setdefault(_FAILED_TMP, set()).add(Path(funcargs["tmp_path"]).resolve())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Keep only failed tests' folders. pytest's "failed" retention keeps every fixture's folder as well
+    once a test fails (a trained project per module: gigabytes), and xdist workers without a failure keep
+    theirs too; those go here."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
+        return  # the xdist controller: each worker keeps its own failed tests' folders
+    kept = session.config.stash.get(_FAILED_TMP, set())
+    root = factory.getbasetemp().resolve()
+    for child in root.iterdir():
+        if child.is_dir() and not any(path.is_relative_to(child) for path in kept):
+            shutil.rmtree(child, ignore_errors=True)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     base = config.stash.get(_BASE, None)
     if base is not None:

@@ -22,7 +22,7 @@ from tasks.champion import Champion, champion_task
 from tasks.config import Config, ConfigError, GateMode, StrategyChoice, TimeBudget, load_config
 from tasks.download import download_task
 from tasks.drift import drift_task
-from tasks.evaluate import evaluate_task
+from tasks.evaluate import ACCURACY, evaluate_task
 from tasks.gate import gate_task
 from tasks.paths import ProjectPaths
 from tasks.prepare import data_sha256, prepare_task
@@ -188,7 +188,7 @@ def _summary_markdown(name: str, version: str, passed: bool, evaluation: Any, ta
     ch, champ = evaluation.challenger, evaluation.champion
     champion = f"{champ.headline:.4f} (v{evaluation.champion_version})" if champ else "—"
     # the headline first (accuracy, or entity F1 with the word accuracy beside it), then macro-F1 over classes
-    extra = f"| word accuracy | {ch.accuracy:.4f} | |\n" if ch.metric != "accuracy" else ""
+    extra = f"| word accuracy | {ch.accuracy:.4f} | |\n" if ch.metric != ACCURACY else ""
     rows = "\n".join(f"| {k} | `{v}` |" for k, v in tags.items())
     outcome = "promoted to `champion`" if passed else "kept as `challenger` (gate failed)"
     return (

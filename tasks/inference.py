@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tasks import transfer
 from tasks.config import ConfigError
 from tasks.kinds import recorded, task_of_model
+from tasks.kinds.base import class_names
 from tasks.paths import METADATA_FILE  # noqa: F401  (imported from here by training and the registry)
 
 if TYPE_CHECKING:
@@ -235,8 +236,7 @@ def class_predictions(predictor: Predictor, items: list[Any], batch_size: int) -
     """Per input of a classifier: its label, the label's probability and every class's probability."""
     import torch
 
-    id2label = predictor.model.config.id2label
-    labels = [id2label[i] for i in range(len(id2label))]
+    labels = class_names(predictor.model.config)
     probs = torch.softmax(predictor.logits(items, batch_size).float(), dim=-1)
     return [
         {"label": labels[best], "score": row[best], "probabilities": dict(zip(labels, row, strict=True))}

@@ -23,7 +23,7 @@ from prefect.input import RunInput
 
 from tasks.config import Config
 from tasks.download import BaseModelRef
-from tasks.evaluate import Evaluation
+from tasks.evaluate import ACCURACY, Evaluation
 from tasks.gate import Decision, GateRejected, rejection_message
 from tasks.inference import METADATA_FILE
 from tasks.kinds import task_of
@@ -142,7 +142,7 @@ def model_card(
         f"Entity F1 {ch.headline:.4f} (micro, exact span and type), precision "
         f"{metrics['test_precision']:.4f}, recall {metrics['test_recall']:.4f}; "
         f"word accuracy {ch.accuracy:.4f}."
-        if ch.metric != "accuracy"
+        if ch.metric != ACCURACY
         else f"Accuracy {ch.accuracy:.4f}, macro-F1 {ch.macro_f1:.4f}."
     )
     per_class = "\n".join(
@@ -188,7 +188,7 @@ def model_card(
 ## Evaluation (held-out test split, {ch.n} rows)
 - {headline}
 
-| {"entity type" if ch.metric != "accuracy" else "class"} | precision | recall | F1 | support |
+| {"entity type" if ch.metric != ACCURACY else "class"} | precision | recall | F1 | support |
 |---|---|---|---|---|
 {per_class}
 

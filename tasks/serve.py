@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.batching import Batcher, BatchSettings
 from tasks.inference import Predictor
 from tasks.kinds import load_task
-from tasks.kinds.base import RequestError
+from tasks.kinds.base import RequestError, class_names
 from tasks.prepare import file_sha256
 from tasks.registry import CHAMPION, Registry, RegistryError, VersionInfo
 
@@ -180,8 +180,7 @@ def load_version(
     max_length = trained_max_length(registry, info) or default_max_length
     predictor = Predictor(model_dir, max_length)
     predictor.logits([predictor.kind.warmup_input()], 1)
-    id2label = predictor.model.config.id2label
-    labels = tuple(id2label[i] for i in range(len(id2label)))
+    labels = tuple(class_names(predictor.model.config))
     return LoadedModel(info.name, info.version, info.run_id, weights, labels, predictor, _iso(time.time()))
 
 

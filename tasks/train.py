@@ -42,7 +42,7 @@ from tasks.inference import (
     predict_inputs,
 )
 from tasks.kinds import load_task, task_of
-from tasks.kinds.base import IGNORE_INDEX
+from tasks.kinds.base import IGNORE_INDEX, class_names
 from tasks.paths import ProjectPaths
 from tasks.prepare import data_sha256, read_split
 from tasks.runtime import configure_environment, stage_logging, torch_threads
@@ -641,8 +641,7 @@ def _val_accuracy(run: _Run) -> float:
     else:
         where = (run.kind, run.processor, run.device, run.precision)
         logits = predict_inputs(run.model, run.x_val, INFERENCE_BATCH, where)
-    id2label = run.model.config.id2label
-    return run.kind.validation_score(logits, run.y_val, [id2label[i] for i in range(len(id2label))])
+    return run.kind.validation_score(logits, run.y_val, class_names(run.model.config))
 
 
 def _save_checkpoint(run: _Run, state: _Progress) -> None:

@@ -59,6 +59,11 @@ class Blocks:
         return [p for p in model.parameters() if id(p) not in inside]
 
 
+def class_names(config: Any) -> list[str]:
+    """A model config's class names in class-id order (its ``id2label``): the order of its logits."""
+    return [config.id2label[i] for i in range(len(config.id2label))]
+
+
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """The share of examples whose highest logit is their class: a classifier's validation score."""
     return float((logits.argmax(-1) == targets).float().mean())

@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasks.kinds.base import IGNORE_INDEX
+from tasks.kinds.base import IGNORE_INDEX, class_names
 
 if TYPE_CHECKING:
     import torch
@@ -110,9 +110,7 @@ def predict_words(
     inputs = predictor.kind.encode_items(sentences, predictor.processor)
     where = (predictor.kind, predictor.processor, predictor.device, predictor.precision)
     logits = inference.predict_inputs(predictor.model, inputs, batch_size, where)  # (N, T, C)
-    id2label = predictor.model.config.id2label
-    tags, scores = tags_per_word(
-        logits, inputs, [len(s) for s in sentences], [id2label[i] for i in range(len(id2label))]
-    )
+    lengths = [len(s) for s in sentences]
+    tags, scores = tags_per_word(logits, inputs, lengths, class_names(predictor.model.config))
     finite = torch.isfinite(logits).flatten(1).all(1).tolist() if len(sentences) else []
     return tags, scores, finite

@@ -171,6 +171,8 @@ class TrainConfig(_Section):
 
 class EvaluateConfig(_Section):
     batch_size: int = Field(ge=1, le=4096)
+    latency_inputs: int = Field(ge=2, le=10_000)
+    latency_windows: int = Field(ge=1, le=100)
 
 
 class GateConfig(_Section):

@@ -22,7 +22,7 @@ from prefect import task
 
 from tasks import caching
 from tasks.champion import Champion, load_champion
-from tasks.config import Config, ConfigError, load_config
+from tasks.config import Config, ConfigError, EvaluateConfig, load_config
 from tasks.inference import NON_FINITE, Predictor, measure_latency
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, file_sha256, read_split
@@ -170,11 +170,14 @@ def compute_metrics(y_true: list[str], y_pred: list[str], labels: list[str], nam
     )
 
 
-def measure_budgets(predictor: Predictor, texts: list[Any], champion: Predictor | None = None) -> Budgets:
+def measure_budgets(
+    predictor: Predictor, texts: list[Any], cfg: EvaluateConfig, champion: Predictor | None = None
+) -> Budgets:
     """Serving costs of `predictor`'s model on this machine: warm one-text p95 latency (the champion's
     too when given, measured in the same windows), weights size."""
     weights = sum(p.stat().st_size for p in predictor.model_dir.glob("*.safetensors"))
-    latency, *others = measure_latency([predictor] if champion is None else [predictor, champion], texts)
+    models = [predictor] if champion is None else [predictor, champion]
+    latency, *others = measure_latency(models, texts, cfg.latency_windows, cfg.latency_inputs)
     return Budgets(
         latency_p95_ms=latency.p95_ms,
         weights_mb=weights / 1e6,
@@ -306,7 +309,7 @@ def evaluate_models(paths: ProjectPaths, cfg: Config, champion: Champion | None)
                 retention = Retention(challenger, scored)  # same rows: no need to score twice
             else:
                 retention = _retention(predictor, champ, retention_file, cfg, champion.version)
-    budgets = measure_budgets(predictor, predictor.kind.items(test, paths.prepared_dir), champ)
+    budgets = measure_budgets(predictor, predictor.kind.items(test, paths.prepared_dir), cfg.evaluate, champ)
     log.info("budgets: p95 latency %.1f ms, weights %.1f MB", budgets.latency_p95_ms, budgets.weights_mb)
     evaluation = Evaluation(challenger, scored, champion.version if champion else None, budgets, retention)
     write_evaluation(paths, evaluation)

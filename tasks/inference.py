@@ -257,11 +257,10 @@ def class_columns(predictions: list[dict[str, Any]], labels: list[str]) -> dict[
 
 # -- latency -------------------------------------------------------------------------------------------
 
-# Single-example latency: each of LATENCY_TEXTS texts is timed once per window, in LATENCY_WINDOWS
-# windows, and keeps its fastest time; the p95 is taken over the texts. What differs between texts (their
-# length) is latency; what differs between windows of the same text (other work) is not.
-LATENCY_WINDOWS = 4
-LATENCY_TEXTS = 30  # the p95 of 30 texts lies between their two slowest
+# Single-example latency: each of evaluate.latency_inputs inputs is timed once per window, in
+# evaluate.latency_windows windows, and keeps its fastest time; the p95 is taken over the inputs. What
+# differs between inputs (their length) is latency; what differs between windows of one input (other work)
+# is not.
 LATENCY_WARMUP = 5
 
 
@@ -279,7 +278,7 @@ class Latency:
     def method(self) -> str:
         """How it was measured, in one line for reports."""
         return (
-            f"p95 over {self.texts} texts of each one's fastest {self.clock} in {self.windows} windows, "
+            f"p95 over {self.texts} inputs of each one's fastest {self.clock} in {self.windows} windows, "
             f"{self.threads} inference thread (wall-time p95 {self.wall_p95_ms:.1f} ms)"
         )
 
@@ -303,8 +302,8 @@ def single_thread() -> Iterator[None]:
 def measure_latency(
     predictors: Sequence[Predictor],
     texts: list[str],
-    windows: int = LATENCY_WINDOWS,
-    count: int = LATENCY_TEXTS,
+    windows: int,
+    count: int,
     warmup: int = LATENCY_WARMUP,
 ) -> list[Latency]:
     """The single-example latency of each predictor, measured so that other load does not decide it.

@@ -78,8 +78,15 @@ def dvc(paths: ProjectPaths, *args: str, timeout: float = 900) -> str:
 def commit_stages(paths: ProjectPaths, cfg: Config, stages: tuple[str, ...]) -> dict[str, str]:
     """`dvc commit --force` the given stages; returns {output path: DVC md5} from dvc.lock."""
     with effective_params(paths, cfg):
-        dvc(paths, "commit", "--force", "--quiet", *stages)
+        dvc(paths, "commit", "--force", "--quiet", *commit_targets(paths, stages))
     return output_hashes(paths)
+
+
+def commit_targets(paths: ProjectPaths, stages: tuple[str, ...]) -> tuple[str, ...]:
+    """What to name to `dvc commit`: DVC rewrites dvc.lock once per target it is given, and a lock that
+    lists every stage's code is seconds to rewrite, so every stage of dvc.yaml is named by the file (one
+    rewrite, the same lock)."""
+    return (paths.dvc_yaml.name,) if set(stages) == set(PIPELINE_STAGES) else stages
 
 
 def output_hashes(paths: ProjectPaths) -> dict[str, str]:

@@ -46,8 +46,10 @@ def busy_cores(count: int | None = None) -> Iterator[list[subprocess.Popen]]:
 
 @pytest.mark.fault(16, "run on a fresh Prefect home with every core busy, latency budget on")
 def test_a_run_on_a_fresh_prefect_home_finishes_while_every_core_is_busy(tmp_path: Path):
-    # As on a new machine; gate.max_latency_ms as shipped in params.yaml.
-    project = make_project(tmp_path, QUICK, fresh_stores=True)
+    # As on a new machine; the latency budget and its measurement as shipped in params.yaml.
+    shipped = load_config(ROOT / "params.yaml").evaluate
+    as_shipped = {f"evaluate.{key}": getattr(shipped, key) for key in ("latency_inputs", "latency_windows")}
+    project = make_project(tmp_path, QUICK | as_shipped, fresh_stores=True)
     home = tmp_path / "fresh-prefect-home"
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "OMP_NUM_THREADS")}
     # Only what the entry point sets itself: the test session's own start-up timeout must not help.
@@ -78,9 +80,9 @@ def test_the_latency_budget_judges_the_model_not_the_load(tmp_path: Path):
     predictor = Predictor(model_dir, cfg.train.max_length)
     path, _ = resolve_source(cfg.data.source, ROOT)
     texts = pd.read_csv(path, dtype=str, keep_default_na=False)[cfg.data.text_column].head(200).tolist()
-    (idle,) = measure_latency([predictor], texts)
+    (idle,) = measure_latency([predictor], texts, cfg.evaluate.latency_windows, cfg.evaluate.latency_inputs)
     with busy_cores(2) as spinners:
-        loaded = measure_budgets(predictor, texts)
+        loaded = measure_budgets(predictor, texts, cfg.evaluate)
         assert all(proc.poll() is None for proc in spinners), "the load stopped during the measurement"
     within = compute_metrics(["fresh"], ["fresh"], cfg.data.labels, "challenger")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -212,7 +213,8 @@ def search_section(found: dict | None) -> str:
     )
     rows = "\n".join(
         f"| {t['round']} | {t['strategy']} | {t['settings']['learning_rate']:g} "
-        f"| {t['rows']} x {t['epochs']} | {t['val_accuracy']:.4f} | {t['seconds']:.1f} |"
+        f"| {t['rows']} x {t['epochs']} | {t['val_accuracy']:.4f} | {t.get('val_loss', math.nan):.4f} "
+        f"| {t['seconds']:.1f} |"
         for t in trials
     )
     skipped = f" Not started, for lack of budget: {'; '.join(found['skipped'])}." if found["skipped"] else ""
@@ -222,8 +224,9 @@ def search_section(found: dict | None) -> str:
         "\n## Strategy search (`train.strategy: auto`)\n"
         f"{spent}, judged on the validation split only ({found['stopped']}).{skipped}\n"
         f"Chosen: `{chosen['strategy']}` with {settings} ({best}), then trained on every training row.\n\n"
-        "| round | strategy | learning rate | rows x epochs | validation accuracy | seconds |\n"
-        f"|---|---|---|---|---|---|\n{rows}\n"
+        "| round | strategy | learning rate | rows x epochs | validation accuracy | validation loss "
+        "| seconds |\n"
+        f"|---|---|---|---|---|---|---|\n{rows}\n"
     )
 
 

@@ -88,6 +88,7 @@ class Trial:
     cached_layers: int  # lowest layers trained from the activation cache
     cache_seconds: float = 0.0  # of which running examples not cached yet through those layers
     cache_examples: int = 0  # how many (training and validation) examples that was
+    val_loss: float = math.nan  # the best epoch's validation cross-entropy: breaks ties of accuracy
 
     @property
     def candidate(self) -> Candidate:
@@ -149,7 +150,7 @@ class SearchResult:
 
 
 def _rounded(trial: dict[str, Any]) -> dict[str, Any]:
-    for key in ("val_accuracy", "seconds", "train_seconds", "cache_seconds"):
+    for key in ("val_accuracy", "val_loss", "seconds", "train_seconds", "cache_seconds"):
         trial[key] = round(trial[key], 4)
     return trial
 
@@ -182,9 +183,15 @@ def halving_rounds(n: int, eta: int = ETA, last: int = LAST_ROUND) -> list[int]:
 
 
 def survivors(trials: Sequence[Trial], keep: int) -> list[Candidate]:
-    """The `keep` best candidates of one round's trials: highest validation accuracy, then fewest seconds."""
-    ranked = sorted(trials, key=lambda t: (-t.val_accuracy, t.seconds))
+    """The `keep` best candidates of one round's trials: highest validation accuracy, then lowest validation
+    loss, then fewest seconds. Short first-round trials often all still predict the majority class; their
+    losses show which learned most (ranking those by seconds alone would favour the cheapest strategy)."""
+    ranked = sorted(trials, key=lambda t: (-t.val_accuracy, _loss(t), t.seconds))
     return [t.candidate for t in ranked[:keep]]
+
+
+def _loss(trial: Trial) -> float:
+    return math.inf if math.isnan(trial.val_loss) else trial.val_loss
 
 
 def estimate_cost(trials: Sequence[Trial], strategy: str) -> Cost | None:
@@ -324,9 +331,10 @@ class _Search:
             trial = _trial(self, candidate, number, rows)
             self.trials.append(trial)
             log.info(
-                "trial %d, round %d: %s on %d rows: validation accuracy %.4f in %.0f s (%.0f of %g s spent)",
-                len(self.trials), number, candidate.label(), trial.rows * trial.epochs, trial.val_accuracy,
-                trial.seconds, self.spent(), self.cfg.time_budget_s,
+                "trial %d, round %d: %s on %d rows: validation accuracy %.4f, loss %.4f, in %.0f s "
+                "(%.0f of %g s spent)", len(self.trials), number, candidate.label(),
+                trial.rows * trial.epochs, trial.val_accuracy, trial.val_loss, trial.seconds, self.spent(),
+                self.cfg.time_budget_s,
             )  # fmt: skip
 
 
@@ -416,4 +424,5 @@ def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Tri
         cached_layers=result.cached_layers,
         cache_seconds=search.activations.seconds - cache_before[0],
         cache_examples=search.activations.computed - cache_before[1],
+        val_loss=result.history[result.best_epoch - 1].val_loss if result.best_epoch else math.nan,
     )

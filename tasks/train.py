@@ -70,6 +70,7 @@ class EpochStats:
     val_accuracy: float
     seconds: float
     samples_per_s: float
+    val_loss: float = math.nan  # mean cross-entropy on validation (nan in records written without it)
 
 
 @dataclass(frozen=True)
@@ -611,13 +612,13 @@ def _report_step(run: _Run, state: _Progress, bar: Any, seconds: float, batches:
 def _close_epoch(run: _Run, state: _Progress, seconds: float) -> None:
     """Score the epoch on validation, keep its weights when best, stop early if due; start the next."""
     cfg = run.cfg
-    val_acc = _val_accuracy(run)
+    val_acc, val_loss = _validate(run)
     mean_loss = state.loss_sum / max(state.seen, 1)
-    stats = EpochStats(state.epoch, mean_loss, val_acc, seconds, state.seen / seconds)
+    stats = EpochStats(state.epoch, mean_loss, val_acc, seconds, state.seen / seconds, val_loss)
     state.history.append(asdict(stats))
     log.info(
-        "epoch %d/%d: loss %.4f, validation %s %.4f, %.0f samples/s",
-        state.epoch, cfg.epochs, stats.train_loss, run.kind.validation_metric, val_acc, stats.samples_per_s,
+        "epoch %d/%d: loss %.4f, validation %s %.4f (loss %.4f), %.0f samples/s", state.epoch, cfg.epochs,
+        stats.train_loss, run.kind.validation_metric, val_acc, val_loss, stats.samples_per_s,
     )  # fmt: skip
     if val_acc > state.best_acc:
         state.best_acc, state.best_epoch, state.stale_epochs = val_acc, state.epoch, 0
@@ -633,7 +634,8 @@ def _close_epoch(run: _Run, state: _Progress, seconds: float) -> None:
     state.epoch_rng = _rng_state(run.rng)
 
 
-def _val_accuracy(run: _Run) -> float:
+def _validate(run: _Run) -> tuple[float, float]:
+    """(the task's validation score, the mean validation cross-entropy)."""
     if run.cache_val is not None:
         depth = run.plan.cache_depth or 0
         where = (run.kind, run.processor, run.device, run.precision)
@@ -641,7 +643,21 @@ def _val_accuracy(run: _Run) -> float:
     else:
         where = (run.kind, run.processor, run.device, run.precision)
         logits = predict_inputs(run.model, run.x_val, INFERENCE_BATCH, where)
-    return run.kind.validation_score(logits, run.y_val, class_names(run.model.config))
+    score = run.kind.validation_score(logits, run.y_val, class_names(run.model.config))
+    return score, validation_loss(logits, run.y_val)
+
+
+def validation_loss(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean cross-entropy of the targets: one per example for a classifier ((n, classes) logits), one per
+    labelled token for a tagger ((n, tokens, classes), padding and continuation sub-tokens ignored). It
+    tells apart models that a score does not: two that both still predict the majority class have learned
+    unequally."""
+    import torch.nn.functional as F
+
+    if logits.dim() == 3:  # a tagger's targets are padded to the split's longest sentence
+        targets = targets[:, : logits.shape[1]]
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return float(F.cross_entropy(flat, targets.reshape(-1).to(flat.device), ignore_index=IGNORE_INDEX))
 
 
 def _save_checkpoint(run: _Run, state: _Progress) -> None:

@@ -3,6 +3,7 @@ functions. The search itself, training the real MiniLM, is tests/training/test_s
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -29,8 +30,9 @@ from tests.minilm import PARAMS
 def trial(strategy: str, acc: float, seconds: float, train_seconds: float, rows: int = 100, **kw) -> Trial:
     settings = {"learning_rate": kw.pop("lr", 1e-4)}
     return Trial(
-        kw.pop("round", 0), strategy, settings, rows, kw.pop("epochs", 1), acc, seconds, train_seconds, 0
-    )
+        kw.pop("round", 0), strategy, settings, rows, kw.pop("epochs", 1), acc, seconds, train_seconds, 0,
+        val_loss=kw.pop("loss", 0.5),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,17 @@ def test_survivors_are_the_most_accurate_then_the_quickest():
         trial("freeze", 0.7, 3, 2),
     ]
     assert [c.strategy for c in survivors(trials, 3)] == ["lora", "head", "full"]
+
+
+def test_equal_accuracies_are_ranked_by_validation_loss_before_seconds():
+    # Short trials that all still predict the majority class: the one whose loss fell most learned most.
+    trials = [
+        trial("head", 0.5775, 7, 5, loss=0.68),
+        trial("freeze", 0.5775, 8, 6, loss=0.67),
+        trial("full", 0.5775, 16, 12, loss=0.61),
+        trial("lora", 0.5775, 13, 10, loss=math.nan),  # no recorded loss: after every measured one
+    ]
+    assert [c.strategy for c in survivors(trials, 4)] == ["full", "freeze", "head", "lora"]
 
 
 def test_cost_comes_from_the_strategys_latest_trial_else_the_cheapest_tried():
@@ -151,3 +164,21 @@ def test_auto_is_refused_with_settings_that_most_of_its_candidates_cannot_train(
     with pytest.raises(ConfigError, match="adversarial_eps shifts the word embeddings"):
         load_config(PARAMS, {"train.strategy": "auto", "train.adversarial_eps": 0.1})
     assert load_config(PARAMS, {"train.strategy": "auto"}).train.time_budget_s > 0
+
+
+def test_validation_loss_is_per_example_for_classes_and_per_labelled_token_for_tags():
+    import torch
+
+    from tasks.kinds.base import IGNORE_INDEX
+    from tasks.train import validation_loss
+
+    sure, unsure = torch.tensor([[4.0, 0.0], [0.0, 4.0]]), torch.zeros(2, 2)
+    assert validation_loss(unsure, torch.tensor([0, 1])) == pytest.approx(math.log(2))
+    assert validation_loss(sure, torch.tensor([0, 1])) < validation_loss(unsure, torch.tensor([0, 1]))
+    # A tagger: (sentences, tokens, tags) logits; the targets are padded past the batch's longest sentence
+    # and its ignored positions (here a confidently wrong one) do not count.
+    logits = torch.tensor([[[4.0, 0.0], [4.0, 0.0], [0.0, 4.0]]])
+    targets = torch.tensor([[0, IGNORE_INDEX, 1, IGNORE_INDEX]])
+    wrong_where_ignored = torch.tensor([[[4.0, 0.0], [0.0, 9.0], [0.0, 4.0]]])
+    assert validation_loss(logits, targets) == pytest.approx(validation_loss(wrong_where_ignored, targets))
+    assert validation_loss(logits, targets) == pytest.approx(validation_loss(sure, torch.tensor([0, 1])))

@@ -210,10 +210,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not status["versions"]:
         print("  no versions yet: run `transferline run`")
         return Exit.OK
-    from tasks.evaluate import recorded_headline
+    from tasks.evaluate import F1, recorded_headline, recorded_metric
 
     print()
-    rows, tagger = [], any("test_f1" in v.get("metrics", {}) for v in status["versions"])
+    rows, tagger = [], any(recorded_metric(v.get("metrics", {})) == F1 for v in status["versions"])
     for v in status["versions"]:
         tags = v.get("tags", {})
         acc = recorded_headline(v.get("metrics", {}))[1]
@@ -227,7 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{tags.get('base_model_id', '-')} ({tags.get('base_model_sha256', '')[:12]})",
             ]
         )
-    score = "test_f1" if tagger else "test_acc"  # entity F1 for a tagger's versions, accuracy otherwise
+    score = f"test_{F1}" if tagger else "test_acc"  # entity F1 for a tagger's versions, accuracy otherwise
     table(["version", "aliases", score, "gate", "data (DVC md5)", "base model"], rows)
     return Exit.OK
 

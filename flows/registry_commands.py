@@ -115,8 +115,10 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     print("  " + "   ".join(f"{a}: {'v' + v if v else '—'}" for a, v in aliases.items()))
     print("\nversions")
     if versions:
+        from tasks.evaluate import F1, recorded_metric
+
         rows = [_version_row(v) for v in versions]
-        tagger = any(r["test_f1"] is not None for r in rows)  # entity F1 is a tagger's headline
+        tagger = any(recorded_metric(v.metrics) == F1 for v in versions)  # entity F1 is a tagger's headline
         table(
             ["version", "aliases", "test_f1" if tagger else "test_acc", "gate", "data_hash", "created"],
             [

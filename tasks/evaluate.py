@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,17 +33,19 @@ log = logging.getLogger("transferline.evaluate")
 
 ACCURACY, F1 = "accuracy", "f1"  # EvalResult.metric: the headline metric a result carries
 # How reports name each headline metric (F1 is micro entity F1: exact span and type).
-HEADLINE_NAMES = {ACCURACY: "accuracy", F1: "entity F1"}
+METRIC_NAMES = {ACCURACY: "accuracy", F1: "entity F1"}
 
 
-def recorded_headline(metrics: dict[str, float]) -> tuple[str, float | None]:
-    """The headline test metric a registered version recorded, named for reports: entity F1 where the run
-    logged ``test_f1``, accuracy otherwise."""
-    metric = F1 if f"test_{F1}" in metrics else ACCURACY
-    return f"test {HEADLINE_NAMES[metric]}", metrics.get(f"test_{metric}")
+def recorded_metric(metrics: Mapping[str, float]) -> str:
+    """The headline metric a registered version recorded (its MLflow metrics): F1 where the run logged
+    ``test_f1`` (a tagger), ACCURACY otherwise."""
+    return F1 if f"test_{F1}" in metrics else ACCURACY
 
 
-METRIC_NAMES = {ACCURACY: "accuracy", F1: "entity F1"}  # how reports name them
+def recorded_headline(metrics: Mapping[str, float]) -> tuple[str, float | None]:
+    """The headline test metric a registered version recorded, named for reports, and its value."""
+    metric = recorded_metric(metrics)
+    return f"test {METRIC_NAMES[metric]}", metrics.get(f"test_{metric}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class EvalResult:
     @property
     def headline_name(self) -> str:
         """How reports name `metric`: "accuracy" or "entity F1"."""
-        return HEADLINE_NAMES[self.metric]
+        return METRIC_NAMES[self.metric]
 
     @property
     def headline(self) -> float:

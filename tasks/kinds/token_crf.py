@@ -56,21 +56,18 @@ class CrfRun:
     predictions: list[list[str]]
 
 
-def train_and_score(
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    types: list[str],
-    *,
-    c1: float = 0.1,
-    c2: float = 0.1,
-    max_iterations: int = 100,
-) -> CrfRun:
-    """Fit a CRF on the prepared `train` split (L-BFGS, elastic-net c1/c2) and score it on `test`."""
+def fit(train: pd.DataFrame, *, c1: float = 0.1, c2: float = 0.1, max_iterations: int = 100) -> Any:
+    """A CRF (sklearn_crfsuite.CRF) fitted on the prepared `train` split: L-BFGS, elastic-net c1/c2."""
     import sklearn_crfsuite
 
     crf = sklearn_crfsuite.CRF(
         algorithm="lbfgs", c1=c1, c2=c2, max_iterations=max_iterations, all_possible_transitions=True
     )
     crf.fit([sentence_features(w) for w in as_lists(train, TOKENS)], as_lists(train, TAGS))
-    predicted = [list(p) for p in crf.predict([sentence_features(w) for w in as_lists(test, TOKENS)])]
-    return CrfRun(entity_scores(as_lists(test, TAGS), predicted, types), predicted)
+    return crf
+
+
+def score(crf: Any, split: pd.DataFrame, types: list[str]) -> CrfRun:
+    """A fitted CRF's tags for a prepared split's sentences and their entity scores."""
+    predicted = [list(p) for p in crf.predict([sentence_features(w) for w in as_lists(split, TOKENS)])]
+    return CrfRun(entity_scores(as_lists(split, TAGS), predicted, types), predicted)

@@ -55,12 +55,12 @@ def test_per_type_f1_drops():
 def test_the_crf_baseline_learns_the_synthetic_entities():
     import pandas as pd
 
-    from tasks.kinds.token_crf import sentence_features, train_and_score
+    from tasks.kinds.token_crf import fit, score, sentence_features
     from tests.data.sentences import TYPES, corpus
 
     rows = corpus(80)
     frame = pd.DataFrame({"tokens": [t for t, _ in rows], "tags": [g for _, g in rows]})
-    run = train_and_score(frame.iloc[:60], frame.iloc[60:], TYPES)
+    run = score(fit(frame.iloc[:60]), frame.iloc[60:], TYPES)
     assert run.scores.f1 > 0.9 and len(run.predictions) == 20
     features = sentence_features(["@ada", "visited", "http://x.io"])
     assert features[0]["mention"] and features[0]["start"] and features[2]["url"] and features[2]["end"]

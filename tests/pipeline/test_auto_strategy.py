@@ -31,7 +31,8 @@ def test_auto_chooses_within_its_budget_and_the_lineage_shows_every_trial(
     trials, chosen = lineage["strategy_search"], lineage["chosen"]
     assert len(trials) >= 3
     assert sum(t["seconds"] for t in trials) <= 1.2 * BUDGET_S
-    assert all({"strategy", "settings", "val_accuracy", "seconds", "rows", "round"} <= set(t) for t in trials)
+    keys = {"strategy", "settings", "val_accuracy", "val_loss", "seconds", "rows", "round"}
+    assert all(keys <= set(t) and t["val_loss"] > 0 for t in trials)
     assert (chosen["strategy"], chosen["settings"]) in [(c.strategy, c.settings) for c in candidates()]
     assert lineage["params"]["train.strategy"] == "auto"
     assert lineage["metrics"]["search_trials"] == len(trials)
@@ -42,6 +43,7 @@ def test_auto_chooses_within_its_budget_and_the_lineage_shows_every_trial(
     registry = Registry.for_project(ProjectPaths.at(quick_project))
     card = registry.client().get_model_version(lineage["model"], "1").description
     assert "## Strategy search" in card and f"Chosen: `{chosen['strategy']}`" in card
+    assert "| validation accuracy | validation loss |" in card
     assert f"strategy `{chosen['strategy']}` (chosen by the search below)" in card
 
     assert cli("lineage", "1", *given) == 0

@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from tasks.config import DataConfig, TrainConfig, ValidateConfig
     from tasks.kinds.token_validate import TokenValidationReport
 
-NOT_BUILT = "token classification has no embedding drift check yet (docs/ner.md says what is next)"
-
 
 class TokenClassification:
     """Per-token tags (IOB2) over pre-split words: AutoModelForTokenClassification models."""
@@ -266,9 +264,6 @@ class TokenClassification:
         return score_sentences(predictor, frame, labels, name, batch_size)
 
     # -- predictions, serving, scoring ----------------------------------------------------------------------
-    def _not_built(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(NOT_BUILT)
-
     def predict(self, predictor: Any, items: list[Any], batch_size: int) -> list[dict[str, Any]]:
         """Per raw text: its entity spans ``{type, text, start, end, score}`` (token_spans)."""
         return [{ENTITIES: spans} for spans in predict_spans(predictor, items, batch_size)]
@@ -299,8 +294,10 @@ class TokenClassification:
     def drift_checks(
         self, reference: pd.DataFrame, current: pd.DataFrame, snapshots: Any, cfg: Any, encoder_dir: Any
     ) -> list[Any]:
-        """No task-specific drift checks yet: the label shares are every task's."""
-        return []
+        """Text's checks on the sentences read as text (the snapshot's `text`: the words joined by spaces):
+        length, out-of-vocabulary rate and sentence-embedding drift against the champion's sentences."""
+        return self._text.drift_checks(reference, current, snapshots, cfg, encoder_dir)
 
     def embed(self, items: list[Any], model_dir: Path) -> Any:
-        return self._not_built()
+        """Sentence embeddings of each sentence's words joined by spaces."""
+        return self._text.embed([" ".join(map(str, words)) for words in items], model_dir)

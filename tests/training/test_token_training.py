@@ -93,3 +93,23 @@ def test_lora_trains_the_token_head(kind):
     cfg = train_cfg(strategy="lora", lora_target_modules=["query", "value"], epochs=1)
     model, _, result = fine_tune(BASE, frame(rows[:16]), frame(rows[16:]), TYPES, cfg, kind=kind)
     assert result.strategy == "lora" and hasattr(model, "merge_and_unload")
+
+
+def test_auto_searches_a_tagger_by_validation_entity_f1(kind):
+    """`train.strategy: auto` on a tagger: every trial trains through the token task and is judged on
+    validation entity F1 (its loss per labelled token breaking ties), within the budget."""
+    import time
+
+    from tasks.search import candidates, run_search
+
+    rows = corpus(64)
+    tagged = frame(rows).assign(text=[" ".join(t) for t, _ in rows], label="person")  # as prepare writes them
+    budget = 30.0
+    cfg = train_cfg(strategy="auto", epochs=2, batch_size=8, time_budget_s=budget, num_threads=1,
+                    lora_target_modules=["query", "value"])  # fmt: skip
+    started = time.perf_counter()
+    found, _ = run_search(BASE, tagged[:48], tagged[48:], TYPES, cfg, task=(kind, None))
+    assert time.perf_counter() - started <= 1.3 * budget
+    assert found.chosen in candidates() and len(found.trials) >= 3
+    assert all(0.0 <= t.val_accuracy <= 1.0 and t.val_loss > 0 for t in found.trials)
+    assert max(t.val_accuracy for t in found.trials) > 0.5  # entity F1: the synthetic entities are learnable

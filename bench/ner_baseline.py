@@ -56,8 +56,14 @@ def main() -> int:
     parser.add_argument(
         "--project", type=Path, default=DEFAULT_PROJECT, help="a token-classification project folder"
     )
-    parser.add_argument("--c1", default="0.01,0.1,0.3", help="L1 strengths tried (comma-separated)")
-    parser.add_argument("--c2", default="0.01,0.1", help="L2 strengths tried (comma-separated)")
+    from tasks.kinds.token_crf import C1_GRID, C2_GRID
+
+    parser.add_argument(
+        "--c1", default=",".join(map(str, C1_GRID)), help="L1 strengths tried (comma-separated)"
+    )
+    parser.add_argument(
+        "--c2", default=",".join(map(str, C2_GRID)), help="L2 strengths tried (comma-separated)"
+    )
     args = parser.parse_args()
 
     from tasks.config import load_config

@@ -88,10 +88,12 @@ def experiment(
     prepared = prepare_task(paths, cfg)
     base = download_task(paths, cfg.model)
     results = [arm_task(paths, cfg, base.path, arm, options) for arm in arms]
+    kind = task_of(cfg)
     context = {
         "data": f"{cfg.data.source} (source sha256 {prepared.source_sha256[:12]})",
         "test_rows": len(prepared.splits["test"]),
-        "majority_class_accuracy": majority_accuracy(prepared.splits["train"], prepared.splits["test"]),
+        "majority_class_accuracy": majority_accuracy(prepared.splits["train"], prepared.splits["test"], kind),
+        "metric": kind.validation_metric,
         "base_model": f"{base.model_id} @ {base.revision}",
         "machine": f"{platform.machine()}, {_cores()} cores",
         "date": date.today().isoformat(),

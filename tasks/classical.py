@@ -2,11 +2,13 @@
 try first, per kind of input:
 
 - text: TF-IDF of word unigrams and bigrams (what a practitioner tries first on labelled text);
-- images: the pixels themselves, every image resized to PIXEL_SIDE × PIXEL_SIDE RGB and standardised.
+- images: the pixels themselves, every image resized to PIXEL_SIDE × PIXEL_SIDE RGB and standardised;
+- tagged sentences: a linear-chain CRF on hand-made word features instead (tasks/kinds/token_crf.py),
+  scored by entity F1.
 
-Its regularisation strength C is chosen on the validation split, never on test, so it is tuned as fairly as
-the arms it is compared with. Which baseline a task gets follows what its examples are (the kind's
-``input_column``), not the task's name.
+Its regularisation (C; the CRF's c1 and c2) is chosen on the validation split, never on test, so it is
+tuned as fairly as the arms it is compared with. Which baseline a task gets follows what its examples are
+(the kind's ``input_column``), not the task's name.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 NAME = "tfidf-logreg"  # the text arm's strategy in results.json
 PIXELS_NAME = "pixels-logreg"  # the image arm's
+CRF_NAME = "crf"  # the tagger arm's (tasks/kinds/token_crf.py)
 # Inverse regularisation strengths tried on validation: half-decades around scikit-learn's default of 1.
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 # Standardised pixels are thousands of correlated features: the useful C sit lower than for sparse TF-IDF.
@@ -39,17 +42,18 @@ PIXEL_SIDE = 28  # Fashion-MNIST's and MNIST's own side: the pixel baseline sees
 DESCRIPTIONS = {
     NAME: ("TF-IDF + logistic regression", "TF-IDF"),
     PIXELS_NAME: (f"logistic regression on {PIXEL_SIDE}×{PIXEL_SIDE} pixels", "pixels"),
+    CRF_NAME: ("CRF on hand-made word features", "CRF"),
 }
 
 
 @dataclass(frozen=True)
 class ClassicalFit:
-    model: Pipeline  # fitted features + logistic regression of the chosen C
-    c: float
-    val_accuracy: float
-    grid: list[dict[str, float | bool]]  # per C tried: {"C", "val_accuracy", "seconds", "chosen"}
-    seconds: float  # the chosen C's fit
-    parameters: int  # coefficients and intercepts of the logistic regression
+    model: Any  # the fitted model of the chosen setting (features + logistic regression; a CRF)
+    settings: dict[str, float]  # the chosen regularisation, e.g. {"C": 1.0}
+    val_accuracy: float  # its validation score (accuracy; a CRF's: entity F1)
+    grid: list[dict[str, float | bool]]  # per setting tried: it, "val_accuracy", "seconds", "chosen"
+    seconds: float  # the chosen setting's fit
+    parameters: int  # the model's weights (coefficients and intercepts; a CRF's features)
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,22 @@ def _standardise() -> list[tuple[str, Any]]:
 TEXT_BASELINE = Baseline(NAME, lambda frame: frame[TEXT].tolist(), _tfidf, C_GRID)
 
 
-def baseline(kind: TaskKind | None = None, snapshot: Path | None = None) -> Baseline:
-    """The baseline for the kind's examples (text: TF-IDF; images: pixels of files under `snapshot`);
-    ValueError for inputs it has none for."""
+def baseline(
+    kind: TaskKind | None = None, snapshot: Path | None = None, labels: list[str] | None = None
+) -> Any:
+    """The baseline for the kind's examples (text: TF-IDF; images: pixels of files under `snapshot`;
+    tagged sentences: token_crf.CrfBaseline over the entity types `labels`), each with fit(train,
+    validation, seed) -> ClassicalFit and accuracy(model, frame) -> its test score; ValueError for inputs
+    it has none for."""
     if kind is None or kind.input_column == TEXT:
         return TEXT_BASELINE
     from tasks.kinds.image_sources import IMAGE
+    from tasks.kinds.token_sources import TOKENS
+
+    if kind.input_column == TOKENS:
+        from tasks.kinds.token_crf import CrfBaseline
+
+        return CrfBaseline(list(labels or []))
 
     if kind.input_column == IMAGE:
         root, max_pixels = snapshot or Path(), kind.options.max_pixels
@@ -159,7 +173,7 @@ def _fit(
     classifier = model.named_steps["classifier"]
     return ClassicalFit(
         model,
-        float(chosen["C"]),
+        {"C": float(chosen["C"])},
         float(chosen["val_accuracy"]),
         grid,
         float(chosen["seconds"]),

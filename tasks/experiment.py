@@ -7,13 +7,16 @@ on the project's own splits.
     chosen on the validation split from a small grid (a random init does not learn with the pretrained
     model's settings);
   - `classical`: logistic regression on the inputs' plainest features (tasks/classical.py: TF-IDF for
-    text, pixels for images), the baseline with no transfer at all.
+    text, pixels for images; a CRF on hand-made word features for tagged sentences), the baseline with no
+    transfer at all.
 - Strategy table: head, freeze, full, gradual and lora on all training rows, each with the settings it is
   usually run with (shown in the table).
 
 Neural arms train with `fine_tune` (the train stage's own loop) through the project's task (tasks/kinds),
-so text and image projects run the same arms. Every choice an arm makes is made on the validation split;
-each arm is scored once, on the same test split. Tables and plots: tasks/experiment_report.py.
+so text, image and token projects run the same arms. Every arm is scored by the task's validation score
+(accuracy; a tagger's micro entity F1), named in each result's `metric`. Every choice an arm makes is made
+on the validation split; each arm is scored once, on the same test split. Tables and plots:
+tasks/experiment_report.py.
 """
 
 from __future__ import annotations
@@ -90,9 +93,11 @@ class ArmResult:
     trainable_params: int
     total_params: int
     settings: dict[str, Any]
-    # Every setting tried on validation (scratch: learning_rate, epochs; classical: C), with its
-    # val_accuracy (None: diverged), seconds and whether it was chosen; empty for arms that try one.
+    # Every setting tried on validation (scratch: learning_rate, epochs; classical: C, or c1 and c2), with
+    # its val_accuracy (None: diverged), seconds and whether it was chosen; empty for arms that try one.
     grid: list[dict[str, Any]] = field(default_factory=list)
+    # What test_accuracy and best_val_accuracy hold: the task's validation metric ("entity F1" for taggers)
+    metric: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,10 +144,14 @@ def arm_config(base: TrainConfig, arm: Arm, rows: int, min_steps: int = MIN_STEP
     return cfg.model_copy(update={"epochs": epochs})
 
 
-def majority_accuracy(train: pd.DataFrame, test: pd.DataFrame) -> float:
-    """Test accuracy of always answering the training split's most common label: the floor of every arm."""
+def majority_accuracy(train: pd.DataFrame, test: pd.DataFrame, kind: TaskKind | None = None) -> float:
+    """The floor of every arm: the test score of always answering the training split's most common label
+    (a classifier's accuracy; a tagger's most common tag is `O`, which finds no entity: entity F1 0)."""
+    from tasks.evaluate import ACCURACY, METRIC_NAMES
     from tasks.prepare import LABEL
 
+    if kind is not None and kind.validation_metric != METRIC_NAMES[ACCURACY]:
+        return 0.0
     return float((test[LABEL] == train[LABEL].value_counts().idxmax()).mean())
 
 
@@ -165,7 +174,7 @@ def run_arm(
     task = task or (load_task("text-classification", None), Path())
     train = subsample_examples(splits["train"], task[0].key(splits["train"]), arm.train_rows or None, seed)
     if arm.init == "classical":
-        return _classical_arm(arm, train, splits, seed, task)
+        return _classical_arm(arm, (train, splits, labels), seed, task)
     cfg = arm_config(train_cfg, arm, len(train), options.min_steps)
     log.info("arm %s: %d training rows, %d epoch(s), %s", arm.name, len(train), cfg.epochs, arm.settings)
     grid: list[dict[str, Any]] = []
@@ -174,8 +183,8 @@ def run_arm(
         trained, grid = _scratch_grid(base_model, data, cfg, options)
     else:
         trained = _fine_tune(base_model, data, cfg, pretrained=True)
-    accuracy = _test_accuracy(trained, splits["test"], labels, task)
-    log.info("arm %s: test accuracy %.4f in %.0f s", arm.name, accuracy, trained.seconds)
+    accuracy = _test_score(trained, splits["test"], labels, task)
+    log.info("arm %s: test %s %.4f in %.0f s", arm.name, task[0].validation_metric, accuracy, trained.seconds)
     chosen = {"learning_rate": trained.cfg.learning_rate} if grid else {}
     return ArmResult(
         name=arm.name,
@@ -191,6 +200,7 @@ def run_arm(
         total_params=trained.result.total_params,
         settings={**arm.settings, **chosen},
         grid=grid,
+        metric=task[0].validation_metric,
     )
 
 
@@ -261,29 +271,37 @@ def _scratch_grid(
     return best[0], grid
 
 
-def _test_accuracy(
+def _test_score(
     trained: _Trained, test: pd.DataFrame, labels: list[str], task: tuple[TaskKind, Path]
 ) -> float:
-    """The test split scored as evaluation scores it (the kind's inputs, the inference path)."""
+    """The test split through the inference path, scored as training scores validation (the kind's
+    validation_score: accuracy, or a tagger's entity F1 of each word's first sub-token)."""
     from tasks.inference import predict_inputs
+    from tasks.kinds.base import class_names
 
     kind, snapshot = task
     encoded = kind.encode(test, snapshot, labels, trained.processor)
     device = next(trained.model.parameters()).device
     where = (kind, trained.processor, device, trained.result.precision)
     logits = predict_inputs(trained.model, encoded, 128, where)
-    return float((logits.argmax(-1) == encoded.labels).float().mean())
+    return kind.validation_score(logits, encoded.labels, class_names(trained.model.config))
 
 
 def _classical_arm(
-    arm: Arm, train: pd.DataFrame, splits: dict[str, pd.DataFrame], seed: int, task: tuple[TaskKind, Path]
+    arm: Arm,
+    data: tuple[pd.DataFrame, dict[str, pd.DataFrame], list[str]],
+    seed: int,
+    task: tuple[TaskKind, Path],
 ) -> ArmResult:
+    """`data`: (the arm's training rows, the splits, the labels)."""
     from tasks import classical
 
-    baseline = classical.baseline(*task)
+    train, splits, labels = data
+    baseline = classical.baseline(*task, labels)
     fitted = baseline.fit(train, splits["validation"], seed)
     accuracy = baseline.accuracy(fitted.model, splits["test"])
-    log.info("arm %s: C=%g chosen on validation, test accuracy %.4f", arm.name, fitted.c, accuracy)
+    chosen = ", ".join(f"{k}={v:g}" for k, v in fitted.settings.items())
+    log.info("arm %s: %s chosen on validation, test %.4f", arm.name, chosen, accuracy)
     return ArmResult(
         name=arm.name,
         part=arm.part,
@@ -296,6 +314,7 @@ def _classical_arm(
         train_seconds=fitted.seconds,
         trainable_params=fitted.parameters,
         total_params=fitted.parameters,
-        settings={"C": fitted.c},
+        settings=fitted.settings,
         grid=fitted.grid,
+        metric=task[0].validation_metric,
     )

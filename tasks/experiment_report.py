@@ -25,12 +25,12 @@ COLUMNS = {
 NOTE_NAMES = {
     "pretrained": "The pretrained model",
     "scratch": "The randomly initialised model, with the best setting of its validation grid,",
-    "classical": "{long}, with the best C on validation,",
+    "classical": "{long}, with its regularisation chosen on validation,",
 }
 PLOT_LABELS = {
     "pretrained": "pretrained",
     "scratch": "same architecture, random init (tuned on validation)",
-    "classical": "{long} (C tuned on validation)",
+    "classical": "{long} (tuned on validation)",
 }
 # An arm learned something only when its test accuracy is this many standard errors of a test accuracy
 # (at the majority class's share) above the majority class: one row more is chance, not learning.
@@ -45,6 +45,18 @@ def classical_names(results: list[ArmResult]) -> dict[str, str]:
     used = next((r.strategy for r in results if r.init == "classical"), NAME)
     long, short = DESCRIPTIONS.get(used, DESCRIPTIONS[NAME])
     return {"long": long, "short": short}
+
+
+def metric_of(results: list[ArmResult]) -> str:
+    """What the results' scores are: "accuracy", or a tagger's "entity F1" (one metric per project)."""
+    return next((r.metric for r in results), "accuracy")
+
+
+def _floor_name(metric: str) -> str:
+    """The floor every arm must clear, in words."""
+    if metric == "accuracy":
+        return "Majority class (always the training split's most common label)"
+    return f"Always the most common tag (`O`: no entity found), test {metric}"
 
 
 def learned(accuracy: float, majority: float, test_rows: int) -> bool:
@@ -96,9 +108,10 @@ def _gap(a: ArmResult | None, b: ArmResult | None) -> str:
 
 def _majority_note(results: list[ArmResult], majority: float, n: int) -> str:
     """Says plainly which arms did not beat the majority class, and at which sizes."""
+    metric = metric_of(results)
     note = (
-        f"Majority class (always the training split's most common label): {majority:.4f}. "
-        f'"≈ majority" marks a test accuracy not above it by more than {LEARNED_STANDARD_ERRORS:g} standard '
+        f"{_floor_name(metric)}: {majority:.4f}. "
+        f'"≈ majority" marks a test {metric} not above it by more than {LEARNED_STANDARD_ERRORS:g} standard '
         f"errors ({LEARNED_STANDARD_ERRORS * _standard_error(majority, n):.4f} on {n:,} test rows)."
     )
     failed: dict[str, list[str]] = {}
@@ -123,7 +136,7 @@ def choices_table(results: list[ArmResult]) -> str:
     short = classical_names(results)["short"]
     lines = [
         "| training rows | pretrained: epochs, time (s) | from scratch: rate, epochs (best epoch) "
-        f"| validation | scratch grid: runs, time (s) | {short}: C | validation |",
+        f"| validation | scratch grid: runs, time (s) | {short}: setting | validation |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rows, arms in _curve(results).items():
@@ -131,7 +144,7 @@ def choices_table(results: list[ArmResult]) -> str:
         cells = [
             f"{pre.epochs}, {pre.train_seconds:.0f}" if pre else "—",
             *(_scratch_choice(scratch) if scratch else ["—"] * 3),
-            f"{classical.settings['C']:g}" if classical else "—",
+            ", ".join(f"{k}={v:g}" for k, v in classical.settings.items()) if classical else "—",
             f"{classical.best_val_accuracy:.4f}" if classical else "—",
         ]
         lines.append(f"| {rows:,} | " + " | ".join(cells) + " |")
@@ -178,7 +191,7 @@ def _cell(cell: dict[str, Any] | None, chosen: bool) -> str:
 
 def strategy_table(results: list[ArmResult]) -> str:
     lines = [
-        "| strategy | test accuracy | train time (s) | adapting parameters | share | settings |",
+        f"| strategy | test {metric_of(results)} | train time (s) | adapting parameters | share | settings |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for r in results:
@@ -197,9 +210,9 @@ def curve_page(results: list[ArmResult], context: dict[str, Any]) -> str:
     return (
         f"# Learning curve\n\n{_header(context)}\n{curve_table(results, context)}\n\n"
         "## Chosen on the validation split\n\n"
-        "Test accuracy above is of the setting each arm chose here; the test split played no part in it.\n\n"
-        f"{choices_table(results)}\n\n"
-        "## The scratch grid: best validation accuracy of each run\n\n"
+        f"Test {metric_of(results)} above is of the setting each arm chose here; the test split played no "
+        f"part in it.\n\n{choices_table(results)}\n\n"
+        f"## The scratch grid: best validation {metric_of(results)} of each run\n\n"
         f"{scratch_grid_table(results)}\n"
     )
 
@@ -230,7 +243,7 @@ def plot_curve(results: list[ArmResult], context: dict[str, Any], path: Path) ->
     ax.axhline(context["majority_class_accuracy"], color="grey", linestyle="--", label="majority class")
     ax.set_xscale("log")
     ax.set_xlabel("training examples")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(f"test {metric_of(results)}")
     ax.set_title("Learning curve: transfer vs baselines that learn")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
@@ -253,8 +266,8 @@ def plot_strategies(results: list[ArmResult], path: Path) -> None:
             f"{r.strategy} ({r.trainable_params / r.total_params:.1%})", (r.train_seconds, r.test_accuracy)
         )
     ax.set_xlabel("training time (s)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("Strategies: accuracy vs training time (share of parameters adapting)")
+    ax.set_ylabel(f"test {metric_of(results)}")
+    ax.set_title(f"Strategies: {metric_of(results)} vs training time (share of parameters adapting)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -140,3 +140,39 @@ def test_the_evidence_of_an_image_project(tmp_path, capsys, prefect_server):
     assert f"logistic regression on {PIXEL_SIDE}×{PIXEL_SIDE} pixels" in curve and "TF-IDF" not in curve
     assert "| 12 |" in curve and "| head |" in (results_dir / "strategies.md").read_text()
     assert (results_dir / "learning_curve.png").stat().st_size > 0
+
+
+def test_the_evidence_of_a_token_project(tmp_path, capsys, prefect_server):
+    """`transferline experiment` on a tagger (synthetic sentences): every arm is scored by entity F1, the
+    classical arm is a CRF with its (c1, c2) chosen on validation, and the floor is the F1 of always `O`."""
+    from tasks.classical import CRF_NAME
+    from tasks.kinds.token_crf import GRID
+    from tests.conftest import make_project
+    from tests.data.sentences import corpus, write_conll
+    from tests.pipeline.test_token_pipeline import NER_PARAMS
+
+    project = make_project(tmp_path, {**NER_PARAMS, "train.batch_size": 8, "train.learning_rate": 1e-3})
+    write_conll(project / "data" / "raw" / "ner.txt", corpus(100))
+    code = cli(
+        "experiment", "--project", str(project), "--sizes", "24", "--strategies", "head",
+        "--min-steps", "4", "--set", "train.epochs=1", "--scratch-rates", "1e-3",
+        "--scratch-lengths", "1", "--output", "docs/results/ner",
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    figures = json.loads(out.strip().splitlines()[-1])
+    results_dir = project / "docs" / "results" / "ner"
+    results = json.loads((results_dir / "results.json").read_text())
+    assert results["context"]["metric"] == "entity F1" and figures["majority_class_accuracy"] == 0.0
+    arms = {a["name"]: a for a in results["arms"]}
+    assert set(arms) == {"pretrained@24", "scratch@24", "classical@24", "head"}
+    assert all(a["metric"] == "entity F1" and 0.0 <= a["test_accuracy"] <= 1.0 for a in arms.values())
+    classical = arms["classical@24"]
+    assert classical["strategy"] == CRF_NAME and [(c["c1"], c["c2"]) for c in classical["grid"]] == list(GRID)
+    chosen = next(c for c in classical["grid"] if c["chosen"])
+    assert classical["settings"] == {"c1": chosen["c1"], "c2": chosen["c2"]}
+    assert classical["test_accuracy"] > 0.5  # the synthetic entities are easy for a CRF
+    curve = (results_dir / "learning_curve.md").read_text()
+    assert "CRF on hand-made word features" in curve and "test entity F1" in curve
+    assert "Always the most common tag (`O`: no entity found), test entity F1: 0.0000" in curve
+    assert "| head |" in (results_dir / "strategies.md").read_text()

@@ -27,7 +27,7 @@ def test_c_is_chosen_on_validation_and_the_model_learns_the_words():
     best = max(cell["val_accuracy"] for cell in fitted.grid)
     first_best = next(cell for cell in fitted.grid if cell["val_accuracy"] == best)
     assert [cell for cell in fitted.grid if cell["chosen"]] == [first_best]
-    assert (fitted.c, fitted.val_accuracy) == (first_best["C"], best)
+    assert (fitted.settings, fitted.val_accuracy) == ({"C": first_best["C"]}, best)
     assert accuracy(fitted.model, reviews(20, offset=60)) == 1.0
     vocabulary = len(fitted.model.named_steps["tfidf"].vocabulary_)
     assert fitted.parameters == vocabulary + 1  # one coefficient per feature and the intercept (2 classes)
@@ -55,7 +55,7 @@ def test_the_image_baseline_is_a_logistic_regression_on_pixels_chosen_on_validat
     pixels = baseline(load_task("image-classification", options()), folder)
     fitted = pixels.fit(train, val, seed=0)
     assert pixels.name == PIXELS_NAME and [cell["C"] for cell in fitted.grid] == list(PIXEL_C_GRID)
-    assert [cell["C"] for cell in fitted.grid if cell["chosen"]] == [fitted.c]
+    assert [{"C": cell["C"]} for cell in fitted.grid if cell["chosen"]] == [fitted.settings]
     assert fitted.parameters == PIXEL_SIDE * PIXEL_SIDE * 3 + 1  # RGB pixels and the intercept (2 classes)
     assert pixels.accuracy(fitted.model, test) >= 0.75
 
@@ -63,8 +63,26 @@ def test_the_image_baseline_is_a_logistic_regression_on_pixels_chosen_on_validat
 def test_a_task_without_a_baseline_is_refused():
     from tasks.classical import baseline
 
-    class Tokens:
-        name, input_column = "token-classification", "tokens"
+    class Audio:
+        name, input_column = "audio-classification", "audio"
 
-    with pytest.raises(ValueError, match="no classical baseline for token-classification"):
-        baseline(Tokens())
+    with pytest.raises(ValueError, match="no classical baseline for audio-classification"):
+        baseline(Audio())
+
+
+def test_the_tagger_baseline_is_a_crf_chosen_on_validation_entity_f1():
+    from tasks.classical import CRF_NAME, baseline
+    from tasks.kinds import task_of
+    from tasks.kinds.token_crf import GRID
+    from tests.data.sentences import TYPES, corpus, ner_config
+
+    rows = corpus(90)
+    frame = pd.DataFrame({"tokens": [t for t, _ in rows], "tags": [g for _, g in rows]})
+    crf = baseline(task_of(ner_config()), None, TYPES)
+    fitted = crf.fit(frame.iloc[:50], frame.iloc[50:70], seed=0)
+    assert crf.name == CRF_NAME and [(c["c1"], c["c2"]) for c in fitted.grid] == list(GRID)
+    best = max(c["val_accuracy"] for c in fitted.grid)
+    chosen = next(c for c in fitted.grid if c["val_accuracy"] == best)  # the first of equals
+    assert [c for c in fitted.grid if c["chosen"]] == [chosen] and fitted.val_accuracy == best
+    assert fitted.settings == {"c1": chosen["c1"], "c2": chosen["c2"]} and fitted.parameters > 0
+    assert crf.accuracy(fitted.model, frame.iloc[70:]) > 0.9  # entity F1 on unseen sentences

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from tasks.classical import C_GRID
 from tasks.paths import ProjectPaths
@@ -101,6 +104,21 @@ def test_experiment_refuses_bad_arguments_before_training(project, capsys):
     assert not ProjectPaths.at(project).results_dir.exists()
 
 
+def small_evidence(
+    project: Path, capsys: pytest.CaptureFixture[str], size: int, rates: str, lengths: str, output: str
+) -> tuple[dict, Path]:
+    """`transferline experiment` at one size with the head strategy and a small scratch grid, under
+    `output`; (its last line's figures, the results folder)."""
+    code = cli(
+        "experiment", "--project", str(project), "--sizes", str(size), "--strategies", "head",
+        "--min-steps", "4", "--set", "train.epochs=1", "--scratch-rates", rates,
+        "--scratch-lengths", lengths, "--output", output,
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out.strip().splitlines()[-1]), project / output
+
+
 def test_the_evidence_of_an_image_project(tmp_path, capsys, prefect_server):
     """`transferline experiment` on an image project (lfw_subset, EfficientNet-Lite0 at 32 pixels): the
     pretrained model, the same architecture from random init (rate and length chosen on validation, 2 × 2
@@ -113,15 +131,7 @@ def test_the_evidence_of_an_image_project(tmp_path, capsys, prefect_server):
 
     project = make_project(tmp_path, {**IMAGE_PARAMS, "data.val_size": 0.2, "train.batch_size": 8})
     lfw_folder(project / "data" / "raw" / "lfw", per_class=20)
-    code = cli(
-        "experiment", "--project", str(project), "--sizes", "12", "--strategies", "head",
-        "--min-steps", "4", "--set", "train.epochs=1", "--scratch-rates", "1e-3,1e-2",
-        "--scratch-lengths", "1,2", "--output", "docs/results/images",
-    )  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 0, out
-    figures = json.loads(out.strip().splitlines()[-1])
-    results_dir = project / "docs" / "results" / "images"
+    figures, results_dir = small_evidence(project, capsys, 12, "1e-3,1e-2", "1,2", "docs/results/images")
     assert json.loads((results_dir / "summary.json").read_text()) == figures
     assert not (project / "docs" / "results" / "results.json").exists()  # only under --output
     arms = {a["name"]: a for a in json.loads((results_dir / "results.json").read_text())["arms"]}
@@ -153,15 +163,7 @@ def test_the_evidence_of_a_token_project(tmp_path, capsys, prefect_server):
 
     project = make_project(tmp_path, {**NER_PARAMS, "train.batch_size": 8, "train.learning_rate": 1e-3})
     write_conll(project / "data" / "raw" / "ner.txt", corpus(100))
-    code = cli(
-        "experiment", "--project", str(project), "--sizes", "24", "--strategies", "head",
-        "--min-steps", "4", "--set", "train.epochs=1", "--scratch-rates", "1e-3",
-        "--scratch-lengths", "1", "--output", "docs/results/ner",
-    )  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 0, out
-    figures = json.loads(out.strip().splitlines()[-1])
-    results_dir = project / "docs" / "results" / "ner"
+    figures, results_dir = small_evidence(project, capsys, 24, "1e-3", "1", "docs/results/ner")
     results = json.loads((results_dir / "results.json").read_text())
     assert results["context"]["metric"] == "entity F1" and figures["majority_class_accuracy"] == 0.0
     arms = {a["name"]: a for a in results["arms"]}

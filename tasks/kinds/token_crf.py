@@ -11,9 +11,10 @@ evidence's classical arm for taggers) or by the caller (bench/ner_baseline.py).
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -22,6 +23,7 @@ from tasks.classical import CRF_NAME, ClassicalFit
 from tasks.kinds.token_metrics import EntityScores, entity_scores
 from tasks.kinds.token_sources import TAGS, TOKENS, as_lists
 
+log = logging.getLogger("transferline.crf")
 _URL = re.compile(r"^(https?://|www\.)", re.IGNORECASE)
 # (c1, c2) tried on validation: L1 and L2 strengths around sklearn-crfsuite's usual 0.1.
 C1_GRID, C2_GRID = (0.01, 0.1, 0.3), (0.01, 0.1)
@@ -88,7 +90,7 @@ class CrfBaseline:
 
     types: list[str]
     grid: tuple[tuple[float, float], ...] = GRID
-    name: str = field(default=CRF_NAME)
+    name: str = CRF_NAME
 
     def fit(self, train: pd.DataFrame, validation: pd.DataFrame, seed: int) -> ClassicalFit:
         """`seed` is unused: L-BFGS on a CRF is deterministic."""
@@ -100,6 +102,7 @@ class CrfBaseline:
             seconds = time.perf_counter() - started
             f1 = score(models[-1], validation, self.types).scores.f1
             cells.append({"c1": c1, "c2": c2, "val_accuracy": f1, "seconds": seconds, "chosen": False})
+            log.info("CRF c1=%g c2=%g: validation entity F1 %.4f in %.0f s", c1, c2, f1, seconds)
         best = max(range(len(cells)), key=lambda i: cells[i]["val_accuracy"])
         cells[best]["chosen"] = True
         crf, chosen = models[best], cells[best]

@@ -171,7 +171,7 @@ def main() -> None:
     drift = detect_drift(reference, splits["train"], labels, cfg.drift, encoder)
     t2 = time.perf_counter()
     # The embedding check alone (encoder already loaded), to show what the pandas baseline leaves out.
-    from tasks.drift import embedding_check
+    from tasks.kinds.text_drift import embedding_check
 
     embedding_check(reference, splits["train"], cfg.drift, encoder)
     t3 = time.perf_counter()

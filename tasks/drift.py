@@ -28,14 +28,11 @@ import this module without paying for them.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
-import re
 import shutil
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +46,7 @@ from tasks import caching
 from tasks.champion import load_champion
 from tasks.config import Config, ConfigError, DriftConfig, load_config
 from tasks.download import load_base_ref
+from tasks.drift_checks import STAT_NAMES, DriftCheck, ignored, num, psi, skipped
 from tasks.kinds import load_task, task_of
 from tasks.paths import ProjectPaths
 from tasks.prepare import LABEL, TEXT
@@ -56,71 +54,14 @@ from tasks.reports import ReportedStop
 from tasks.runtime import configure_environment, stage_logging
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
     from tasks.kinds.base import TaskKind
 
 logger = logging.getLogger("transferline.drift")
 
 CHECKS = ("label", "length", "oov", "embedding")
-# Checks whose threshold applies to a p-value (drift when p < alpha) rather than to the statistic.
-P_VALUE_CHECKS = frozenset({"length", "embedding"})
-EPSILON = 1e-4  # floor of a label share in the PSI, so an empty class gives a large but finite term
-MAX_LENGTH = 64  # tokens embedded per text
-EMBED_BATCH = 64
-QUANTIZE = True  # embed with int8 dynamic quantization of the encoder's linear layers (see _quantized)
-_WORD = re.compile(r"\w+")
-_STAT_NAMES = {"label": "PSI", "length": "D", "oov": "Δ", "embedding": "MMD²"}
-# Salts of the per-check random streams, so each check's sample does not depend on the others' policies.
-_SALT = {"oov": 1, "embedding": 2}
 
 
 # -- report ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DriftCheck:
-    """One check's verdict. ``statistic`` is None when the check was not computed (ignored or skipped).
-
-    ``threshold`` bounds the statistic for ``label`` and ``oov`` (drift when above) and the p-value for
-    ``length`` and ``embedding`` (drift when p < threshold, i.e. ``drift.alpha``).
-    """
-
-    name: str  # label | length | oov | embedding
-    statistic: float | None
-    threshold: float
-    p_value: float | None
-    drifted: bool
-    policy: str  # ignore | warn | block
-    detail: str  # one human sentence
-
-    @property
-    def status(self) -> str:
-        """ignored | skipped | ok | warning | blocking."""
-        if self.policy == "ignore":
-            return "ignored"
-        if self.statistic is None:
-            return "skipped"
-        if not self.drifted:
-            return "ok"
-        return "blocking" if self.policy == "block" else "warning"
-
-    def condition(self) -> str:
-        """The drift condition as text, e.g. ``PSI > 0.1`` or ``p < 0.01``."""
-        if self.name in P_VALUE_CHECKS:
-            return f"p < {self.threshold:g}"
-        return f"{_STAT_NAMES.get(self.name, 'statistic')} > {self.threshold:g}"
-
-    def headline(self) -> str:
-        """Statistic (and p-value) vs threshold in a few words, e.g. ``PSI 0.52 > 0.1``."""
-        if self.statistic is None:
-            return self.status
-        stat = f"{_STAT_NAMES.get(self.name, 'statistic')} {_num(self.statistic)}"
-        if self.name in P_VALUE_CHECKS and self.p_value is not None:
-            op = "<" if self.p_value < self.threshold else ">="
-            return f"{stat}, p {_num(self.p_value)} {op} alpha {self.threshold:g}"
-        op = ">" if self.statistic > self.threshold else "<="
-        return f"{stat} {op} {self.threshold:g}"
-
-
 @dataclass(frozen=True)
 class DriftReport:
     checks: tuple[DriftCheck, ...]
@@ -180,8 +121,8 @@ class DriftReport:
             "blocking": "**DRIFT (blocks)**",
         }
         for c in self.checks:
-            stat = "" if c.statistic is None else f"{_STAT_NAMES.get(c.name, '')} {_num(c.statistic)}"
-            p = "" if c.p_value is None else _num(c.p_value)
+            stat = "" if c.statistic is None else f"{STAT_NAMES.get(c.name, '')} {num(c.statistic)}"
+            p = "" if c.p_value is None else num(c.p_value)
             lines.append(
                 f"| {c.name} | {stat} | {c.condition()} | {p} | {c.policy} | {verdicts[c.status]}"
                 f" | {_md_cell(c.detail)} |"
@@ -275,34 +216,6 @@ def detect_drift(
     return report
 
 
-def ignored(name: str, cfg: DriftConfig) -> DriftCheck | None:
-    """The entry of a check whose policy is ``ignore`` (not computed); None when it is to be computed."""
-    policy = getattr(cfg, name)
-    if policy != "ignore":
-        return None
-    why = f"not computed (drift.{name}: ignore)"
-    return DriftCheck(name, None, _threshold(name, cfg), None, False, policy, why)
-
-
-def _threshold(name: str, cfg: DriftConfig) -> float:
-    return {"label": cfg.max_label_psi, "oov": cfg.max_oov_increase}.get(name, cfg.alpha)
-
-
-def _texts(frame: pd.DataFrame) -> pd.Series:
-    return frame[TEXT].dropna().astype(str)
-
-
-def _skipped(name: str, cfg: DriftConfig, why: str) -> DriftCheck:
-    return DriftCheck(name, None, _threshold(name, cfg), None, False, getattr(cfg, name), f"skipped: {why}")
-
-
-def psi(reference_shares: np.ndarray, current_shares: np.ndarray, epsilon: float = EPSILON) -> float:
-    """Population stability index of two share vectors over the same bins, shares floored at epsilon."""
-    p = np.maximum(np.asarray(reference_shares, dtype=float), epsilon)
-    q = np.maximum(np.asarray(current_shares, dtype=float), epsilon)
-    return float(np.sum((q - p) * np.log(q / p)))
-
-
 def label_check(
     reference: pd.DataFrame, current: pd.DataFrame, labels: list[str], cfg: DriftConfig
 ) -> DriftCheck:
@@ -312,7 +225,7 @@ def label_check(
     cur = current[LABEL].value_counts().reindex(labels, fill_value=0).to_numpy(dtype=float)
     if ref.sum() == 0 or cur.sum() == 0:
         side = "reference" if ref.sum() == 0 else "current"
-        return _skipped("label", cfg, f"the {side} data has no row with a declared label")
+        return skipped("label", cfg, f"the {side} data has no row with a declared label")
     p, q = ref / ref.sum(), cur / cur.sum()
     value = psi(p, q)
     table = np.vstack([ref, cur])[:, (ref + cur) > 0]
@@ -328,187 +241,7 @@ def label_check(
         chi_p,
         value > cfg.max_label_psi,
         cfg.label,
-        f"label shares reference → current: {shares}; chi-square p {_num(chi_p)} (for information){extra}",
-    )
-
-
-def length_check(reference: pd.DataFrame, current: pd.DataFrame, cfg: DriftConfig) -> DriftCheck:
-    from scipy.stats import ks_2samp
-
-    a = _texts(reference).str.len().to_numpy()
-    b = _texts(current).str.len().to_numpy()
-    if len(a) == 0 or len(b) == 0:
-        return _skipped("length", cfg, "one side has no texts")
-    result = ks_2samp(a, b)
-    qa, qb = np.percentile(a, [10, 50, 90]), np.percentile(b, [10, 50, 90])
-    return DriftCheck(
-        "length",
-        float(result.statistic),
-        cfg.alpha,
-        float(result.pvalue),
-        bool(result.pvalue < cfg.alpha),
-        cfg.length,
-        "text length in characters, q10/q50/q90 reference → current:"
-        f" {'/'.join(f'{v:.0f}' for v in qa)} → {'/'.join(f'{v:.0f}' for v in qb)}",
-    )
-
-
-def words(texts: Sequence[str] | pd.Series) -> list[str]:
-    """Lower-cased ``\\w+`` word tokens of all texts (one regex pass over the joined text)."""
-    return _WORD.findall("\n".join(texts).lower())
-
-
-def oov_rate(counts: Counter[str], vocabulary: set[str] | frozenset[str]) -> float:
-    """Share of the tokens counted in ``counts`` that are not in ``vocabulary`` (0 when there are none)."""
-    total = sum(counts.values())
-    if total == 0:
-        return 0.0
-    return sum(n for w, n in counts.items() if w not in vocabulary) / total
-
-
-def oov_check(reference: pd.DataFrame, current: pd.DataFrame, cfg: DriftConfig) -> DriftCheck:
-    ref = _texts(reference).to_numpy()
-    cur = _texts(current)
-    if len(ref) < 2 or len(cur) == 0:
-        return _skipped("oov", cfg, "needs at least 2 reference texts and 1 current text")
-    rng = np.random.default_rng([cfg.seed, _SALT["oov"]])
-    order = rng.permutation(len(ref))
-    half = len(ref) // 2
-    vocabulary = set(words(ref[order[:half]]))
-    held_out = Counter(words(ref[order[half:]]))
-    new = Counter(words(cur))
-    baseline, rate = oov_rate(held_out, vocabulary), oov_rate(new, vocabulary)
-    increase = rate - baseline
-    unseen = [w for w, _ in new.most_common() if w not in vocabulary][:5]
-    examples = f"; most frequent unseen words: {', '.join(unseen)}" if unseen and increase > 0 else ""
-    return DriftCheck(
-        "oov",
-        increase,
-        cfg.max_oov_increase,
-        None,
-        increase > cfg.max_oov_increase,
-        cfg.oov,
-        f"{rate:.1%} of current word tokens are unseen in the vocabulary of half the reference"
-        f" ({len(vocabulary):,} words) vs {baseline:.1%} of the other half's tokens:"
-        f" {increase * 100:+.1f} points{examples}",
-    )
-
-
-@functools.lru_cache(maxsize=2)
-def _load_encoder(encoder_dir: str, quantize: bool) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # a classifier checkpoint's unused head weights are expected
-    hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    model = AutoModel.from_pretrained(encoder_dir, use_safetensors=True)
-    model.eval()
-    if quantize:
-        model = _quantized(model)
-    return tokenizer, model
-
-
-def _quantized(model: PreTrainedModel) -> PreTrainedModel:
-    """Linear layers with int8 weights (per output channel) and dynamically quantized activations.
-
-    Faster on CPU than fp32 at a small cost in embedding fidelity, which does not bias the test: both samples
-    go through the same quantized encoder, so the two-sample test stays valid. Falls back to fp32 when this
-    torch build cannot quantize.
-    """
-    import warnings
-
-    import torch
-
-    try:
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch 2.10+ announces the move of this API to torchao
-            return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-    except Exception as err:  # an unsupported backend: exactness over speed
-        logger.info("drift: no int8 quantization (%s: %s); embedding in fp32", type(err).__name__, err)
-        return model
-
-
-def embed(
-    texts: Sequence[str],
-    encoder_dir: Path,
-    max_length: int = MAX_LENGTH,
-    batch_size: int = EMBED_BATCH,
-    quantize: bool = QUANTIZE,
-) -> np.ndarray:
-    """(N, H) float32 sentence embeddings in input order: mean pooling over the mask, L2-normalised.
-
-    Texts are embedded in batches of similar token length (little padding) and put back in input order.
-    """
-    import torch
-
-    from tasks.inference import by_length, collate
-
-    tokenizer, model = _load_encoder(str(Path(encoder_dir).resolve()), quantize)
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    pad_id = tokenizer.pad_token_id or 0
-    out = torch.empty((len(encoded), model.config.hidden_size), dtype=torch.float32)
-    with torch.inference_mode():
-        for idx in by_length([len(s) for s in encoded], batch_size):
-            ids, mask = collate([encoded[i] for i in idx], pad_id)
-            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-            out[idx] = torch.nn.functional.normalize(pooled, dim=-1)
-    return out.numpy()
-
-
-def mmd_permutation_test(
-    x: np.ndarray, y: np.ndarray, permutations: int, rng: np.random.Generator
-) -> tuple[float, float, float]:
-    """(MMD², permutation p-value, bandwidth) of samples x (n, d) and y (m, d) with an RBF kernel.
-
-    MMD² is the biased V-statistic ``w' K w`` with ``w = (1/n, ..., -1/m, ...)``; each permutation
-    shuffles w, so all resamples are one (B, N) @ (N, N) product on the fixed kernel matrix.
-    """
-    z = np.vstack([x, y]).astype(np.float64)
-    n, m = len(x), len(y)
-    sq = np.einsum("ij,ij->i", z, z)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (z @ z.T), 0.0)
-    upper = d2[np.triu_indices(len(z), k=1)]
-    median = float(np.median(upper)) if upper.size else 0.0
-    if median <= 0.0:  # (nearly) all points equal: any bandwidth gives MMD² 0
-        median = float(upper.max()) if upper.size and upper.max() > 0 else 1.0
-    kernel = np.exp(-d2 / (2.0 * median))
-    w = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)])
-    observed = float(w @ kernel @ w)
-    shuffled = rng.permuted(np.tile(w, (permutations, 1)), axis=1)
-    null = np.einsum("bi,bi->b", shuffled @ kernel, shuffled)
-    p_value = (1.0 + float(np.sum(null >= observed - 1e-12))) / (1.0 + permutations)
-    return max(observed, 0.0), p_value, math.sqrt(median)
-
-
-def embedding_check(
-    reference: pd.DataFrame, current: pd.DataFrame, cfg: DriftConfig, encoder_dir: Path | None
-) -> DriftCheck:
-    if encoder_dir is None:
-        return _skipped("embedding", cfg, "no encoder folder given (encoder_dir=None)")
-    ref, cur = _texts(reference).to_numpy(), _texts(current).to_numpy()
-    if len(ref) < 2 or len(cur) < 2:
-        return _skipped("embedding", cfg, "needs at least 2 texts on each side")
-    rng = np.random.default_rng([cfg.seed, _SALT["embedding"]])
-    a = ref[rng.choice(len(ref), min(len(ref), cfg.sample_rows), replace=False)]
-    b = cur[rng.choice(len(cur), min(len(cur), cfg.sample_rows), replace=False)]
-    vectors = embed([*a, *b], Path(encoder_dir))
-    x, y = vectors[: len(a)], vectors[len(a) :]
-    mmd2, p_value, bandwidth = mmd_permutation_test(x, y, cfg.permutations, rng)
-    mean_gap = float(np.linalg.norm(x.mean(0) - y.mean(0)))
-    return DriftCheck(
-        "embedding",
-        mmd2,
-        cfg.alpha,
-        p_value,
-        p_value < cfg.alpha,
-        cfg.embedding,
-        f"{len(a):,} reference vs {len(b):,} current texts embedded; RBF bandwidth {bandwidth:.3f},"
-        f" mean-embedding distance {mean_gap:.3f}, {cfg.permutations} permutations",
+        f"label shares reference → current: {shares}; chi-square p {num(chi_p)} (for information){extra}",
     )
 
 
@@ -536,7 +269,7 @@ def plot_drift(reference: pd.DataFrame, current: pd.DataFrame, labels: Sequence[
         right.set_visible(False)
         _save(fig, path)
         return
-    a, b = _texts(reference).str.len().to_numpy(), _texts(current).str.len().to_numpy()
+    a, b = (frame[TEXT].dropna().astype(str).str.len().to_numpy() for frame in (reference, current))
     both = np.concatenate([a, b]) if len(a) + len(b) else np.zeros(1)
     top = max(1.0, float(np.percentile(both, 99)))  # a few very long texts would squash the histogram
     bins = np.linspace(0, top, 40)
@@ -559,12 +292,6 @@ def _save(fig: Any, path: Path) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------------------
-def _num(value: float) -> str:
-    if value == 0 or 1e-3 <= abs(value) < 1e4:
-        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1 else f"{value:.3g}"
-    return f"{value:.2e}"
-
-
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 

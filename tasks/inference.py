@@ -19,11 +19,14 @@ from tasks import transfer
 from tasks.config import ConfigError
 from tasks.kinds import recorded, task_of_model
 from tasks.kinds.base import class_names
+
+# the text batching helpers, imported from here by training and its tests
+from tasks.kinds.sequences import by_length, collate, encode, padding_id  # noqa: F401
 from tasks.paths import METADATA_FILE  # noqa: F401  (imported from here by training and the registry)
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel
 
     from tasks.kinds.base import TaskKind
 
@@ -94,39 +97,7 @@ def cast_for_inference(model: PreTrainedModel, precision: str) -> None:
                 module.to(torch.float16)
 
 
-# -- text: token ids and their padding -----------------------------------------------------------------
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids per text, truncated to `max_length`, unpadded (batches are padded by `collate`)."""
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-
-
-def padding_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id `collate` pads with: the tokenizer's padding token, 0 for one that has none."""
-    return tokenizer.pad_token_id or 0
-
-
-def collate(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the longest sequence of the batch: (input_ids, attention_mask), each (B, T)."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
-
-
 # -- batched passes ------------------------------------------------------------------------------------
-
-
-def by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Index batches of similar-length examples (shortest first): little padding for inference passes."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def predict_logits(

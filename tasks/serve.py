@@ -30,8 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from tasks.batching import Batcher, BatchSettings
 from tasks.inference import Predictor
 from tasks.kinds import load_task
@@ -68,14 +66,6 @@ class ServeSettings:
     batch_window_s: float  # dynamic batching: how long a request waits for others to share its pass
     batch_requests: int  # dynamic batching: requests per pass at most (1: one request at a time)
     max_pixels: int | None = None  # images declaring more get 413 before decoding (None: image.max_pixels)
-
-
-class PredictRequest(BaseModel):
-    """The body of POST /predict."""
-
-    # strict: a number where a text belongs is an error, not silently turned into "3"
-    model_config = ConfigDict(extra="forbid", strict=True)
-    texts: list[str] = Field(min_length=1, description="texts to classify (at most --max-batch)")
 
 
 @dataclass(frozen=True)
@@ -312,37 +302,6 @@ def _v(model: LoadedModel | None) -> str:
 # -- HTTP ----------------------------------------------------------------------------------------------
 
 
-def parse_predict_body(body: bytes, max_batch: int) -> list[str]:
-    """The texts of a POST /predict body; RequestError 400 (not JSON), 422 (wrong shape or types) or 413
-    (too many texts). Errors never echo the input back: it can be a megabyte."""
-    from pydantic import ValidationError
-
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise RequestError(400, f"the body is not valid JSON: {err}") from None
-    except RecursionError:  # e.g. 100 000 nested '[' fit in a small body; without this: a 500
-        raise RequestError(400, "the body is not valid JSON: nested too deeply") from None
-    try:
-        texts = PredictRequest.model_validate(data).texts
-    except ValidationError as err:
-        problems = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in err.errors(include_input=False)[:10]]
-        raise RequestError(422, problems) from None
-    if len(texts) > max_batch:
-        raise RequestError(
-            413, f"{len(texts)} texts exceed the limit of {max_batch} per request (--max-batch)"
-        )
-    for i, text in enumerate(texts):
-        # JSON may escape a lone surrogate ("\ud800"): a Python str, but not text the tokenizer accepts
-        # (it raises TypeError, which would be a 500)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            problem = {"loc": ["texts", i], "msg": "not valid Unicode (lone surrogate)"}
-            raise RequestError(422, [problem]) from None
-    return texts
-
-
 class BodyLimit:
     """ASGI middleware: 413 for a request body over max_bytes, on the declared Content-Length or on the
     bytes actually received (a chunked upload declares none), before the app parses any of it.
@@ -402,7 +361,8 @@ def create_app(watcher: ChampionWatcher, settings: ServeSettings) -> Any:
     """The ASGI app: POST /predict, GET /health, GET /version.
 
     Plain Starlette rather than FastAPI: three routes need no dependency injection, and the body is
-    parsed here (parse_predict_body) so that errors are short and never echo a megabyte of input.
+    parsed by the task (text: tasks/kinds/text_requests.py) so that errors are short and never echo a
+    megabyte of input.
     """
     from starlette.applications import Starlette
     from starlette.requests import Request

@@ -192,23 +192,6 @@ def build_model(base: Path, labels: list[str], pretrained: bool = True) -> PreTr
 # -- batching ------------------------------------------------------------------------------------------
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Batches of similar-length examples, in random order: little padding, still shuffled each epoch.
-
-    Examples are shuffled, cut into windows of 50 batches, sorted by length inside a window, then the
-    batches are shuffled; so batch composition changes every epoch while padding stays small.
-    """
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * 50
-    batches: list[list[int]] = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
 # -- the loop ------------------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from tasks.config import DataConfig, DriftConfig, TrainConfig, ValidateConfig
-    from tasks.drift import DriftCheck
+    from tasks.drift_checks import DriftCheck
     from tasks.evaluate import EvalResult
     from tasks.validate import ValidationReport
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from tasks.config import DataConfig, DriftConfig, TrainConfig, ValidateConfig
-    from tasks.drift import DriftCheck
+    from tasks.drift_checks import DriftCheck
     from tasks.kinds.image_validate import ImageValidationReport
 
 EMBED_BATCH = 64
@@ -357,8 +357,7 @@ class ImageClassification:
         """Image drift besides the label shares: MMD² of pooled backbone features, sampled as for text."""
         import numpy as np
 
-        drift = importlib.import_module("tasks.drift")  # by name: see tasks/kinds/text.py _module
-        DriftCheck, mmd_permutation_test = drift.DriftCheck, drift.mmd_permutation_test
+        from tasks.drift_checks import DriftCheck, mmd_permutation_test
 
         if encoder_dir is None or cfg.embedding == "ignore":
             return []

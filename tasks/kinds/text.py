@@ -1,11 +1,12 @@
 """Text classification: the task module behind the interface of tasks/kinds/base.py.
 
-The text code still lives where the pipeline grew it (reading and splitting in tasks/prepare.py, the GX
-suite in tasks/validate.py, the BERT forward split in tasks/transfer.py, length/vocabulary/embedding drift
-in tasks/drift.py, the request body in tasks/serve.py, the scoring table in tasks/scoring.py); this module
-is the one place the stages reach it through, so they never ask which task they run. docs/design/tasks.md
-lists what moves here next. Imports of the stage modules are made inside the methods: those modules import
-the task table themselves.
+Its parts live beside it: drift checks (text_drift.py), the request body (text_requests.py), token ids and
+their batches (sequences.py, shared with the token task). The rest of the text code still lives where the
+pipeline grew it (reading and splitting in tasks/prepare.py, the GX suite in tasks/validate.py, the BERT
+forward split in tasks/transfer.py, the scoring table in tasks/scoring.py); this module is the one place the
+stages reach it through, so they never ask which task they run. docs/design/tasks.md lists what moves here
+next. Imports of the stage modules are made inside the methods: those modules import the task table
+themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tasks.kinds.base import Blocks, accuracy
+from tasks.kinds.sequences import collate, encode, length_grouped_batches
+from tasks.kinds.text_requests import parse_predict_body
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from tasks.config import DataConfig, DriftConfig, TrainConfig, ValidateConfig
-    from tasks.drift import DriftCheck
+    from tasks.drift_checks import DriftCheck
     from tasks.validate import ValidationReport
 
 TEXT, LABEL = "text", "label"
@@ -177,8 +180,6 @@ class TextClassification:
         return frame[TEXT].tolist()
 
     def encode_items(self, items: list[Any], processor: TextProcessor) -> TextInputs:
-        encode = _module("inference").encode
-
         return TextInputs(encode(processor.tokenizer, list(items), processor.max_length), None)
 
     def encode(
@@ -193,8 +194,6 @@ class TextClassification:
         return TextInputs(ids, torch.tensor([label_id[v] for v in frame[LABEL]], dtype=torch.long))
 
     def batches(self, inputs: TextInputs, batch_size: int, rng: random.Random) -> list[list[int]]:
-        length_grouped_batches = _module("train").length_grouped_batches
-
         return length_grouped_batches(inputs.sizes, batch_size, rng)
 
     def collate(
@@ -206,8 +205,6 @@ class TextClassification:
         epoch: int = 0,
     ) -> dict[str, torch.Tensor]:
         """{"input_ids", "attention_mask"}: (B, T), padded to the longest example of the batch."""
-        collate = _module("inference").collate
-
         ids, mask = collate([inputs.ids[i] for i in indices], processor.pad_id)
         return {"input_ids": ids, "attention_mask": mask}
 
@@ -295,8 +292,6 @@ class TextClassification:
 
     def parse_request(self, body: bytes, content_type: str, limits: Any) -> list[Any]:
         """The texts of a POST /predict body (``limits.max_batch`` texts at most)."""
-        parse_predict_body = _module("serve").parse_predict_body
-
         return parse_predict_body(body, limits.max_batch)
 
     def scoring_items(self, path: Path) -> list[Any]:
@@ -316,16 +311,17 @@ class TextClassification:
         encoder_dir: Path | None,
     ) -> list[DriftCheck]:  # fmt: skip
         """Text-length (KS), out-of-vocabulary rate and sentence-embedding (MMD) drift."""
-        drift = _module("drift")
+        from tasks.drift_checks import ignored
+        from tasks.kinds import text_drift as drift
 
         compute = {
             "length": lambda: drift.length_check(reference, current, cfg),
             "oov": lambda: drift.oov_check(reference, current, cfg),
             "embedding": lambda: drift.embedding_check(reference, current, cfg, encoder_dir),
         }
-        return [drift.ignored(name, cfg) or compute[name]() for name in DRIFT_CHECKS]
+        return [ignored(name, cfg) or compute[name]() for name in DRIFT_CHECKS]
 
     def embed(self, items: list[Any], model_dir: Path) -> np.ndarray:
-        embed = _module("drift").embed
+        from tasks.kinds.text_drift import embed
 
         return embed(items, model_dir)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from tasks.kinds.base import IGNORE_INDEX
+from tasks.kinds.sequences import collate, length_grouped_batches
 from tasks.kinds.text import TextClassification, TextProcessor
 from tasks.kinds.token_align import TokenInputs, first_subtoken_targets, padded_targets, tokenize_words
 from tasks.kinds.token_config import NerConfig
@@ -157,8 +158,6 @@ class TokenClassification:
         return TokenInputs(inputs.ids, inputs.words, padded_targets(rows))
 
     def batches(self, inputs: TokenInputs, batch_size: int, rng: random.Random) -> list[list[int]]:
-        length_grouped_batches = importlib.import_module("tasks.train").length_grouped_batches
-
         return length_grouped_batches(inputs.sizes, batch_size, rng)
 
     def collate(
@@ -170,7 +169,6 @@ class TokenClassification:
         epoch: int = 0,
     ) -> dict[str, torch.Tensor]:
         """{"input_ids", "attention_mask"}: (B, T), padded to the longest sentence of the batch."""
-        collate = importlib.import_module("tasks.inference").collate
 
         ids, mask = collate([inputs.ids[i] for i in indices], processor.pad_id)
         return {"input_ids": ids, "attention_mask": mask}

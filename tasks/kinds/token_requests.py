@@ -8,11 +8,11 @@ punctuation included), since the answer's character offsets index it.
 
 from __future__ import annotations
 
-import importlib
 import json
 from typing import Any
 
 from tasks.kinds.base import RequestError
+from tasks.kinds.text_requests import parse_predict_body
 
 TEXT_FIELD = "text"
 
@@ -47,7 +47,7 @@ def parse_request(body: bytes, content_type: str, max_batch: int) -> list[str]:
             texts = [data[TEXT_FIELD]]
         else:
             # {"texts": [...]}: the text task's body, with its checks and errors
-            return importlib.import_module("tasks.serve").parse_predict_body(body, max_batch)
+            return parse_predict_body(body, max_batch)
     if not texts:
         raise RequestError(422, [{"loc": [TEXT_FIELD], "msg": "no texts"}])
     if len(texts) > max_batch:

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from tasks.config import DriftConfig, load_config
-from tasks.drift import DriftBlocked, DriftReport, detect_drift, mmd_permutation_test, psi, run_drift
+from tasks.drift import DriftBlocked, DriftReport, detect_drift, run_drift
+from tasks.drift_checks import mmd_permutation_test, psi
 from tasks.paths import ProjectPaths
 from tasks.prepare import resolve_source
 

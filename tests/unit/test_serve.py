@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tasks.kinds.text_requests import parse_predict_body
 from tasks.promote import model_files_sha256
-from tasks.serve import RequestError, VerificationError, parse_predict_body, verify_model_dir
+from tasks.serve import RequestError, VerificationError, verify_model_dir
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ def test_editing_a_module_no_stage_imports_changes_no_stage_code(tmp_path: Path)
         fh.write("# an edit to a module training imports\n")
     after = hashes()
     changed = {n for n in names if after[n] != before[n]}
-    assert changed == {"drift", "train", "evaluate", "gate", None}  # those that import train.py
+    assert changed == {"train", "evaluate", "gate", None}  # those that import transfer.py
 
 
 def test_evaluation_round_trips_through_its_file(tmp_path: Path):

@@ -10,7 +10,7 @@ reference (the "champion's training data") is an independent 80,000-row draw of 
 Timed, in this process and in this order (the first includes the lazy imports of great_expectations,
 scipy, torch and transformers and the encoder load, as a pipeline run pays them):
 
-* transferline: ``tasks.validate.validate_splits`` (params.yaml ``validate``, no Data Docs) then
+* transferline: ``tasks.kinds.text_validate.validate_splits`` (params.yaml ``validate``, no Data Docs) then
   ``tasks.drift.detect_drift`` (params.yaml ``drift``, the packaged MiniLM encoder);
 * plain pandas (+ numpy, scipy.stats.ks_2samp): columns present, nulls, text lengths within bounds, labels
   in the declared set, duplicate rate, train rows per class, train/test and validation/test overlap, label
@@ -163,7 +163,7 @@ def main() -> None:
     )
 
     from tasks.drift import detect_drift
-    from tasks.validate import validate_splits
+    from tasks.kinds.text_validate import validate_splits
 
     t0 = time.perf_counter()
     validation = validate_splits(splits, labels, cfg.validate_, docs_dir=None)

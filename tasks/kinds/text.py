@@ -1,8 +1,8 @@
 """Text classification: the task module behind the interface of tasks/kinds/base.py.
 
-Its parts live beside it: drift checks (text_drift.py), the request body (text_requests.py), token ids and
-their batches (sequences.py, shared with the token task). The rest of the text code still lives where the
-pipeline grew it (reading and splitting in tasks/prepare.py, the GX suite in tasks/validate.py, the BERT
+Its parts live beside it: the GX suite (text_validate.py), drift checks (text_drift.py), the request body
+(text_requests.py), token ids and their batches (sequences.py, shared with the token task). The rest of the
+text code still lives where the pipeline grew it (reading and splitting in tasks/prepare.py, the BERT
 forward split in tasks/transfer.py, the scoring table in tasks/scoring.py); this module is the one place the
 stages reach it through, so they never ask which task they run. docs/design/tasks.md lists what moves here
 next. Imports of the stage modules are made inside the methods: those modules import the task table
@@ -147,7 +147,7 @@ class TextClassification:
         docs_dir: Path | None = None,
         reference: pd.DataFrame | None = None,
     ) -> ValidationReport:
-        validate_splits = _module("validate").validate_splits
+        from tasks.kinds.text_validate import validate_splits
 
         return validate_splits(frames, labels, cfg, docs_dir=docs_dir, reference=reference)
 

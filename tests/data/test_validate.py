@@ -15,6 +15,7 @@ import pytest
 
 from tasks.champion import write_manifest
 from tasks.config import Config, ValidateConfig, load_config
+from tasks.kinds.text_validate import validate_splits
 from tasks.paths import SPLITS, ProjectPaths
 from tasks.runtime import _ENV_DEFAULTS
 from tasks.validate import (
@@ -23,7 +24,6 @@ from tasks.validate import (
     ValidationReport,
     main,
     run_validate,
-    validate_splits,
 )
 
 LABELS = ["rotten", "fresh"]

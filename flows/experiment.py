@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import asdict
 from datetime import date
 from typing import Any
 
@@ -17,6 +18,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks import experiment_progress as progress
+from tasks import faults
 from tasks.config import Config, load_config
 from tasks.download import download_task
 from tasks.experiment import (
@@ -87,7 +90,14 @@ def experiment(
     )
     prepared = prepare_task(paths, cfg)
     base = download_task(paths, cfg.model)
-    results = [arm_task(paths, cfg, base.path, arm, options) for arm in arms]
+    out = paths.root / results_dir if results_dir else paths.results_dir
+    settings = {  # what makes an earlier run's arm the same arm (params.yaml includes the overrides)
+        "params_sha256": cfg.digest(),
+        "data_sha256": prepared.source_sha256,
+        "base_model": f"{base.model_id}@{base.revision}",
+        "options": asdict(options),
+    }
+    results = _run_arms(paths, cfg, base.path, arms, options, (out, settings))
     kind = task_of(cfg)
     context = {
         "data": f"{cfg.data.source} (source sha256 {prepared.source_sha256[:12]})",
@@ -99,8 +109,8 @@ def experiment(
         "date": date.today().isoformat(),
         "overrides": overrides or {},
     }
-    out = paths.root / results_dir if results_dir else paths.results_dir
     files = write_results(paths, results, context, out)
+    progress.clear(out)
     # the merged results: a part run alone still reports the other part's latest figures
     figures = json.loads((out / "summary.json").read_text())
     Registry.for_project(paths).log_evidence(
@@ -128,6 +138,28 @@ def experiment(
         description="Learning curve (with its baselines) and strategy table",
     )
     return figures
+
+
+def _run_arms(
+    paths: ProjectPaths,
+    cfg: Config,
+    base_path: Any,
+    arms: list[Arm],
+    options: ArmOptions,
+    record: tuple[Any, dict[str, Any]],
+) -> list[ArmResult]:
+    """Each arm's result in order: taken from the progress record (`record`: the output folder and the
+    run's settings) when an earlier run with the same settings finished it, else trained, then recorded at
+    once, so that a stopped run loses at most the arm it was training."""
+    out, settings = record
+    earlier = progress.finished_arms(out, settings)
+    done: list[ArmResult] = []
+    for arm in arms:
+        kept = earlier.get(arm.name)
+        done.append(kept if kept and kept.part == arm.part else arm_task(paths, cfg, base_path, arm, options))
+        progress.record_arm(out, settings, list({**earlier, **{r.name: r for r in done}}.values()))
+        faults.point("experiment.arm_recorded")
+    return done
 
 
 def _cores() -> int:

@@ -22,6 +22,9 @@ MLflow (experiment '<registry.experiment>-evidence'), and prints as its last lin
 {"best_strategy", "best_test_accuracy", "best_train_seconds", "majority_class_accuracy",
  "pretrained_minus_scratch_at_500", "scratch_at_2000", "classical_at_500", "classical_at_2000",
  "pretrained_minus_classical_at_500"}.
+
+Stopped (Ctrl-C, a reboot)? Run the same command again: each finished arm is recorded at once in
+<output>/.progress.json, and a run with the same settings takes those arms instead of training them again.
 """
 
 

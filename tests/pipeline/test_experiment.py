@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from tasks.classical import C_GRID
 from tasks.paths import ProjectPaths
 from tasks.prepare import read_split
-from tests.conftest import cli
+from tests.conftest import cli, run
 
 
 def test_experiment_writes_tables_plots_and_an_mlflow_run(project, capsys, prefect_server):
@@ -178,3 +180,29 @@ def test_the_evidence_of_a_token_project(tmp_path, capsys, prefect_server):
     assert "CRF on hand-made word features" in curve and "test entity F1" in curve
     assert "Always the most common tag (`O`: no entity found), test entity F1: 0.0000" in curve
     assert "| head |" in (results_dir / "strategies.md").read_text()
+
+
+def test_a_stopped_experiment_resumes_from_the_arms_it_finished(project, prefect_server):
+    """The process dies (no clean-up) right after recording its first arm; the same command again takes
+    that arm from the record instead of training it, trains the rest, and deletes the record."""
+    command = [
+        sys.executable, "-m", "flows.cli", "experiment", "learning-curve", "--project", str(project),
+        "--sizes", "20", "--min-steps", "2", "--set", "train.epochs=1", "--set", "data.max_rows=200",
+        "--scratch-rates", "1e-3", "--scratch-lengths", "1",
+    ]  # fmt: skip
+    results_dir = ProjectPaths.at(project).results_dir
+    crashed = run(command, project, {**os.environ, "TRANSFERLINE_FAULT": "experiment.arm_recorded"})
+    assert crashed.returncode == 137, crashed.stderr[-3000:]
+    record = json.loads((results_dir / ".progress.json").read_text())
+    assert [a["name"] for a in record["arms"]] == ["pretrained@20"]
+    assert not (results_dir / "results.json").exists()  # the tables come at the end only
+
+    resumed = run(command, project)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert "resuming: 1 arm(s) finished by an earlier run" in log
+    assert "arm pretrained@20: 20 training rows" not in log and "arm scratch@20: 20 training rows" in log
+    arms = {a["name"]: a for a in json.loads((results_dir / "results.json").read_text())["arms"]}
+    assert set(arms) == {"pretrained@20", "scratch@20", "classical@20"}
+    assert arms["pretrained@20"] == record["arms"][0]  # taken as recorded, seconds and all
+    assert not (results_dir / ".progress.json").exists()

@@ -113,16 +113,30 @@ def experiment(
     progress.clear(out)
     # the merged results: a part run alone still reports the other part's latest figures
     figures = json.loads((out / "summary.json").read_text())
+    _publish(paths, cfg, (parts, arms, options, overrides or {}), results, figures, files)
+    return figures
+
+
+def _publish(
+    paths: ProjectPaths,
+    cfg: Config,
+    run: tuple[list[str], list[Arm], ArmOptions, dict[str, Any]],
+    results: list[ArmResult],
+    figures: dict[str, Any],
+    files: list[Any],
+) -> None:
+    """Log the evidence run to the registry's evidence experiment and show its tables in Prefect's UI."""
+    parts, arms, options, overrides = run
     Registry.for_project(paths).log_evidence(
         experiment=f"{cfg.registry.experiment}-evidence",
         run_name="evidence " + "+".join(parts),
         params={
             "parts": ",".join(parts),
             "arms": ",".join(a.name for a in arms),
-            "min_steps": min_steps,
+            "min_steps": options.min_steps,
             "scratch_rates": ",".join(f"{rate:g}" for rate in options.scratch_rates),
             "scratch_lengths": ",".join(str(n) for n in options.scratch_lengths),
-            **(overrides or {}),
+            **overrides,
         },
         metrics={
             **{f"{r.name}.test_accuracy": r.test_accuracy for r in results},
@@ -137,7 +151,6 @@ def experiment(
         key="transfer-evidence",
         description="Learning curve (with its baselines) and strategy table",
     )
-    return figures
 
 
 def _run_arms(

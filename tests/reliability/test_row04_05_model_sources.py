@@ -455,7 +455,7 @@ def test_model_loads_use_safetensors_and_never_trust_remote_code():
     # the walk sees the real loaders (encoder for drift, each task's model for training, evaluation and
     # serving, registry logging, training)
     loaders = {
-        "tasks/drift.py",
+        "tasks/kinds/text_drift.py",
         "tasks/kinds/text.py",
         "tasks/kinds/image.py",
         "tasks/packaging.py",

@@ -85,11 +85,11 @@ def prepare(workdir: Path, rows: int | None) -> None:
     if rows:  # keep the test and validation splits whole; cut only the training rows
         import pandas as pd
 
+        from tasks.kinds.text_sources import subsample_texts
         from tasks.paths import ProjectPaths
-        from tasks.prepare import subsample
 
         path = ProjectPaths.at(workdir).split_file("train")
-        subsample(pd.read_parquet(path), rows, 42).to_parquet(path, index=False)
+        subsample_texts(pd.read_parquet(path), rows, 42).to_parquet(path, index=False)
 
 
 def prepare_image(workdir: Path, rows: int, size: int) -> None:

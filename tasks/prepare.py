@@ -1,19 +1,18 @@
-"""prepare stage: import a labelled text dataset, normalise it and split it into train/validation/test.
+"""prepare stage: import a labelled dataset and split it into train/validation/test through the task.
 
-The source is never modified. The split is stratified and *hash-ordered*: within each class, rows are
-ordered by a seeded hash of their normalised text, so the assignment of a row does not depend on the
-order of the file, and re-running on the same data gives byte-identical outputs (DVC sees no change).
-Judging the data is the validate stage's job: prepare keeps empty texts and unknown labels so that
-validation can name them. What prepare refuses, with a DataSourceError naming the file and the fix, is a
-source it cannot read faithfully: missing, empty, not UTF-8, malformed CSV quoting, without the configured
-text/label column, or a DVC-tracked file changed behind DVC's back.
+The source is never modified. The task module reads it and splits it (tasks/kinds/text_sources.py,
+image_sources.py, token_sources.py) by the shared, stratified, *hash-ordered* rules of
+tasks/kinds/splitting.py: re-running on the same data gives byte-identical outputs (DVC sees no change).
+This module holds what every task's source goes through: where a source is (``sample://``, a file, a DVC
+remote), the table reader, the Hub dataset reader, and the refusals, with a DataSourceError naming the file
+and the fix, of a source that cannot be read faithfully: missing, empty, not UTF-8, malformed CSV quoting,
+or a DVC-tracked file changed behind DVC's back. Judging the data is the validate stage's job.
 """
 
 from __future__ import annotations
 
 import bz2
 import csv
-import difflib
 import gzip
 import hashlib
 import importlib.metadata
@@ -40,7 +39,6 @@ from tasks.runtime import configure_environment, stage_logging
 
 if TYPE_CHECKING:
     from tasks.kinds.base import TaskKind
-    from tasks.kinds.text import TextSource
 
 log = logging.getLogger("transferline.prepare")
 
@@ -363,20 +361,6 @@ def _malformed_message(name: str, detail: str) -> str:
     )
 
 
-def check_columns(raw: pd.DataFrame, cfg: DataConfig, name: str) -> None:
-    """Refuse a source without the configured text or label column, listing the columns it has."""
-    columns = [str(c) for c in raw.columns]
-    for key, column in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
-        if column not in columns:
-            close = difflib.get_close_matches(column, columns, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DataSourceError(
-                f"data source {name} has no column {column!r} ({key}){hint}; its columns are:"
-                f" {', '.join(columns)}. Set {key} in params.yaml to the column that holds the"
-                f" {'text' if key == 'data.text_column' else 'class label'}"
-            )
-
-
 def file_md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as fh:
@@ -439,112 +423,7 @@ def data_sha256(paths: ProjectPaths) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-# -- pure core -----------------------------------------------------------------------------------------
-
-
-def normalise(df: pd.DataFrame, cfg: DataConfig, keep_labels: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Select and rename the text/label columns, strip whitespace, apply data.label_map; keep bad values.
-
-    ``keep_labels`` (source labels) filters rows before the map. Labels the map does not name are kept as
-    they are, so validation names the unknown ones. A missing column becomes an all-null column here (for
-    callers of this pure function); run_prepare refuses such a source first (check_columns).
-    """
-    out = pd.DataFrame(index=df.index)
-    for target, column in ((TEXT, cfg.text_column), (LABEL, cfg.label_column)):
-        if column in df.columns:
-            values = df[column].astype("string").str.strip()
-            out[target] = values.where(values.notna(), None)
-        else:
-            log.warning("source has no column %r (columns: %s)", column, ", ".join(map(str, df.columns)))
-            out[target] = pd.Series([None] * len(df), index=df.index, dtype="string")
-    if keep_labels is not None:
-        out = out[out[LABEL].isin(keep_labels)]
-    if cfg.label_map:
-        mapping = {str(k).strip(): str(v) for k, v in cfg.label_map.items()}
-        out[LABEL] = out[LABEL].map(lambda v: mapping.get(v, v) if isinstance(v, str) else v).astype("string")
-    return out.reset_index(drop=True)
-
-
-def _dedupe_key(text: pd.Series) -> pd.Series:
-    return text.fillna("").str.lower().str.split().str.join(" ")
-
-
-def drop_duplicate_texts(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Keep the first of texts equal up to case and whitespace; returns (frame, rows dropped)."""
-    dup = _dedupe_key(df[TEXT]).duplicated(keep="first")
-    return df[~dup].reset_index(drop=True), int(dup.sum())
-
-
-def _hash_order(text: pd.Series, seed: int, salt: str) -> pd.Series:
-    prefix = f"{seed}:{salt}:".encode()
-    return _dedupe_key(text).map(lambda t: hashlib.sha256(prefix + t.encode()).hexdigest())
-
-
-def _by_class(df: pd.DataFrame, seed: int, salt: str) -> list[pd.DataFrame]:
-    """Rows grouped by label (null labels form their own group), each group in seeded hash order."""
-    ordered = df.assign(_h=_hash_order(df[TEXT], seed, salt)).sort_values(["_h"], kind="stable")
-    keys = ordered[LABEL].fillna("\0")
-    return [g.drop(columns="_h") for _, g in ordered.groupby(keys, sort=True)]
-
-
-def subsample(df: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
-    """Stratified, deterministic subsample to at most max_rows rows (class shares preserved)."""
-    if max_rows is None or len(df) <= max_rows:
-        return df
-    parts = []
-    for group in _by_class(df, seed, "subsample"):
-        parts.append(group.head(max(1, round(len(group) * max_rows / len(df)))))
-    return pd.concat(parts).sort_index().reset_index(drop=True)
-
-
-def split(df: pd.DataFrame, val_size: float, test_size: float, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified train/validation/test split: in each class, the first rows in seeded hash order are test."""
-    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in SPLITS}
-    for group in _by_class(df, seed, "split"):
-        n_test = round(len(group) * test_size)
-        n_val = round(len(group) * val_size)
-        parts["test"].append(group.iloc[:n_test])
-        parts["validation"].append(group.iloc[n_test : n_test + n_val])
-        parts["train"].append(group.iloc[n_test + n_val :])
-    # Restore source order inside each split so files are stable and easy to diff.
-    return {
-        name: pd.concat(frames).sort_index().reset_index(drop=True)[[TEXT, LABEL]]
-        for name, frames in parts.items()
-    }
-
-
-def prepare(
-    raw: pd.DataFrame, cfg: DataConfig, keep_labels: tuple[str, ...] | None = None
-) -> tuple[dict[str, pd.DataFrame], int]:
-    """Normalise -> deduplicate -> subsample -> split. Returns (splits, duplicate rows dropped)."""
-    df = normalise(raw, cfg, keep_labels)
-    dropped = 0
-    if cfg.drop_duplicates:
-        df, dropped = drop_duplicate_texts(df)
-    df = subsample(df, cfg.max_rows, cfg.seed)
-    return split(df, cfg.val_size, cfg.test_size, cfg.seed), dropped
-
-
 # -- stage shell ---------------------------------------------------------------------------------------
-
-
-def read_text_source(cfg: DataConfig, root: Path) -> TextSource:
-    """Read ``data.source`` as a table of texts and labels; DataSourceError when it cannot be read."""
-    from tasks.kinds.text import TextSource
-
-    sample = None
-    if cfg.source.startswith(HF_DATASET):
-        raw, identity = read_hf_dataset(cfg.source)
-        name = cfg.source
-    else:
-        source_path, sample = resolve_source(cfg.source, root)
-        name = _display_name(ProjectPaths.at(root), source_path, cfg.source)
-        if source_path.is_file():
-            check_dvc_tracked(source_path, name)
-        raw = read_table(source_path, name)
-        identity = file_sha256(source_path)
-    check_columns(raw, cfg, name)
-    return TextSource(raw, identity, name, sample.keep_labels if sample else None)
 
 
 def run_prepare(paths: ProjectPaths, cfg: DataConfig, kind: TaskKind | None = None) -> PreparedData:
@@ -589,7 +468,7 @@ def source_sha256(source: str, root: Path) -> str:
     return file_sha256(path)
 
 
-def _display_name(paths: ProjectPaths, path: Path, source: str) -> str:
+def display_name(paths: ProjectPaths, path: Path, source: str) -> str:
     """The source as messages show it: relative to the project when inside it (what `dvc add` takes)."""
     if source.startswith("sample://"):
         return f"{source} ({path})"

@@ -3,9 +3,8 @@
 Each task names the column that says when two rows are the same example (text: the text up to case and
 whitespace; images: the sha256 of the file's bytes). Rows are ordered inside each class by a seeded hash of
 that key, so a row's split does not depend on file order and re-running on the same data gives identical
-splits; once duplicates are dropped, no example can land in two splits (for images: no file content). With
-the normalised text as key these functions give exactly the splits of tasks/prepare.py
-(tests/unit/test_image_splitting.py), so text can move onto them without changing a byte.
+splits; once duplicates are dropped, no example can land in two splits (for images: no file content). Text
+moved onto these rules without changing a byte of its splits (tests/unit/test_image_splitting.py pins them).
 """
 
 from __future__ import annotations

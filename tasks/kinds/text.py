@@ -1,12 +1,12 @@
 """Text classification: the task module behind the interface of tasks/kinds/base.py.
 
-Its parts live beside it: the GX suite (text_validate.py), drift checks (text_drift.py), the request body
-(text_requests.py), token ids and their batches (sequences.py, shared with the token task). The rest of the
-text code still lives where the pipeline grew it (reading and splitting in tasks/prepare.py, the BERT
-forward split in tasks/transfer.py, the scoring table in tasks/scoring.py); this module is the one place the
-stages reach it through, so they never ask which task they run. docs/design/tasks.md lists what moves here
-next. Imports of the stage modules are made inside the methods: those modules import the task table
-themselves.
+Its parts live beside it: reading and splitting a source (text_sources.py), the GX suite
+(text_validate.py), drift checks (text_drift.py), the request body (text_requests.py), token ids and their
+batches (sequences.py, shared with the token task). The rest of the text code still lives where the
+pipeline grew it (the BERT forward split in tasks/transfer.py, the scoring table in tasks/scoring.py); this
+module is the one place the stages reach it through, so they never ask which task they run.
+docs/design/tasks.md lists what moves here next. Imports of the stage modules are made inside the methods:
+those modules import the task table themselves.
 """
 
 from __future__ import annotations
@@ -113,14 +113,14 @@ class TextClassification:
 
     # -- prepare ------------------------------------------------------------------------------------------
     def read_source(self, data: DataConfig, root: Path) -> TextSource:
-        prepare = _module("prepare")
+        from tasks.kinds.text_sources import read_text_source
 
-        return prepare.read_text_source(data, root)
+        return read_text_source(data, root)
 
     def prepare(self, source: TextSource, data: DataConfig) -> tuple[dict[str, pd.DataFrame], int]:
-        prepare = _module("prepare")
+        from tasks.kinds.text_sources import prepare_splits
 
-        return prepare.prepare(source.frame, data, source.keep_labels)
+        return prepare_splits(source.frame, data, source.keep_labels)
 
     def write_snapshot(self, splits: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, pd.DataFrame]:
         for name, frame in splits.items():
@@ -128,9 +128,9 @@ class TextClassification:
         return splits
 
     def key(self, frame: pd.DataFrame) -> pd.Series:
-        _dedupe_key = _module("prepare")._dedupe_key
+        from tasks.kinds.text_sources import dedupe_key
 
-        return _dedupe_key(frame[TEXT])
+        return dedupe_key(frame[TEXT])
 
     def source_identity(self, data: DataConfig, root: Path) -> str:
         source_sha256 = _module("prepare").source_sha256

@@ -208,7 +208,8 @@ def test_a_single_class(project: Path):
 
 def test_texts_shared_across_splits_exactly_and_as_case_or_space_variants(project: Path):
     from tasks.config import load_config
-    from tasks.prepare import _hash_order, prepare
+    from tasks.kinds.splitting import _hash_order
+    from tasks.kinds.text_sources import dedupe_key, prepare_splits
 
     # prepare's hash-ordered split keeps equal texts (up to case and space) together within a class, so a
     # leak needs the same text under two labels. Pick 20 fresh texts that land in fresh's train part
@@ -216,7 +217,7 @@ def test_texts_shared_across_splits_exactly_and_as_case_or_space_variants(projec
     # then the first rotten rows, i.e. rotten's test part. 10 are exact copies, 10 case/space variants.
     seed = load_config(project / "params.yaml").data.seed
     pool = real_reviews(900).drop_duplicates("text")
-    pool = pool.assign(h=_hash_order(pool["text"], seed, "split"))
+    pool = pool.assign(h=_hash_order(dedupe_key(pool["text"]), seed, "split"))
     fresh = pool[pool["label"] == "fresh"].head(120).sort_values("h")
     leaked = fresh.iloc[60:80]
     rotten = pool[(pool["label"] == "rotten") & (pool["h"] > leaked["h"].max())].head(100)
@@ -226,7 +227,7 @@ def test_texts_shared_across_splits_exactly_and_as_case_or_space_variants(projec
     df = pd.concat([fresh, rotten, exact, variants.assign(label="rotten")])[["text", "label"]]
     df = df.sample(frac=1, random_state=0).reset_index(drop=True)
     use_source(project, "leaky.csv", df, drop_duplicates=False)
-    splits, _ = prepare(df, load_config(project / "params.yaml").data)
+    splits, _ = prepare_splits(df, load_config(project / "params.yaml").data)
     key = lambda s: set(s.str.lower().str.split().str.join(" "))  # noqa: E731
     assert len(key(splits["train"]["text"]) & key(splits["test"]["text"])) == 20  # it does leak
     err = refused(

@@ -4,15 +4,9 @@ import pandas as pd
 import pytest
 
 from tasks.config import DataConfig
-from tasks.prepare import (
-    DataSourceError,
-    drop_duplicate_texts,
-    normalise,
-    prepare,
-    read_table,
-    resolve_source,
-    split,
-)
+from tasks.kinds.text_sources import drop_duplicate_texts, normalise, prepare_splits
+from tasks.kinds.text_sources import split_texts as split
+from tasks.prepare import DataSourceError, read_table, resolve_source
 
 
 def frame(n_pos: int = 300, n_neg: int = 100) -> pd.DataFrame:
@@ -75,7 +69,7 @@ def test_missing_column_becomes_all_null():
 
 
 def test_subsample_is_stratified():
-    splits, _ = prepare(frame(600, 200), data_cfg(max_rows=200))
+    splits, _ = prepare_splits(frame(600, 200), data_cfg(max_rows=200))
     counts = pd.concat(splits.values())["label"].value_counts().to_dict()
     assert counts == {"pos": 150, "neg": 50}
 

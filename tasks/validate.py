@@ -127,7 +127,7 @@ class ValidationReport:
 
     def hint(self, outcome: ExpectationOutcome) -> str:
         """What to change so that this expectation passes."""
-        return _hint(outcome)
+        return shared_hint(outcome)
 
     def write_files(self, out: Path) -> None:
         """Write what a task's report adds beside summary.md (text: nothing; images: bad_images.csv)."""
@@ -475,30 +475,19 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _hint(outcome: ExpectationOutcome) -> str:
-    """What the user can change to make this expectation pass."""
+def shared_hint(outcome: ExpectationOutcome) -> str:
+    """What the user can change to make one of the checks every task shares pass (labels, class counts,
+    label shares, columns); a task's report handles its own checks first (text_validate.text_hint)."""
     if outcome.table == "reference_label_shares":
         return (
             "the label mix moved away from the data that trained the champion: check the source for a"
             " labelling or sampling change (data.source, data.label_map, data.max_rows); if the shift is"
             " genuine, raise validate.reference_label_tolerance in params.yaml"
         )
-    if outcome.table == "reference_text_lengths":
-        return (
-            "the texts are much shorter or longer than those the champion was trained on: check the source"
-            " for truncation or a changed text column (data.text_column); if genuine, raise"
-            " validate.reference_length_tolerance in params.yaml"
-        )
-    if outcome.table == "reference_vocabulary":
-        return (
-            "the texts use words the champion never saw (another language, domain or a broken encoding?):"
-            " check data.source and data.text_column; if genuine, lower"
-            " validate.reference_min_vocab_coverage in params.yaml"
-        )
     if outcome.expectation == "expect_column_to_exist" or outcome.detail.startswith("not evaluated"):
         return (
-            "the prepared splits must have 'text' and 'label' columns: check data.text_column and"
-            " data.label_column in params.yaml and re-run the prepare stage"
+            f"the prepared splits lack a column the task reads ({outcome.column or outcome.table}): check"
+            " the source's column settings in params.yaml and re-run the prepare stage"
         )
     if outcome.expectation == "expect_column_values_to_be_in_set":
         return "fix the labels in the source data or the declared labels in params.yaml (data.labels)"
@@ -506,15 +495,6 @@ def _hint(outcome: ExpectationOutcome) -> str:
         return (
             "add training data for the listed classes, remove them from data.labels, or lower"
             " validate.min_rows_per_class in params.yaml"
-        )
-    if outcome.table.endswith("_overlap"):
-        return "texts must not cross splits: set data.drop_duplicates: true in params.yaml (prepare dedups)"
-    if outcome.expectation == "expect_column_proportion_of_unique_values_to_be_between":
-        return "set data.drop_duplicates: true or raise validate.max_duplicate_rate in params.yaml"
-    if outcome.expectation == "expect_column_value_lengths_to_be_between":
-        return (
-            "fix or remove those rows in the source data, or adjust validate.min_text_chars /"
-            " validate.max_text_chars in params.yaml"
         )
     return "fix or remove the offending rows in the source data (data.source)"
 

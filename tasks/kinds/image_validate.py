@@ -115,7 +115,7 @@ def image_hint(outcome: suite.ExpectationOutcome) -> str:
             "the images are much darker or brighter than the champion's: check the source (exposure, an"
             " inverted export); if genuine, raise image.reference_brightness_tolerance"
         )
-    return suite._hint(outcome)  # labels, class counts, label shares: as for text
+    return suite.shared_hint(outcome)  # labels, class counts, label shares: as for every task
 
 
 _IMAGE_KEYS = {

@@ -46,6 +46,7 @@ from tasks.validate import (
     NO_REFERENCE,
     REQUIRED_COLUMNS,
     TEXT,
+    ExpectationOutcome,
     ValidationReport,
     _Check,
     _class_count_check,
@@ -61,10 +62,53 @@ from tasks.validate import (
     _quote,
     logger,
     run_checks,
+    shared_hint,
 )
 
 OVERLAP_PAIRS = (("train", "test"), ("validation", "test"))
 _TOKEN = re.compile(r"\w+")
+
+# What to change when a text check fails, by the check's table (the reference checks and the overlaps) or
+# its GX expectation; the checks every task shares fall through to validate.shared_hint.
+_TABLE_HINTS = {
+    "reference_text_lengths": "the texts are much shorter or longer than those the champion was trained on:"
+    " check the source for truncation or a changed text column (data.text_column); if genuine, raise"
+    " validate.reference_length_tolerance in params.yaml",
+    "reference_vocabulary": "the texts use words the champion never saw (another language, domain or a"
+    " broken encoding?): check data.source and data.text_column; if genuine, lower"
+    " validate.reference_min_vocab_coverage in params.yaml",
+}
+_EXPECTATION_HINTS = {
+    "expect_column_to_exist": "the prepared splits must have 'text' and 'label' columns: check"
+    " data.text_column and data.label_column in params.yaml and re-run the prepare stage",
+    "expect_column_proportion_of_unique_values_to_be_between": "set data.drop_duplicates: true or raise"
+    " validate.max_duplicate_rate in params.yaml",
+    "expect_column_value_lengths_to_be_between": "fix or remove those rows in the source data, or adjust"
+    " validate.min_text_chars / validate.max_text_chars in params.yaml",
+}
+_OVERLAP_HINT = "texts must not cross splits: set data.drop_duplicates: true in params.yaml (prepare dedups)"
+
+
+class TextValidationReport(ValidationReport):
+    """The suite's verdict; its advice names the text settings."""
+
+    def hint(self, outcome: ExpectationOutcome) -> str:
+        return text_hint(outcome)
+
+
+def text_hint(outcome: ExpectationOutcome) -> str:
+    """What to change so that this expectation passes."""
+    if outcome.table == "reference_label_shares":
+        return shared_hint(outcome)
+    if outcome.table in _TABLE_HINTS:
+        return _TABLE_HINTS[outcome.table]
+    if outcome.expectation == "expect_column_to_exist" or outcome.detail.startswith("not evaluated"):
+        return _EXPECTATION_HINTS["expect_column_to_exist"]
+    if outcome.expectation == "expect_column_values_to_be_in_set" or outcome.table == "class_counts":
+        return shared_hint(outcome)
+    if outcome.table.endswith("_overlap"):
+        return _OVERLAP_HINT
+    return _EXPECTATION_HINTS.get(outcome.expectation) or shared_hint(outcome)
 
 
 def validate_splits(
@@ -107,7 +151,7 @@ def validate_splits(
         checks += reference_checks
 
     outcomes, raw = run_checks(tables, checks, docs_dir)
-    report = ValidationReport(
+    report = TextValidationReport(
         success=all(o.success for o in outcomes),
         outcomes=outcomes,
         rows={name: len(frame) for name, frame in frames.items()},

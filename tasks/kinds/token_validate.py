@@ -81,7 +81,7 @@ _HINTS = {
 def token_hint(outcome: suite.ExpectationOutcome) -> str:
     """What to change so that this expectation passes."""
     hint = _HINTS.get((outcome.table, outcome.column))
-    return hint or suite._hint(outcome)
+    return hint or suite.shared_hint(outcome)
 
 
 # -- the tables ---------------------------------------------------------------------------------------------

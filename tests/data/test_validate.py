@@ -420,3 +420,22 @@ def test_run_validate_with_reference_records_it(
         "Reference: the champion's training split (500 rows)."
         in (paths.validation_dir / "summary.md").read_text()
     )
+
+
+def test_text_advice_stays_with_the_text_task():
+    """A failed check every task shares is advised in the task's own terms: a missing column of an image
+    or token split never sends the user to data.text_column, and text keeps its own advice."""
+    from tasks.kinds.image_validate import image_hint
+    from tasks.kinds.text_validate import text_hint
+    from tasks.kinds.token_validate import token_hint
+    from tasks.validate import ExpectationOutcome
+
+    def missing(column: str) -> ExpectationOutcome:
+        return ExpectationOutcome("expect_column_to_exist", "train", column, False, None, (), "missing")
+
+    assert "data.text_column" in text_hint(missing("text"))
+    for hint in (image_hint(missing("sha256")), token_hint(missing("tags"))):
+        assert "text" not in hint and "re-run the prepare stage" in hint
+    assert "(sha256)" in image_hint(missing("sha256"))
+    leak = ExpectationOutcome("expect_table_row_count_to_equal", "train_test_overlap", None, False, 3, (), "")
+    assert "texts must not cross splits" in text_hint(leak)

@@ -89,6 +89,27 @@ class TextInputs:
         return TextInputs([self.ids[i] for i in indices], None)
 
 
+def build_classifier(base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
+    """The pretrained encoder with a freshly initialised head for `labels` (label2id saved in its config).
+
+    pretrained=False gives the same architecture with every weight randomly initialised: the baseline
+    that shows what the pretrained weights are worth.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "classifier MISSING" load report is expected: it is the new head
+    hf_logging.disable_progress_bar()
+    label_maps = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    if not pretrained:
+        return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(base, **label_maps))
+    return AutoModelForSequenceClassification.from_pretrained(base, **label_maps, use_safetensors=True)
+
+
 class TextClassification:
     """Single-label text classification (AutoModelForSequenceClassification models)."""
 
@@ -153,9 +174,7 @@ class TextClassification:
 
     # -- model --------------------------------------------------------------------------------------------
     def build_model(self, base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
-        build_model = _module("train").build_model
-
-        return build_model(base, labels, pretrained)
+        return build_classifier(base, labels, pretrained)
 
     def load_model(self, model_dir: Path) -> PreTrainedModel:
         from transformers import AutoModelForSequenceClassification

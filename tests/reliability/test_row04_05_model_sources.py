@@ -453,13 +453,12 @@ def test_model_loads_use_safetensors_and_never_trust_remote_code():
             if not safe:
                 missing.append(f"{where}:{node.lineno} {ast.unparse(func)}")
     # the walk sees the real loaders (encoder for drift, each task's model for training, evaluation and
-    # serving, registry logging, training)
+    # serving, registry logging)
     loaders = {
         "tasks/kinds/text_drift.py",
         "tasks/kinds/text.py",
         "tasks/kinds/image.py",
         "tasks/packaging.py",
-        "tasks/train.py",
     }
     assert loaders <= set(model_loads)
     assert missing == [], f"model loads without use_safetensors=True: {missing}"
@@ -497,8 +496,8 @@ def test_the_real_loaders_take_safetensors_and_never_run_a_planted_pickle(
     from safetensors.torch import load_file
 
     from tasks.inference import Predictor
+    from tasks.kinds.text import build_classifier as build_model
     from tasks.packaging import load_hf
-    from tasks.train import build_model
 
     folder, marker = model_with_planted_pickle
     assert_payload_is_live(folder / "pytorch_model.bin", marker)

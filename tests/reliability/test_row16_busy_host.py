@@ -72,7 +72,8 @@ def test_a_run_on_a_fresh_prefect_home_finishes_while_every_core_is_busy(tmp_pat
 def test_the_latency_budget_judges_the_model_not_the_load(tmp_path: Path):
     from transformers import AutoTokenizer
 
-    from tasks.train import build_model, save_model
+    from tasks.kinds.text import build_classifier as build_model
+    from tasks.train import save_model
 
     cfg = load_config(ROOT / "params.yaml")
     model_dir = tmp_path / "model"  # the shipped model with a fresh head: as fast as any fine-tuned one

@@ -12,7 +12,8 @@ import torch
 
 from tasks.config import ConfigError
 from tasks.inference import collate, encode
-from tasks.train import build_model, fine_tune, save_model
+from tasks.kinds.text import build_classifier as build_model
+from tasks.train import fine_tune, save_model
 from tasks.transfer import logits
 from tests.minilm import BASE, LABELS, block, load_reviews, train_cfg
 

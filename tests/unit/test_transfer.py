@@ -10,7 +10,8 @@ import torch
 
 from tasks.config import ConfigError
 from tasks.inference import collate, encode
-from tasks.train import adversarial_embeddings, build_model, task_loss
+from tasks.kinds.text import build_classifier as build_model
+from tasks.train import adversarial_embeddings, task_loss
 from tasks.transfer import bottom, logits, make_plan, set_trainable, top
 from tests.minilm import BASE, LABELS, block, load_reviews, train_cfg
 

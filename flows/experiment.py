@@ -12,6 +12,7 @@ import json
 import platform
 from dataclasses import asdict
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -105,7 +106,7 @@ def experiment(
         "majority_class_accuracy": majority_accuracy(prepared.splits["train"], prepared.splits["test"], kind),
         "metric": kind.validation_metric,
         "base_model": f"{base.model_id} @ {base.revision}",
-        "machine": f"{platform.machine()}, {_cores()} cores",
+        "machine": _machine(),
         "date": date.today().isoformat(),
         "overrides": overrides or {},
     }
@@ -175,7 +176,16 @@ def _run_arms(
     return done
 
 
-def _cores() -> int:
+def _machine() -> str:
+    """The CPU the arms' seconds were measured on: its model and whether it has AVX-512, which changes
+    torch's CPU speed several-fold between hosts that all say "x86_64, 2 cores"."""
     import os
 
-    return os.cpu_count() or 1
+    cpu, avx512 = platform.machine(), False
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        lines = info.read_text(errors="replace").splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+        avx512 = any(line.startswith("flags") and "avx512f" in line.split() for line in lines)
+    return f"{cpu}, {os.cpu_count() or 1} cores{', AVX-512' if avx512 else ''}"

@@ -312,11 +312,20 @@ def _round(value: float | None) -> float | None:
 
 def load_results(paths: ProjectPaths, out: Path | None = None) -> tuple[dict[str, Any], list[ArmResult]]:
     """(context, arms) of docs/results/results.json (or `out`'s); ({}, []) before the first run."""
-    path = (out or paths.results_dir) / "results.json"
-    if not path.is_file():
-        return {}, []
-    data = json.loads(path.read_text())
+    data = _read(paths, out)
     return data.get("context", {}), [ArmResult.from_dict(a) for a in data.get("arms", [])]
+
+
+def _read(paths: ProjectPaths, out: Path | None) -> dict[str, Any]:
+    path = (out or paths.results_dir) / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def part_contexts(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each part's context (data, machine, date) in results.json: a part's arms keep the context of the
+    run that trained them when another run adds the other part (older files hold one context for all)."""
+    shared = data.get("context", {})
+    return {part: data.get("contexts", {}).get(part, shared) for part in ("learning-curve", "strategies")}
 
 
 def write_results(
@@ -325,23 +334,27 @@ def write_results(
     """Tables, plots, results.json and summary.json under docs/results/ (or `out`); returns the files
     written.
 
-    Running one part keeps the other part's latest arms, so the tables of both stay consistent.
+    Running one part keeps the other part's latest arms, so the tables of both stay consistent; each
+    part's page names the data, machine and date of the run that trained its arms.
     """
     out = out or paths.results_dir
     out.mkdir(parents=True, exist_ok=True)
     parts = {r.part for r in results}
-    results = [r for r in load_results(paths, out)[1] if r.part not in parts] + results
-    (out / "results.json").write_text(
-        json.dumps({"context": context, "arms": [r.to_dict() for r in results]}, indent=2) + "\n"
-    )
+    previous = _read(paths, out)
+    contexts = {**part_contexts(previous), **{part: context for part in parts}}
+    kept = [ArmResult.from_dict(a) for a in previous.get("arms", []) if a["part"] not in parts]
+    results = kept + results
+    record = {"context": context, "contexts": contexts, "arms": [r.to_dict() for r in results]}
+    (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps(summary(results, context), indent=2) + "\n")
     written = [out / "results.json", out / "summary.json"]
     if any(r.part == "learning-curve" for r in results):
-        (out / "learning_curve.md").write_text(curve_page(results, context))
-        plot_curve(results, context, out / "learning_curve.png")
+        (out / "learning_curve.md").write_text(curve_page(results, contexts["learning-curve"]))
+        plot_curve(results, contexts["learning-curve"], out / "learning_curve.png")
         written += [out / "learning_curve.md", out / "learning_curve.png"]
     if any(r.part == "strategies" for r in results):
-        (out / "strategies.md").write_text(f"# Strategies\n\n{_header(context)}\n{strategy_table(results)}\n")
+        header = _header(contexts["strategies"])
+        (out / "strategies.md").write_text(f"# Strategies\n\n{header}\n{strategy_table(results)}\n")
         plot_strategies(results, out / "strategies.png")
         written += [out / "strategies.md", out / "strategies.png"]
     return written

@@ -1,6 +1,7 @@
 """The evidence's summary and tables on constructed arm results: the best arm is the best of all arms, and an
 arm that does not clear the majority class is said to have learned nothing."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,34 @@ def test_the_default_scratch_grid_includes_the_pretrained_settings_and_goes_beyo
     params = load_config(Path(__file__).resolve().parents[2] / "params.yaml")
     assert len(SCRATCH_RATES) >= 3 and len(SCRATCH_LENGTHS) >= 2
     assert (SCRATCH_RATES[0], SCRATCH_LENGTHS[0]) == (params.train.learning_rate, 1)
+
+
+def test_a_part_run_alone_keeps_the_other_parts_arms_with_their_own_date_and_machine(tmp_path):
+    from tasks.experiment_report import part_contexts, write_results
+    from tasks.paths import ProjectPaths
+
+    def context(day: str, machine: str) -> dict:
+        base = {"data": "d", "base_model": "m", "metric": "accuracy", "overrides": {}}
+        return {**CONTEXT, **base, "machine": machine, "date": day}
+
+    paths, out = ProjectPaths.at(tmp_path), tmp_path / "results"
+    strategies = [arm(name, 0.8, part="strategies", rows=9564) for name in ("head", "full")]
+    write_results(paths, strategies, context("2026-11-25", "old CPU, 2 cores"), out)
+    curve = [arm(f"{init}@500", acc) for init, acc in (("pretrained", 0.73), ("scratch", 0.6))]
+    write_results(paths, [*curve, arm("classical@500", 0.66)], context("2026-12-04", "new CPU, 2 cores"), out)
+
+    assert "old CPU, 2 cores; 2026-11-25." in (out / "strategies.md").read_text()
+    assert "new CPU, 2 cores; 2026-12-04." in (out / "learning_curve.md").read_text()
+    data = json.loads((out / "results.json").read_text())
+    assert {a["name"] for a in data["arms"]} == {
+        "head",
+        "full",
+        "pretrained@500",
+        "scratch@500",
+        "classical@500",
+    }
+    assert part_contexts(data)["strategies"]["date"] == "2026-11-25"
+    assert part_contexts({"context": {"date": "one"}}) == {
+        "learning-curve": {"date": "one"},
+        "strategies": {"date": "one"},
+    }

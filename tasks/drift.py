@@ -49,7 +49,7 @@ from tasks.download import load_base_ref
 from tasks.drift_checks import STAT_NAMES, DriftCheck, ignored, num, psi, skipped
 from tasks.kinds import load_task, task_of
 from tasks.paths import ProjectPaths
-from tasks.prepare import LABEL, TEXT
+from tasks.prepare import LABEL
 from tasks.reports import ReportedStop
 from tasks.runtime import configure_environment, stage_logging
 
@@ -246,8 +246,11 @@ def label_check(
 
 
 # -- plot -----------------------------------------------------------------------------------------------
-def plot_drift(reference: pd.DataFrame, current: pd.DataFrame, labels: Sequence[str], path: Path) -> None:
-    """One PNG: label shares side by side (bars) and text-length histograms, reference vs current."""
+def plot_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, labels: Sequence[str], path: Path, kind: TaskKind
+) -> None:
+    """One PNG: label shares side by side (bars) and the task's own panel (text: length histograms),
+    reference vs current."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
@@ -265,20 +268,8 @@ def plot_drift(reference: pd.DataFrame, current: pd.DataFrame, labels: Sequence[
     left.set_ylabel("share of rows")
     left.set_title("label shares")
     left.legend()
-    if TEXT not in reference.columns:  # inputs without a length (images): the label panel only
+    if not kind.drift_panel(right, reference, current):
         right.set_visible(False)
-        _save(fig, path)
-        return
-    a, b = (frame[TEXT].dropna().astype(str).str.len().to_numpy() for frame in (reference, current))
-    both = np.concatenate([a, b]) if len(a) + len(b) else np.zeros(1)
-    top = max(1.0, float(np.percentile(both, 99)))  # a few very long texts would squash the histogram
-    bins = np.linspace(0, top, 40)
-    for name, values in (("reference", a), ("current", b)):
-        if len(values):
-            right.hist(np.minimum(values, top), bins=bins, density=True, alpha=0.5, label=name)
-    right.set_xlabel("characters (longest 1% in the last bin)")
-    right.set_title("text length")
-    right.legend()
     _save(fig, path)
 
 
@@ -343,7 +334,7 @@ def run_drift(
     text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
     (out / "report.json").write_text(text, encoding="utf-8")
     (out / "summary.md").write_text(report.summary_markdown(), encoding="utf-8")
-    plot_drift(reference, current, cfg.data.labels, out / "drift.png")
+    plot_drift(reference, current, cfg.data.labels, out / "drift.png", kind)
     if report.blocked:
         raise DriftBlocked(report, paths.display(out))
     return report

@@ -267,3 +267,8 @@ class TaskKind(Protocol):
     def embed(self, items: list[Any], model_dir: Path) -> np.ndarray:
         """(N, D) L2-normalised pooled features of the pretrained model: the embedding-drift sample."""
         ...
+
+    def drift_panel(self, axes: Any, reference: pd.DataFrame, current: pd.DataFrame) -> bool:
+        """Draw the task's own panel of the drift plot beside the label shares, reference vs current (text:
+        text lengths); False when it has none."""
+        ...

@@ -350,6 +350,10 @@ class ImageClassification:
                 out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
         return torch.cat(out).numpy() if out else torch.empty((0, 0)).numpy()
 
+    def drift_panel(self, axes: Any, reference: pd.DataFrame, current: pd.DataFrame) -> bool:
+        """None: image drift is in the embeddings (the MMD check), which one histogram would not show."""
+        return False
+
     def drift_checks(
         self, reference: pd.DataFrame, current: pd.DataFrame, snapshots: tuple[Path, Path], cfg: DriftConfig,
         encoder_dir: Path | None,

@@ -344,3 +344,9 @@ class TextClassification:
         from tasks.kinds.text_drift import embed
 
         return embed(items, model_dir)
+
+    def drift_panel(self, axes: Any, reference: pd.DataFrame, current: pd.DataFrame) -> bool:
+        from tasks.kinds.text_drift import length_panel
+
+        length_panel(axes, reference, current)
+        return True

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -192,3 +192,17 @@ def embedding_check(
         f"{len(a):,} reference vs {len(b):,} current texts embedded; RBF bandwidth {bandwidth:.3f},"
         f" mean-embedding distance {mean_gap:.3f}, {cfg.permutations} permutations",
     )
+
+
+def length_panel(axes: Any, reference: pd.DataFrame, current: pd.DataFrame) -> None:
+    """Text-length histograms, reference vs current, on one matplotlib axes of the drift plot."""
+    a, b = (frame[TEXT].dropna().astype(str).str.len().to_numpy() for frame in (reference, current))
+    both = np.concatenate([a, b]) if len(a) + len(b) else np.zeros(1)
+    top = max(1.0, float(np.percentile(both, 99)))  # a few very long texts would squash the histogram
+    bins = np.linspace(0, top, 40)
+    for name, values in (("reference", a), ("current", b)):
+        if len(values):
+            axes.hist(np.minimum(values, top), bins=bins, density=True, alpha=0.5, label=name)
+    axes.set_xlabel("characters (longest 1% in the last bin)")
+    axes.set_title("text length")
+    axes.legend()

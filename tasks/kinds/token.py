@@ -299,3 +299,7 @@ class TokenClassification:
     def embed(self, items: list[Any], model_dir: Path) -> Any:
         """Sentence embeddings of each sentence's words joined by spaces."""
         return self._text.embed([" ".join(map(str, words)) for words in items], model_dir)
+
+    def drift_panel(self, axes: Any, reference: pd.DataFrame, current: pd.DataFrame) -> bool:
+        """Sentence lengths in characters, as for text (the snapshot's `text`)."""
+        return self._text.drift_panel(axes, reference, current)

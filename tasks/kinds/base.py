@@ -64,6 +64,26 @@ def class_names(config: Any) -> list[str]:
     return [config.id2label[i] for i in range(len(config.id2label))]
 
 
+def with_new_head(auto_class: str, base: Path, names: list[str], pretrained: bool = True) -> PreTrainedModel:
+    """`base`'s encoder under a freshly initialised head over `names` (the transformers Auto class
+    `auto_class`; id2label and label2id saved in its config). pretrained=False gives the same architecture
+    with every weight randomly initialised: the baseline that shows what the pretrained weights are worth."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "classifier MISSING" load report is expected: it is the new head
+    hf_logging.disable_progress_bar()
+    auto = getattr(transformers, auto_class)
+    label_maps = {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+    }
+    if not pretrained:
+        return auto.from_config(transformers.AutoConfig.from_pretrained(base, **label_maps))
+    return auto.from_pretrained(base, **label_maps, use_safetensors=True)
+
+
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """The share of examples whose highest logit is their class: a classifier's validation score."""
     return float((logits.argmax(-1) == targets).float().mean())

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tasks.kinds.base import Blocks, accuracy
+from tasks.kinds.base import Blocks, accuracy, with_new_head
 from tasks.kinds.sequences import collate, encode, length_grouped_batches
 from tasks.kinds.text_requests import parse_predict_body
 
@@ -90,24 +90,9 @@ class TextInputs:
 
 
 def build_classifier(base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
-    """The pretrained encoder with a freshly initialised head for `labels` (label2id saved in its config).
-
-    pretrained=False gives the same architecture with every weight randomly initialised: the baseline
-    that shows what the pretrained weights are worth.
-    """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # the "classifier MISSING" load report is expected: it is the new head
-    hf_logging.disable_progress_bar()
-    label_maps = {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
-    }
-    if not pretrained:
-        return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(base, **label_maps))
-    return AutoModelForSequenceClassification.from_pretrained(base, **label_maps, use_safetensors=True)
+    """The pretrained encoder with a freshly initialised sequence-classification head for `labels`;
+    pretrained=False: the same architecture, randomly initialised."""
+    return with_new_head("AutoModelForSequenceClassification", base, labels, pretrained)
 
 
 class TextClassification:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from tasks.kinds.base import IGNORE_INDEX
+from tasks.kinds.base import IGNORE_INDEX, with_new_head
 from tasks.kinds.sequences import collate, length_grouped_batches
 from tasks.kinds.text import TextClassification, TextProcessor
 from tasks.kinds.token_align import TokenInputs, first_subtoken_targets, padded_targets, tokenize_words
@@ -102,20 +102,7 @@ class TokenClassification:
     def build_model(self, base: Path, labels: list[str], pretrained: bool = True) -> PreTrainedModel:
         """The pretrained encoder of `base` with a fresh per-token head over the IOB2 tags of the entity
         types `labels`; pretrained=False: the same architecture, randomly initialised."""
-        from transformers import AutoConfig, AutoModelForTokenClassification
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # the "classifier MISSING" load report is expected: the new head
-        hf_logging.disable_progress_bar()
-        tags = tag_names(labels)
-        label_maps = {
-            "num_labels": len(tags),
-            "id2label": dict(enumerate(tags)),
-            "label2id": {tag: i for i, tag in enumerate(tags)},
-        }
-        if not pretrained:
-            return AutoModelForTokenClassification.from_config(AutoConfig.from_pretrained(base, **label_maps))
-        return AutoModelForTokenClassification.from_pretrained(base, **label_maps, use_safetensors=True)
+        return with_new_head("AutoModelForTokenClassification", base, tag_names(labels), pretrained)
 
     def load_model(self, model_dir: Path) -> PreTrainedModel:
         from transformers import AutoModelForTokenClassification

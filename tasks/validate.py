@@ -441,6 +441,68 @@ def _length_quantiles(new_lengths: pd.Series, ref_lengths: pd.Series, tol: float
     return pd.DataFrame(rows, columns=["quantile", "length", "reference_length", "low", "high", "change"])
 
 
+def require_reference(reference: pd.DataFrame, columns: tuple[str, ...], trained_for: str) -> None:
+    """Refuse a reference (the champion's training split) without rows or without the task's columns;
+    `trained_for` completes "was the champion trained for ...?" in the message."""
+    missing = [c for c in columns if c not in reference.columns]
+    if missing:
+        raise ValueError(
+            f"the reference (the champion's training split) needs the columns {', '.join(columns)}; missing"
+            f" {', '.join(missing)} (its columns: {', '.join(map(str, reference.columns)) or 'none'}): was"
+            f" the champion trained for {trained_for}?"
+        )
+    if reference.empty:
+        raise ValueError("the reference (the champion's training split) has no rows")
+
+
+@dataclass(frozen=True)
+class LengthWords:
+    """How a task's length-quantile check against the champion's data speaks."""
+
+    what: str  # "text-length", "sentence-length"
+    unit: str  # "chars", "tokens"
+    key: str  # the params.yaml key of its tolerance
+    table: str  # the name of its reference table
+
+
+def length_quantile_check(table: pd.DataFrame, tol: float, words: LengthWords) -> _Check:
+    """Each length quantile of the new data (a _length_quantiles table) within ±tol of the champion's."""
+    import great_expectations.expectations as gxe
+
+    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
+        if success:
+            shown = ", ".join(f"{r.quantile} {r.length:g}" for r in table.itertuples(index=False))
+            detail = (
+                f"{words.what} quantiles ({shown} {words.unit}) are within ±{tol:.0%} of the champion's data"
+            )
+            return 0, [], detail
+        bad = [
+            f"{r.quantile} = {r.length:g} {words.unit} (expected {r.low:g}–{r.high:g}, champion's data"
+            f" {r.reference_length:g})"
+            for r in table.itertuples(index=False)
+            if not abs(r.change) <= tol + _RATE_EPSILON
+        ]
+        detail = (
+            f"{_n(len(bad), f'{words.what} quantile')} of the new data {'is' if len(bad) == 1 else 'are'}"
+            f" outside ±{tol:.0%} of the champion's training data ({words.key}): {'; '.join(bad)}"
+        )
+        return len(bad), bad[:MAX_EXAMPLES], detail
+
+    # A derived frame rather than ExpectColumnQuantileValuesToBeBetween: GX 1.24 crashes serialising that
+    # expectation's result (a numpy bool in success_details) when a quantile lands exactly on a bound.
+    expectation = gxe.ExpectColumnValuesToBeBetween(
+        column="change",
+        min_value=-tol - _RATE_EPSILON,
+        max_value=tol + _RATE_EPSILON,
+        description=(
+            f"{words.what.capitalize()} quantiles {', '.join(table['quantile'])} of the new data (all splits,"
+            f" nearest rank) are each within ±{tol:g} (relative change) of the champion's training split's"
+            f" ({', '.join(f'{v:g}' for v in table['reference_length'])} {words.unit})."
+        ),
+    )
+    return _Check(words.table, "change", expectation, explain)
+
+
 # -- formatting helpers ---------------------------------------------------------------------------------
 def _short(value: str) -> str:
     value = " ".join(value.split()) if value.strip() else value

@@ -426,14 +426,7 @@ def _reference_checks(
     cfg: ValidateConfig,
     image_cfg: ImageConfig,
 ) -> tuple[dict[str, pd.DataFrame], list[_Check]]:
-    missing = [c for c in REFERENCE_COLUMNS if c not in reference.columns]
-    if missing:
-        raise ValueError(
-            f"the reference (the champion's training split) needs the columns {', '.join(REFERENCE_COLUMNS)};"
-            f" missing {', '.join(missing)}: was the champion trained on images?"
-        )
-    if reference.empty:
-        raise ValueError("the reference (the champion's training split) has no rows")
+    suite.require_reference(reference, REFERENCE_COLUMNS, "image classification")
     usable = images[images["error"].isna()]
     ref = reference[reference["error"].isna()] if "error" in reference.columns else reference
     shares = suite._label_shares(train, reference, labels, cfg.reference_label_tolerance)

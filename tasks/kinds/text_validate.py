@@ -47,6 +47,7 @@ from tasks.validate import (
     REQUIRED_COLUMNS,
     TEXT,
     ExpectationOutcome,
+    LengthWords,
     ValidationReport,
     _Check,
     _class_count_check,
@@ -60,13 +61,18 @@ from tasks.validate import (
     _length_quantiles,
     _n,
     _quote,
+    length_quantile_check,
     logger,
+    require_reference,
     run_checks,
     shared_hint,
 )
 
 OVERLAP_PAIRS = (("train", "test"), ("validation", "test"))
 _TOKEN = re.compile(r"\w+")
+LENGTH_WORDS = LengthWords(
+    "text-length", "chars", "validate.reference_length_tolerance", "reference_text_lengths"
+)
 
 # What to change when a text check fails, by the check's table (the reference checks and the overlaps) or
 # its GX expectation; the checks every task shares fall through to validate.shared_hint.
@@ -294,14 +300,7 @@ def _reference_checks(
     frames: dict[str, pd.DataFrame], reference: pd.DataFrame, labels: list[str], cfg: ValidateConfig
 ) -> tuple[dict[str, pd.DataFrame], list[_Check]]:
     """The reference_* tables and their checks (see the module docstring)."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in reference.columns]
-    if missing:
-        raise ValueError(
-            f"the reference (the champion's training split) needs the columns {', '.join(REQUIRED_COLUMNS)};"
-            f" missing {', '.join(missing)} (its columns: {', '.join(map(str, reference.columns)) or 'none'})"
-        )
-    if reference.empty:
-        raise ValueError("the reference (the champion's training split) has no rows")
+    require_reference(reference, REQUIRED_COLUMNS, "text classification")
     texts = [f[TEXT].dropna().astype(str) for f in frames.values() if TEXT in f.columns]
     new_texts = pd.concat(texts, ignore_index=True) if texts else pd.Series([], dtype="object")
     ref_texts = reference[TEXT].dropna().astype(str)
@@ -319,46 +318,10 @@ def _reference_checks(
     }
     checks = [
         _label_share_check(shares, cfg.reference_label_tolerance),
-        _length_quantile_check(lengths, cfg.reference_length_tolerance),
+        length_quantile_check(lengths, cfg.reference_length_tolerance, LENGTH_WORDS),
         _vocabulary_check(seen, len(vocabulary), cfg.reference_min_vocab_coverage),
     ]
     return tables, checks
-
-
-def _length_quantile_check(table: pd.DataFrame, tol: float) -> _Check:
-    import great_expectations.expectations as gxe
-
-    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
-        if success:
-            shown = ", ".join(f"{r.quantile} {r.length:g}" for r in table.itertuples(index=False))
-            detail = f"text-length quantiles ({shown} chars) are within ±{tol:.0%} of the champion's data"
-            return 0, [], detail
-        bad = [
-            f"{r.quantile} = {r.length:g} chars (expected {r.low:g}–{r.high:g}, champion's data"
-            f" {r.reference_length:g})"
-            for r in table.itertuples(index=False)
-            if not abs(r.change) <= tol + _RATE_EPSILON
-        ]
-        detail = (
-            f"{_n(len(bad), 'text-length quantile')} of the new data {'is' if len(bad) == 1 else 'are'}"
-            f" outside ±{tol:.0%} of the champion's training data (validate.reference_length_tolerance):"
-            f" {'; '.join(bad)}"
-        )
-        return len(bad), bad[:MAX_EXAMPLES], detail
-
-    # A derived frame rather than ExpectColumnQuantileValuesToBeBetween: GX 1.24 crashes serialising that
-    # expectation's result (a numpy bool in success_details) when a quantile lands exactly on a bound.
-    expectation = gxe.ExpectColumnValuesToBeBetween(
-        column="change",
-        min_value=-tol - _RATE_EPSILON,
-        max_value=tol + _RATE_EPSILON,
-        description=(
-            f"Text-length quantiles {', '.join(table['quantile'])} of the new data (all splits, nearest rank)"
-            f" are each within ±{tol:g} (relative change) of the champion's training split's"
-            f" ({', '.join(f'{v:g}' for v in table['reference_length'])} chars)."
-        ),
-    )
-    return _Check("reference_text_lengths", "change", expectation, explain)
 
 
 def _vocabulary_check(seen: pd.DataFrame, vocabulary_size: int, minimum: float) -> _Check:

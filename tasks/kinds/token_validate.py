@@ -43,6 +43,9 @@ log = logging.getLogger("transferline.token_validate")
 REQUIRED_COLUMNS = (SENTENCE, TOKENS, TAGS)
 _EPS = suite._RATE_EPSILON
 _Check = suite._Check
+LENGTH_WORDS = suite.LengthWords(
+    "sentence-length", "tokens", "ner.reference_length_tolerance", "reference_sentence_lengths"
+)
 
 
 class TokenValidationReport(suite.ValidationReport):
@@ -317,14 +320,7 @@ def _per_token(frame: pd.DataFrame) -> pd.DataFrame:
 def _reference_checks(
     sentences: pd.DataFrame, reference: pd.DataFrame, types: list[str], cfg: ValidateConfig, ner: NerConfig
 ) -> tuple[dict[str, pd.DataFrame], list[_Check]]:
-    missing = [c for c in (TOKENS, TAGS) if c not in reference.columns]
-    if missing:
-        raise ValueError(
-            f"the reference (the champion's training split) needs the columns {TOKENS}, {TAGS}; missing"
-            f" {', '.join(missing)}: was the champion trained for token classification?"
-        )
-    if reference.empty:
-        raise ValueError("the reference (the champion's training split) has no rows")
+    suite.require_reference(reference, (TOKENS, TAGS), "token classification")
     train = sentences[sentences["split"] == "train"]
     shares = suite._label_shares(
         pd.DataFrame({"label": [t for tags in train["tags_list"] for t in tags]}, dtype="string"),
@@ -340,37 +336,6 @@ def _reference_checks(
     tables = {"reference_label_shares": shares, "reference_sentence_lengths": lengths}
     checks = [
         suite._label_share_check(shares, cfg.reference_label_tolerance),
-        _length_check(lengths, ner.reference_length_tolerance),
+        suite.length_quantile_check(lengths, ner.reference_length_tolerance, LENGTH_WORDS),
     ]
     return tables, checks
-
-
-def _length_check(table: pd.DataFrame, tol: float) -> _Check:
-    import great_expectations.expectations as gxe
-
-    def explain(result: dict[str, Any], success: bool) -> tuple[int | None, list[str], str]:
-        if success:
-            shown = ", ".join(f"{r.quantile} {r.length:g}" for r in table.itertuples(index=False))
-            detail = (
-                f"sentence-length quantiles ({shown} tokens) are within ±{tol:.0%} of the champion's data"
-            )
-            return 0, [], detail
-        bad = [
-            f"{r.quantile} = {r.length:g} tokens (expected {r.low:g}–{r.high:g}, champion's data"
-            f" {r.reference_length:g})"
-            for r in table.itertuples(index=False)
-            if not abs(r.change) <= tol + _EPS
-        ]
-        detail = (
-            f"{suite._n(len(bad), 'sentence-length quantile')} outside ±{tol:.0%} of the champion's training"
-            f" data (ner.reference_length_tolerance): {'; '.join(bad)}"
-        )
-        return len(bad), bad[: suite.MAX_EXAMPLES], detail
-
-    expectation = gxe.ExpectColumnValuesToBeBetween(
-        column="change",
-        min_value=-tol - _EPS,
-        max_value=tol + _EPS,
-        description=f"Sentence-length quantiles are each within ±{tol:g} (relative) of the champion's data.",
-    )
-    return _Check("reference_sentence_lengths", "change", expectation, explain)

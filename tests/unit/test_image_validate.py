@@ -112,7 +112,7 @@ def test_against_the_champions_data(tmp_path):
 
 def test_a_text_champion_is_not_a_reference(tmp_path):
     frames, root = snapshot(tmp_path)
-    with pytest.raises(ValueError, match="trained on images"):
+    with pytest.raises(ValueError, match="trained for image classification"):
         validate_images(
             frames,
             root,

@@ -106,12 +106,13 @@ def prepare_splits(
     raw: pd.DataFrame, cfg: DataConfig, keep_labels: tuple[str, ...] | None = None
 ) -> tuple[dict[str, pd.DataFrame], int]:
     """Normalise -> deduplicate -> subsample -> split. Returns (splits, duplicate rows dropped)."""
-    frame = normalise(raw, cfg, keep_labels)
+    frame = _keyed(normalise(raw, cfg, keep_labels))  # the key once, for all three steps
     dropped = 0
     if cfg.drop_duplicates:
-        frame, dropped = drop_duplicate_texts(frame)
-    frame = subsample_texts(frame, cfg.max_rows, cfg.seed)
-    return split_texts(frame, cfg.val_size, cfg.test_size, cfg.seed), dropped
+        frame, dropped = splitting.drop_duplicates(frame, KEY)
+    frame = splitting.subsample(frame, KEY, cfg.max_rows, cfg.seed)
+    splits = splitting.split(frame, KEY, cfg.val_size, cfg.test_size, cfg.seed)
+    return {name: part[[TEXT, LABEL]] for name, part in splits.items()}, dropped
 
 
 def read_text_source(cfg: DataConfig, root: Path) -> TextSource:

@@ -1,7 +1,7 @@
 """A pytest plugin that writes each test's wall time and CPU time (its own process, and the children it
 waited for) to one TSV file per worker: where the suite's CPU goes, on a machine where CPU is the limit.
 
-    CPU_PROFILE_DIR=/tmp/suite-cpu .venv/bin/pytest -n 2 -p tests.cpu_profile
+    CPU_PROFILE_DIR=/tmp/suite-cpu .venv/bin/python -m pytest -n 2 -p tests.cpu_profile
     sort -t$'\t' -k3 -n -r /tmp/suite-cpu/*.tsv | head     # by own CPU; -k4: by children's CPU
 
 Session and module fixtures count toward the first test that uses them; a server is counted when it is

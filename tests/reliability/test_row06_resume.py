@@ -45,7 +45,9 @@ def sha256(path: Path) -> str:
 def prepared(tmp_path_factory) -> Path:
     """A tiny project with its data prepared and the base model in place (the stages before train)."""
     project = make_project(tmp_path_factory.mktemp("resume"))
-    set_params(project, {"train.checkpoint_every_steps": EVERY})
+    # The tiny configuration's rows and epochs (the step counts below), in shorter sequences: each test
+    # trains two or three times, and what is checked is the loop, not the model.
+    set_params(project, {"train.checkpoint_every_steps": EVERY, "train.max_length": 32})
     stage(project, "prepare")
     stage(project, "download")
     return project

@@ -67,10 +67,10 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
     import pandas as pd
     import torch
 
-    from tasks import transfer
     from tasks.config import load_config
     from tasks.download import load_base_ref
     from tasks.inference import encode, padding_id, predict_logits
+    from tasks.kinds import text_forward
     from tasks.paths import ProjectPaths
     from tasks.prepare import read_split
     from tasks.train import fine_tune
@@ -95,7 +95,7 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
         # fine_tune's task_loss calls F.cross_entropy; this process trains only this arm.
         F.cross_entropy = functools.partial(F.cross_entropy, label_smoothing=0.1)
     elif arm == "mean-pooling":
-        transfer.top = _mean_pooled_top
+        text_forward.top = _mean_pooled_top  # what the text task scores and trains through
     elif arm == "train+validation":
         train = pd.concat([train, val], ignore_index=True)
     elif arm == "batch16":
@@ -125,11 +125,11 @@ def run_arm(arm: str, workdir: Path, epochs: int, seed: int | None = None) -> di
 
 
 def _mean_pooled_top(model: Any, hidden: Any, attention_mask: Any, depth: int) -> Any:
-    """`transfer.top` with the head on the token mean of the last layer (every position computed)."""
-    from tasks import transfer
+    """`text_forward.top` with the head on the token mean of the last layer (every position computed)."""
+    from tasks.kinds import text_forward
 
-    base = transfer.backbone(model)
-    mask = transfer._mask(base, hidden, attention_mask)
+    base = text_forward.encoder(model)
+    mask = text_forward.attention_mask_for(base, hidden, attention_mask)
     for layer in base.encoder.layer[depth:]:
         hidden = layer(hidden, mask)
     weights = attention_mask.unsqueeze(-1).to(hidden.dtype)

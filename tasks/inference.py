@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import transfer
 from tasks.config import ConfigError
-from tasks.kinds import recorded, task_of_model
+from tasks.kinds import recorded, task_of_model, text_forward
 from tasks.kinds.base import class_names
 
 # the text batching helpers, imported from here by training and its tests
@@ -116,7 +115,7 @@ def predict_logits(
     with torch.inference_mode(), autocast(device, precision):
         for idx in by_length([len(s) for s in encoded], batch_size):
             ids, mask = collate([encoded[i] for i in idx], pad_id)
-            out[idx] = transfer.logits(model, ids.to(device), mask.to(device)).float().cpu()
+            out[idx] = text_forward.logits(model, ids.to(device), mask.to(device)).float().cpu()
     return out
 
 

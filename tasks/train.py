@@ -339,7 +339,9 @@ def _set_up(
     # Under torchrun each of `world` processes takes every world-th batch: the same number of steps each.
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size) // world or 1
 
-    plan = transfer.make_plan(cfg, model, steps_per_epoch, augmented=augmentation is not None)
+    plan = transfer.make_plan(
+        cfg, model, steps_per_epoch, augmented=augmentation is not None, cacheable=kind.cacheable(model)
+    )
     if cfg.strategy == "lora":
         model = kind.apply_lora(model, cfg)
     transfer.set_trainable(model, plan, 0)

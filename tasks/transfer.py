@@ -8,7 +8,8 @@
 - ``lora``: the pretrained weights are fixed; low-rank adapters on ``lora_target_modules`` and the head learn.
 
 Fixed layers run in eval mode (no dropout), so their output for a given example never changes: with
-``cache_frozen`` the trainer computes it once (``bottom``) and trains the rest from the cache (``top``).
+``cache_frozen`` the trainer computes it once (the task's ``bottom``) and trains the rest from the cache
+(``top``); the text encoder's split is tasks/kinds/text_forward.py.
 """
 
 from __future__ import annotations
@@ -20,14 +21,9 @@ from typing import TYPE_CHECKING, Any
 from tasks.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel
 
 log = logging.getLogger("transferline.transfer")
-
-# Architectures whose forward pass `bottom`/`top` reproduce (embeddings -> layer list -> pooler -> head);
-# the others get no activation cache and are trained and scored through their own forward pass.
-CACHEABLE_MODEL_TYPES = ("bert",)
 
 
 def backbone(model: PreTrainedModel) -> Any:
@@ -75,10 +71,15 @@ class Plan:
 
 
 def make_plan(
-    cfg: TrainConfig, model: PreTrainedModel, steps_per_epoch: int, augmented: bool = False
+    cfg: TrainConfig,
+    model: PreTrainedModel,
+    steps_per_epoch: int,
+    augmented: bool = False,
+    cacheable: bool = False,
 ) -> Plan:
     """What adapts when; `augmented`: training inputs change every epoch (random crops), so fixed layers
-    must see each epoch's inputs and nothing is cached."""
+    must see each epoch's inputs and nothing is cached; `cacheable`: the task can split this model's
+    forward pass at a layer (``kind.cacheable``), so fixed layers may be computed once."""
     stem, layers = encoder_layers(model)
     n = len(layers)
     strategy = cfg.strategy
@@ -106,7 +107,6 @@ def make_plan(
         )
     frozen = {"head": n, "freeze": cfg.freeze_layers, "full": 0, "gradual": n, "lora": n}[strategy]
     cache_depth = None
-    cacheable = model.config.model_type in (*CACHEABLE_MODEL_TYPES, *_image_cacheable())
     wanted = cfg.cache_frozen and strategy in ("head", "freeze") and frozen > 0
     if wanted and embeddings_frozen and cacheable and not augmented:
         cache_depth = frozen
@@ -116,12 +116,6 @@ def make_plan(
         log.info("no activation cache: %s is not a cacheable architecture", model.config.model_type)
     every = cfg.unfreeze_every_steps or steps_per_epoch
     return Plan(strategy, n, embeddings_frozen, frozen, max(1, every), cache_depth)
-
-
-def _image_cacheable() -> tuple[str, ...]:
-    from tasks.kinds import image_blocks
-
-    return image_blocks.CACHEABLE
 
 
 def apply_lora(model: PreTrainedModel, cfg: TrainConfig) -> PreTrainedModel:
@@ -242,79 +236,3 @@ def _layer_names(model: PreTrainedModel) -> dict[str, str]:
     ids = {id(p): "embeddings" for p in stem.parameters()}
     ids.update({id(p): f"layer{i}" for i, layer in enumerate(layers) for p in layer.parameters()})
     return {n: ids[id(p)] for n, p in model.named_parameters() if id(p) in ids}
-
-
-# -- the cache of frozen activations -------------------------------------------------------------------
-
-
-def _mask(base: Any, hidden: torch.Tensor, attention_mask: torch.Tensor) -> Any:
-    from transformers.masking_utils import create_bidirectional_mask
-
-    return create_bidirectional_mask(config=base.config, inputs_embeds=hidden, attention_mask=attention_mask)
-
-
-def bottom(
-    model: PreTrainedModel, ids: torch.Tensor, attention_mask: torch.Tensor, depth: int
-) -> torch.Tensor:
-    """Hidden states after the embeddings and the lowest `depth` layers: (B, T, H)."""
-    base = backbone(model)
-    hidden = base.embeddings(input_ids=ids)
-    mask = _mask(base, hidden, attention_mask)
-    for layer in base.encoder.layer[:depth]:
-        hidden = layer(hidden, mask)
-    return hidden
-
-
-def top(
-    model: PreTrainedModel, hidden: torch.Tensor, attention_mask: torch.Tensor, depth: int
-) -> torch.Tensor:
-    """Logits from hidden states after layer `depth`: the rest of the model's own forward pass, its last
-    layer evaluated at the first position only (`_first_position`)."""
-    base = backbone(model)
-    mask = _mask(base, hidden, attention_mask)
-    layers = base.encoder.layer[depth:]
-    for layer in layers[:-1]:
-        hidden = layer(hidden, mask)
-    if len(layers):
-        hidden = _first_position(layers[-1], hidden, mask)
-    pooled = base.pooler(hidden) if base.pooler is not None else hidden[:, 0]
-    return model.classifier(model.dropout(pooled))
-
-
-def logits(model: PreTrainedModel, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The model's logits (B, C): the one forward pass of training, evaluation and serving."""
-    if model.config.model_type not in CACHEABLE_MODEL_TYPES:
-        return model(input_ids=ids, attention_mask=attention_mask).logits
-    return top(model, backbone(model).embeddings(input_ids=ids), attention_mask, 0)
-
-
-def _first_position(layer: Any, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
-    """`layer(hidden, mask)[:, :1]`, without computing the other positions.
-
-    The head reads only the first ([CLS]) position of the last layer, and that position depends on the others
-    only through their keys and values: the queries, attention output and feed-forward of the other T-1
-    positions are work nobody reads (in the last layer: queries, attention output and feed-forward are 10 of
-    its 12 d x d matmul units per position, the keys and values the other 2). Same modules, same dropout;
-    logits equal to float tolerance (tests/unit/test_transfer.py)."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.bert.modeling_bert import eager_attention_forward
-
-    attn = layer.attention.self
-    batch = hidden.shape[0]
-    first = hidden[:, :1]
-
-    def heads(x: torch.Tensor) -> torch.Tensor:
-        return x.view(batch, x.shape[1], -1, attn.attention_head_size).transpose(1, 2)
-
-    attend = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager_attention_forward)
-    context, _ = attend(
-        attn,
-        heads(attn.query(first)),
-        heads(attn.key(hidden)),
-        heads(attn.value(hidden)),
-        None if mask is None else mask[:, :, :1],
-        dropout=attn.dropout.p if attn.training else 0.0,
-        scaling=attn.scaling,
-    )
-    out = layer.attention.output(context.reshape(batch, 1, -1), first)
-    return layer.output(layer.intermediate(out), out)

@@ -2,9 +2,10 @@
 
 Its parts live beside it: reading and splitting a source (text_sources.py), the GX suite
 (text_validate.py), drift checks (text_drift.py), the request body (text_requests.py), token ids and their
-batches (sequences.py, shared with the token task). The rest of the text code still lives where the
-pipeline grew it (the BERT forward split in tasks/transfer.py, the scoring table in tasks/scoring.py); this
-module is the one place the stages reach it through, so they never ask which task they run.
+batches (sequences.py, shared with the token task), the encoder's forward pass split at a layer
+(text_forward.py, shared too). The rest of the text code still lives where the pipeline grew it (the
+scoring table in tasks/scoring.py); this module is the one place the stages reach it through, so they
+never ask which task they run.
 docs/design/tasks.md lists what moves here next. Imports of the stage modules are made inside the methods:
 those modules import the task table themselves.
 """
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tasks.kinds import text_forward
 from tasks.kinds.base import Blocks, accuracy, with_new_head
 from tasks.kinds.sequences import collate, encode, length_grouped_batches
 from tasks.kinds.text_requests import parse_predict_body
@@ -224,22 +226,16 @@ class TextClassification:
         return Blocks(embeddings, list(layers))
 
     def cacheable(self, model: PreTrainedModel) -> bool:
-        CACHEABLE_MODEL_TYPES = _module("transfer").CACHEABLE_MODEL_TYPES
-
-        return model.config.model_type in CACHEABLE_MODEL_TYPES
+        return model.config.model_type in text_forward.CACHEABLE_MODEL_TYPES
 
     def bottom(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor], depth: int) -> Any:
         """(hidden (B, T, H), attention mask (B, T)) after the embeddings and the lowest `depth` layers."""
-        transfer = _module("transfer")
-
         mask = inputs["attention_mask"]
-        return transfer.bottom(model, inputs["input_ids"], mask, depth), mask
+        return text_forward.bottom(model, inputs["input_ids"], mask, depth), mask
 
     def top(self, model: PreTrainedModel, hidden: Any, depth: int) -> torch.Tensor:
-        transfer = _module("transfer")
-
         states, mask = hidden
-        return transfer.top(model, states, mask, depth)
+        return text_forward.top(model, states, mask, depth)
 
     def split_hidden(self, hidden: Any) -> list[torch.Tensor]:
         """Per example, its unpadded hidden states (T_i, H), float32 on the CPU."""
@@ -262,9 +258,7 @@ class TextClassification:
         return states.to(device), mask.to(device)
 
     def logits(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        transfer = _module("transfer")
-
-        return transfer.logits(model, inputs["input_ids"], inputs["attention_mask"])
+        return text_forward.logits(model, inputs["input_ids"], inputs["attention_mask"])
 
     def validation_score(self, logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> float:
         return accuracy(logits, targets)

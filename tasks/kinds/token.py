@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from tasks.kinds import text_forward
 from tasks.kinds.base import IGNORE_INDEX, with_new_head
 from tasks.kinds.sequences import collate, length_grouped_batches
 from tasks.kinds.text import TextClassification, TextProcessor
@@ -177,11 +178,9 @@ class TokenClassification:
     def top(self, model: PreTrainedModel, hidden: Any, depth: int) -> torch.Tensor:
         """Logits (B, T, C): the layers above `depth`, then the model's dropout and classifier on every
         position (BertForTokenClassification's head)."""
-        transfer = importlib.import_module("tasks.transfer")
-
         states, attention_mask = hidden
-        base = transfer.backbone(model)
-        mask = transfer._mask(base, states, attention_mask)
+        base = text_forward.encoder(model)
+        mask = text_forward.attention_mask_for(base, states, attention_mask)
         for layer in base.encoder.layer[depth:]:
             states = layer(states, mask)
         return model.classifier(model.dropout(states))

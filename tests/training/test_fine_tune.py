@@ -13,8 +13,8 @@ import torch
 from tasks.config import ConfigError
 from tasks.inference import collate, encode
 from tasks.kinds.text import build_classifier as build_model
+from tasks.kinds.text_forward import logits
 from tasks.train import fine_tune, save_model
-from tasks.transfer import logits
 from tests.minilm import BASE, LABELS, block, load_reviews, train_cfg
 
 
@@ -92,7 +92,7 @@ def test_lora_trains_adapters_and_head_and_saves_both(reviews, pretrained, tmp_p
     model.eval()
     with torch.inference_mode():
         expected = model(input_ids=ids, attention_mask=mask).logits
-        # training and scoring go through transfer.logits: the LoRA-wrapped layers take the same shortcut
+        # training and scoring go through text_forward.logits: the LoRA-wrapped layers take the same shortcut
         torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=0)
     save_model(model, tokenizer, tmp_path / "m", {"labels": LABELS})
     assert (tmp_path / "m" / "adapter" / "adapter_model.safetensors").is_file()

@@ -144,7 +144,8 @@ def test_editing_a_module_no_stage_imports_changes_no_stage_code(tmp_path: Path)
         fh.write("# an edit to a module training imports\n")
     after = hashes()
     changed = {n for n in names if after[n] != before[n]}
-    assert changed == {"train", "evaluate", "gate", None}  # those that import transfer.py
+    # The strategies are training's alone: evaluation and the gate score through the task's forward pass.
+    assert changed == {"train", None}
 
 
 def test_evaluation_round_trips_through_its_file(tmp_path: Path):

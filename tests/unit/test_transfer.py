@@ -11,8 +11,9 @@ import torch
 from tasks.config import ConfigError
 from tasks.inference import collate, encode
 from tasks.kinds.text import build_classifier as build_model
+from tasks.kinds.text_forward import bottom, logits, top
 from tasks.train import adversarial_embeddings, task_loss
-from tasks.transfer import bottom, logits, make_plan, set_trainable, top
+from tasks.transfer import make_plan, set_trainable
 from tests.minilm import BASE, LABELS, block, load_reviews, train_cfg
 
 

@@ -33,6 +33,7 @@ from tasks.kinds.image_sources import (
     read_image_source,
     write_snapshot,
 )
+from tasks.kinds.scoring_input import ScoringInput, ScoringInputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -311,9 +312,6 @@ class ImageClassification:
         import hashlib
 
         from tasks.kinds.image_sources import _file_sha256
-
-        scoring = importlib.import_module("tasks.scoring")  # by name: see tasks/kinds/text.py _module
-        ScoringInput, ScoringInputError = scoring.ScoringInput, scoring.ScoringInputError
 
         try:
             files = scoring_files(path, self.options.column)

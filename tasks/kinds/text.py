@@ -3,9 +3,8 @@
 Its parts live beside it: reading and splitting a source (text_sources.py), the GX suite
 (text_validate.py), drift checks (text_drift.py), the request body (text_requests.py), token ids and their
 batches (sequences.py, shared with the token task), the encoder's forward pass split at a layer
-(text_forward.py, shared too). The rest of the text code still lives where the pipeline grew it (the
-scoring table in tasks/scoring.py); this module is the one place the stages reach it through, so they
-never ask which task they run.
+(text_forward.py, shared too), the table batch-predict reads (scoring_input.py, shared too). The stages
+reach all of it through this module, so they never ask which task they run.
 docs/design/tasks.md lists what moves here next. Imports of the stage modules are made inside the methods:
 those modules import the task table themselves.
 """
@@ -22,6 +21,7 @@ import pandas as pd
 
 from tasks.kinds import text_forward
 from tasks.kinds.base import Blocks, accuracy, with_new_head
+from tasks.kinds.scoring_input import read_table
 from tasks.kinds.sequences import collate, encode, length_grouped_batches
 from tasks.kinds.text_requests import parse_predict_body
 
@@ -296,8 +296,6 @@ class TextClassification:
         return self.scoring_input(path, TEXT).frame[TEXT].tolist()
 
     def scoring_input(self, path: Path, column: str) -> Any:
-        read_table = _module("scoring").read_table
-
         return read_table(path, column)
 
     def warmup_input(self) -> str:

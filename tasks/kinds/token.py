@@ -9,7 +9,6 @@ never ask which task they run.
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 
 from tasks.kinds import text_forward
 from tasks.kinds.base import IGNORE_INDEX, with_new_head
+from tasks.kinds.scoring_input import read_table
 from tasks.kinds.sequences import collate, length_grouped_batches
 from tasks.kinds.text import TextClassification, TextProcessor
 from tasks.kinds.token_align import TokenInputs, first_subtoken_targets, padded_targets, tokenize_words
@@ -269,7 +269,7 @@ class TokenClassification:
 
     def scoring_input(self, path: Path, column: str) -> Any:
         """A CSV, Parquet or JSONL table with a column of raw texts (batch-predict's --text-column)."""
-        return importlib.import_module("tasks.scoring").read_table(path, column)  # by name: see text.py
+        return read_table(path, column)
 
     def warmup_input(self) -> list[str]:
         """A sentence's words: what Predictor.logits takes per input for this task."""

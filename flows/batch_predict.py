@@ -15,9 +15,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks.config import load_config
 from tasks.kinds import task_of
+from tasks.kinds.scoring_input import file_format
 from tasks.paths import ProjectPaths
 from tasks.registry import CHAMPION, Registry
-from tasks.scoring import default_output, file_format, load_model_task, read_input_task, score_file_task
+from tasks.scoring import default_output, load_model_task, read_input_task, score_file_task
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_batch_predict(args: argparse.Namespace) -> int:
     from flows.cli import _quiet_prefect_shutdown
+    from tasks.kinds.scoring_input import ScoringInputError, file_format
     from tasks.registry import RegistryError
-    from tasks.scoring import ScoringInputError, default_output, file_format
+    from tasks.scoring import default_output
     from tasks.serve import VerificationError
 
     try:

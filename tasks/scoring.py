@@ -22,9 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.kinds import load_task
-
-# the input record, its error and the text table reader, imported from here by the CLI and the tests
-from tasks.kinds.scoring_input import FORMATS, ScoringInput, ScoringInputError, file_format, read_table  # noqa: F401
+from tasks.kinds.scoring_input import ScoringInput, file_format
 from tasks.paths import ProjectPaths
 from tasks.prepare import file_sha256
 from tasks.registry import CHAMPION, Registry, RegistryError

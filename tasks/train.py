@@ -41,7 +41,7 @@ from tasks.inference import (
     choose_precision,
     predict_inputs,
 )
-from tasks.kinds import load_task, task_of
+from tasks.kinds import load_task, task_of, text_forward
 from tasks.kinds.base import IGNORE_INDEX, class_names
 from tasks.paths import ProjectPaths
 from tasks.prepare import data_sha256, read_split
@@ -242,7 +242,7 @@ def adversarial_embeddings(model: PreTrainedModel, ids: torch.Tensor, eps: float
     """
     import torch
 
-    table = transfer.backbone(model).embeddings.word_embeddings.weight
+    table = text_forward.encoder(model).embeddings.word_embeddings.weight
     rows = ids.unique()
     grad = None if table.grad is None else table.grad[rows]
     norm = None if grad is None else grad.float().norm()

@@ -26,19 +26,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("transferline.transfer")
 
 
-def backbone(model: PreTrainedModel) -> Any:
-    return getattr(model, model.base_model_prefix)
-
-
 def encoder_layers(model: PreTrainedModel) -> tuple[Any, Any]:
     """(stem, list of layers early -> late) of a model: a BERT-like encoder's embeddings and layers, or
     the stem and stages an image architecture has (tasks/kinds/image_blocks.py names them)."""
-    from tasks.kinds import image_blocks
+    from tasks.kinds import image_blocks, text_forward
 
     if model.config.model_type in image_blocks.ARCHITECTURES:
         found = image_blocks.blocks(model)
         return found.stem, found.layers
-    base = backbone(model)
+    base = text_forward.encoder(model)
     return base.embeddings, base.encoder.layer
 
 

@@ -50,7 +50,7 @@ def test_batch_predict_scores_a_file_with_the_champion(champion_project: Path, t
 def test_batch_predict_refuses_bad_input_with_exit_2(
     champion_project: Path, tmp_path: Path, capsys, content: str, name: str, args: list[str], message: str
 ):
-    from tasks.scoring import ScoringInputError, read_table
+    from tasks.kinds.scoring_input import ScoringInputError, read_table
 
     source = tmp_path / name
     source.write_text(content)

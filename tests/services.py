@@ -74,6 +74,11 @@ class Server:
                 continue
 
 
+# transferline runs no MLflow server jobs (they serve MLflow's GenAI features); left on, every `mlflow server`
+# starts two job-consumer processes that poll for work all along (infra/docker-compose.yml turns them off).
+MLFLOW_SERVER_SETTINGS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def server_env(**extra: str) -> dict[str, str]:
     """This environment without client settings that would point a server elsewhere."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API"))}
@@ -99,7 +104,9 @@ def launch_mlflow(store_uri: str, folder: Path) -> Server:
         "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
         "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "1",
     ]  # fmt: skip
-    return _launch(cmd, folder / "mlflow.log", server_env(), "/health", "mlflow server", folder)
+    return _launch(
+        cmd, folder / "mlflow.log", server_env(**MLFLOW_SERVER_SETTINGS), "/health", "mlflow server", folder
+    )
 
 
 def launch_prefect(database_url: str, folder: Path, **settings: str) -> Server:

@@ -40,6 +40,7 @@ import pandas as pd
 import pytest
 
 from tests.reliability.ledger import Ledger
+from tests.services import MLFLOW_SERVER_SETTINGS
 from tests.serving.conftest import model_name, register_dir, registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,6 +167,7 @@ def test_mlflow_server_requires_auth_and_refuses_traversal(tmp_path: Path, ledge
         MLFLOW_AUTH_CONFIG_PATH=str(ini),
         MLFLOW_AUTH_ADMIN_PASSWORD=password,
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32),
+        **MLFLOW_SERVER_SETTINGS,
     )
     allowed = f"127.0.0.1:{port},localhost:{port},mlflow.example.internal:5000"  # as infra: names + ports
     cmd = [

@@ -70,8 +70,9 @@ def make_plan(
     cfg: TrainConfig,
     model: PreTrainedModel,
     steps_per_epoch: int,
-    augmented: bool = False,
-    cacheable: bool = False,
+    *,
+    augmented: bool,
+    cacheable: bool,
 ) -> Plan:
     """What adapts when; `augmented`: training inputs change every epoch (random crops), so fixed layers
     must see each epoch's inputs and nothing is cached; `cacheable`: the task can split this model's

@@ -90,10 +90,15 @@ def test_adversarial_training_is_refused_for_images_with_what_to_do(strategy):
     model = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=2))
     cfg = train_cfg(strategy=strategy, adversarial_eps=0.5)
     with pytest.raises(ConfigError, match=r"train\.adversarial_eps: 0\.5 is a text-embedding perturbation"):
-        make_plan(cfg, model, steps_per_epoch=4)
+        make_plan(cfg, model, steps_per_epoch=4, augmented=False, cacheable=False)
     with pytest.raises(ConfigError, match=r"set train\.adversarial_eps: 0 \(images: image\.augment_crop"):
-        make_plan(cfg, model, steps_per_epoch=4)
-    assert make_plan(cfg.model_copy(update={"adversarial_eps": 0.0}), model, 4).strategy == strategy
+        make_plan(cfg, model, steps_per_epoch=4, augmented=False, cacheable=False)
+    assert (
+        make_plan(
+            cfg.model_copy(update={"adversarial_eps": 0.0}), model, 4, augmented=False, cacheable=False
+        ).strategy
+        == strategy
+    )
 
 
 def test_fine_tuning_the_head_on_lfw_makes_the_loss_fall(tmp_path):

@@ -16,6 +16,9 @@ from tasks.train import adversarial_embeddings, task_loss
 from tasks.transfer import make_plan, set_trainable
 from tests.minilm import BASE, LABELS, block, load_reviews, train_cfg
 
+# What the text task answers for MiniLM: its inputs are not augmented, its forward pass splits at a layer.
+TEXT = {"augmented": False, "cacheable": True}
+
 
 @pytest.fixture(scope="module")
 def reviews() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -101,19 +104,21 @@ def test_adversarial_embeddings_shift_the_batch_rows_along_the_gradient_and_rest
 
 def test_gradual_plan_unfreezes_top_down():
     model = build_model(BASE, LABELS)
-    plan = make_plan(train_cfg(strategy="gradual", unfreeze_every_steps=10), model, steps_per_epoch=30)
+    plan = make_plan(
+        train_cfg(strategy="gradual", unfreeze_every_steps=10), model, steps_per_epoch=30, **TEXT
+    )
     assert [plan.frozen_layers_at(s) for s in (0, 9, 10, 25, 60, 1000)] == [6, 6, 5, 4, 0, 0]
     set_trainable(model, plan, 25)
     trainable = {block(n) for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"L4", "L5", "head"}
-    per_epoch = make_plan(train_cfg(strategy="gradual"), model, steps_per_epoch=30)
+    per_epoch = make_plan(train_cfg(strategy="gradual"), model, steps_per_epoch=30, **TEXT)
     assert [per_epoch.frozen_layers_at(s) for s in (0, 29, 30, 60)] == [6, 6, 5, 4]
 
 
 def test_bad_strategy_settings_are_refused_with_the_key():
     model = build_model(BASE, LABELS)
     with pytest.raises(ConfigError, match=r"train\.freeze_layers: 9 exceeds the model's 6 encoder layers"):
-        make_plan(train_cfg(strategy="freeze", freeze_layers=9), model, steps_per_epoch=10)
+        make_plan(train_cfg(strategy="freeze", freeze_layers=9), model, steps_per_epoch=10, **TEXT)
     from tasks.transfer import apply_lora
 
     with pytest.raises(ConfigError, match=r"train\.lora_target_modules"):

@@ -3,7 +3,8 @@
 Run from the project root: ``python bench/scaleout.py`` (``--races 6 --pg-races 2 --runs 2 --requests
 400`` for a quick look). Not a test: it prints a table and ends with one JSON line ``{"race_trials",
 "race_trials_with_one_winner", "ledger_mismatches", "same_folder_runs", "same_folder_runs_interleaved",
-"serve_clients", "serve_p50_ms", "serve_p99_ms", "serve_throughput_vs_one_at_a_time"}``.
+"serve_clients", "serve_p50_ms", "serve_p99_ms", "serve_throughput_vs_one_at_a_time",
+"serve_forward_ms_one_text", "serve_forward_ms_full_pass", "serve_batching_gain_bound"}``.
 
 It starts PostgreSQL (Debian's binaries, tests/pgserver.py), an ``mlflow server`` on it and a Prefect server
 on it (tests/services.py), then:
@@ -24,6 +25,10 @@ on it (tests/services.py), then:
    by ``--clients`` closed-loop clients (threads of a second process, one sample review per request,
    keep-alive connections) for ``--requests`` requests; ``serve_p50_ms``/``serve_p99_ms`` are the batched
    service's, ``serve_throughput_vs_one_at_a_time`` = its requests/s over the one-at-a-time service's.
+4. the floor under the serving goals on this machine: the served model's forward passes alone, timed in
+   this process on the clients' texts (``serve_forward_ms_one_text``; ``serve_forward_ms_full_pass`` for
+   ``--clients`` texts in one pass, which no batched service answers sooner; ``serve_batching_gain_bound``
+   = ``--clients`` single passes over one full pass, the most batching can multiply throughput by).
 
 Goals: every race one winner, ``ledger_mismatches`` 0, ``same_folder_runs_interleaved`` 0, and with 8
 clients ``serve_p99_ms`` <= 30 and ``serve_throughput_vs_one_at_a_time`` >= 3.
@@ -231,6 +236,37 @@ def serve_load(args: argparse.Namespace, project: Path, env: dict[str, str], bas
     return measured
 
 
+def forward_floor(project: Path, clients: int, repeats: int = 30) -> dict[str, float]:
+    """What the served model's forward passes alone cost on this machine (no HTTP, no queue): one text, and
+    `clients` texts in one pass (medians of `repeats`, on the texts the clients send). No service answers
+    `clients` concurrent requests sooner than one such pass, and batching cannot multiply throughput by
+    more than `clients` single passes over one pass of `clients`: the goals' floor on this hardware."""
+    import statistics
+
+    import pandas as pd
+
+    from tasks.config import load_config
+    from tasks.inference import Predictor
+    from tasks.paths import ProjectPaths
+
+    paths = ProjectPaths.at(project)  # the champion's weights: the folder's runs promoted what they trained
+    predictor = Predictor(paths.challenger_dir, load_config(paths.params).train.max_length)
+    texts = pd.read_parquet(paths.split_file("test"))["text"].tolist()
+
+    def median_ms(size: int) -> float:
+        times = []
+        for i in range(repeats):
+            batch = [texts[(i * size + j) % len(texts)] for j in range(size)]
+            started = time.perf_counter()
+            predictor.predict(batch, size)
+            times.append(1000 * (time.perf_counter() - started))
+        return statistics.median(times)
+
+    predictor.predict(texts[:clients], clients)  # warm-up
+    one, full = median_ms(1), median_ms(clients)
+    return {"one_text_ms": round(one, 1), "full_pass_ms": round(full, 1), "gain_bound": clients * one / full}
+
+
 def http_get(port: int, path: str) -> bytes:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", path)
@@ -252,7 +288,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def report(race_runs: dict[str, dict], runs: dict, serving: dict, clients: int) -> None:
+def report(race_runs: dict[str, dict], runs: dict, serving: dict, floor: dict, clients: int) -> None:
     """The tables, then the one-line JSON result."""
     import numpy as np
 
@@ -270,6 +306,9 @@ def report(race_runs: dict[str, dict], runs: dict, serving: dict, clients: int) 
         "serve_p50_ms": pct(serving["batched"]["latencies_ms"], 50),
         "serve_p99_ms": pct(serving["batched"]["latencies_ms"], 99),
         "serve_throughput_vs_one_at_a_time": round(rps["batched"] / rps["one at a time"], 2),
+        "serve_forward_ms_one_text": floor["one_text_ms"],
+        "serve_forward_ms_full_pass": floor["full_pass_ms"],
+        "serve_batching_gain_bound": round(floor["gain_bound"], 2),
     }
     print(f"\non {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f}")
     print(f"{'races':<48} {'trials':>6} {'1 winner':>9} {'ledger ok':>9} {'p50 s':>6} {'max s':>6}")
@@ -290,6 +329,11 @@ def report(race_runs: dict[str, dict], runs: dict, serving: dict, clients: int) 
         p50, p99 = pct(m["latencies_ms"], 50), pct(m["latencies_ms"], 99)
         shared, errors = m["mean_requests_per_pass"], len(m["errors"])
         print(f"{name:<48} {p50:>7} {p99:>7} {rps[name]:>7.0f} {shared:>8} {errors:>6}")
+    print(
+        f"the model's forward passes alone, here: one text {floor['one_text_ms']} ms, {clients} texts in one "
+        f"pass {floor['full_pass_ms']} ms; so no pass of {clients} requests is answered sooner, and batching "
+        f"multiplies throughput by at most {floor['gain_bound']:.2f}"
+    )
     print(json.dumps(result))
 
 
@@ -321,9 +365,10 @@ def main() -> None:
             env = scale_out_env(svc["tracking"], svc["prefect_api"])
             project, runs = same_folder_runs(base, env, args.runs)
             serving = serve_load(args, project, env, base)
+            floor = forward_floor(project, args.clients)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    report(race_runs, runs, serving, args.clients)
+    report(race_runs, runs, serving, floor, args.clients)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ endpoints:
   GET  /version  served version, its weights sha256, what the alias says, any refused version and why,
                  and how many requests shared each inference pass
 
-Concurrent requests share inference passes (dynamic batching): a request waits at most --batch-window-ms
-for others, then their texts are scored together, length-sorted, in one call of the evaluation's inference
-path; each answer holds only its own texts and names the version that scored them.
+Concurrent requests share inference passes (dynamic batching): a pass waits at most --batch-window-ms
+for more requests (after its first arrived, or after the previous pass ended), then their texts are
+scored together, length-sorted, in one call of the evaluation's inference path; each answer holds only
+its own texts and names the version that scored them.
 
 The champion's files are checked against the sha256 hashes recorded when it was registered before they are
 loaded. When 'champion' moves, the new version loads in the background and replaces the old one between

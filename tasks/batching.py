@@ -7,8 +7,12 @@ arrive within a short window are scored together: their texts go through the mod
 (tasks/inference.py: length-sorted batches, the evaluation's precision) in one call, and each request gets
 its own rows back, with the model version that scored them.
 
-- The first request of a pass waits at most ``window_s`` for company; requests that arrived while the
-  previous pass ran join the next pass without waiting.
+- The first request of a pass waits at most ``window_s`` for company, counted from its arrival or from
+  the end of the previous pass, whichever is later: requests that arrived while the previous pass ran
+  join the next one, and so do those its answers set off within the window (a client under load sends
+  its next request a millisecond or so after its answer). Without that wait the answered clients miss
+  the next pass by a hair, and a steady load splits into halves that alternate, each pass half full: on
+  a CPU a pass of 8 short texts costs far less than two passes of 4.
 - A pass takes at most ``max_requests`` requests and stops adding once it holds ``max_texts`` texts (the
   largest request the service accepts), so one pass never costs much more than the largest request.
 - Requests hold the model they were admitted with; a pass scores each model's requests separately, so a
@@ -101,9 +105,11 @@ class Batcher(Generic[M, R]):
     async def run(self) -> None:
         """Score pending requests pass after pass, until cancelled."""
         loop = asyncio.get_running_loop()
+        last_pass_end = float("-inf")
         while True:
             await self._event().wait()
-            wait = self._pending[0].arrived + self.settings.window_s - loop.time()
+            opened = max(self._pending[0].arrived, last_pass_end)
+            wait = opened + self.settings.window_s - loop.time()
             if wait > 0 and not self._full():
                 await asyncio.sleep(wait)
             batch = self._take()
@@ -114,6 +120,7 @@ class Batcher(Generic[M, R]):
             except Exception as err:  # never leave a caller waiting, whatever went wrong
                 log.exception("a batched inference pass failed")
                 _fail(batch, err)
+            last_pass_end = loop.time()
 
     def _event(self) -> asyncio.Event:
         if self._arrived is None:

@@ -83,6 +83,17 @@ def test_requests_arriving_during_a_pass_join_the_next_one_without_waiting_the_w
     assert all(not isinstance(r, Exception) for r in results) and stats.passes == 2
 
 
+def test_the_next_pass_waits_the_window_after_the_previous_one_for_the_requests_its_answers_set_off():
+    recorder = Recorder(delay_s=0.3)
+    # A full first pass (2 texts, the limit) runs for 300 ms at once; "a" arrives during it, long enough
+    # before its end that a window counted from "a"'s arrival is over; "b" (a client answered by that
+    # pass, asking again) arrives 100 ms after it ended, within the 200 ms counted from its end.
+    requests = [("v1", ["f1", "f2"], 0.0), ("v1", ["a"], 0.01), ("v1", ["b"], 0.4)]
+    results, stats = serve(recorder, BatchSettings(0.2, 32, 2), requests)
+    assert [texts for _, texts in recorder.calls] == [["f1", "f2"], ["a", "b"]]
+    assert all(not isinstance(r, Exception) for r in results) and stats.passes == 2
+
+
 def test_each_model_scores_its_own_requests_during_a_hot_swap():
     recorder = Recorder()
     requests = [("v1", ["a"], 0.0), ("v2", ["b"], 0.0), ("v1", ["c"], 0.0), ("v2", ["d", "e"], 0.0)]

@@ -192,6 +192,7 @@ def check_arm(folder: Path, base: Path, strategy: str, device: str, rows: int | 
         "val_accuracy": round(result.best_val_accuracy, 4),
         "losses_finite": all(math.isfinite(x) for x in losses),
         "train_losses": [round(x, 4) for x in losses],
+        "epoch_seconds": [round(h.seconds, 1) for h in result.history],
     }
     return {"row": row, "model": model, "processor": processor, "kind": kind, "val": val, "cfg": cfg,
             "paths": paths}  # fmt: skip

@@ -111,7 +111,7 @@ def sample_texts(model_dir: Path, n: int, max_length: int) -> list[str]:
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from tasks.prepare import resolve_source
+    from tasks.kinds.text_sources import resolve_source
 
     path, _ = resolve_source("sample://rotten-tomatoes", ROOT)
     texts = pd.read_csv(path, dtype=str, keep_default_na=False)["text"]

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.config import DriftConfig, ValidateConfig, load_config  # noqa: E402
-from tasks.prepare import resolve_source  # noqa: E402
+from tasks.kinds.text_sources import resolve_source  # noqa: E402
 from tasks.runtime import configure_environment  # noqa: E402
 
 ROWS = 100_000

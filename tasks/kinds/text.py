@@ -141,7 +141,7 @@ class TextClassification:
         return dedupe_key(frame[TEXT])
 
     def source_identity(self, data: DataConfig, root: Path) -> str:
-        source_sha256 = _module("prepare").source_sha256
+        from tasks.kinds.text_sources import source_sha256
 
         return source_sha256(data.source, root)
 

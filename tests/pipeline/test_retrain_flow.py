@@ -38,7 +38,7 @@ def write_source(project: Path, frame: pd.DataFrame) -> None:
 
 def real_reviews(n: int) -> pd.DataFrame:
     """n real rotten-tomatoes reviews (balanced), as a user's CSV would hold them."""
-    from tasks.prepare import resolve_source
+    from tasks.kinds.text_sources import resolve_source
 
     path, _ = resolve_source("sample://rotten-tomatoes", Path("."))
     df = pd.read_csv(path)

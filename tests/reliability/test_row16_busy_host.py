@@ -27,7 +27,7 @@ from tasks.config import load_config
 from tasks.evaluate import compute_metrics, measure_budgets
 from tasks.gate import decide
 from tasks.inference import Predictor, measure_latency
-from tasks.prepare import resolve_source
+from tasks.kinds.text_sources import resolve_source
 from tests.conftest import QUICK, ROOT, make_project, run
 
 CLI = [sys.executable, "-m", "flows.cli"]

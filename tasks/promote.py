@@ -220,10 +220,16 @@ def search_section(found: dict | None) -> str:
     skipped = f" Not started, for lack of budget: {'; '.join(found['skipped'])}." if found["skipped"] else ""
     spent = f"{len(trials)} trials in {found['seconds']:.0f} s of a {found['budget_s']:g} s budget"
     best = f"validation accuracy {chosen['val_accuracy']:.4f} in round {chosen['round']}"
+    kept = chosen.get("kept_trial")
+    final = (
+        f"its trial {kept} had trained it on every training row: that model is this one"
+        if kept
+        else "then trained on every training row"
+    )
     return (
         "\n## Strategy search (`train.strategy: auto`)\n"
         f"{spent}, judged on the validation split only ({found['stopped']}).{skipped}\n"
-        f"Chosen: `{chosen['strategy']}` with {settings} ({best}), then trained on every training row.\n\n"
+        f"Chosen: `{chosen['strategy']}` with {settings} ({best}); {final}.\n\n"
         "| round | strategy | learning rate | rows x epochs | validation accuracy | validation loss "
         "| seconds |\n"
         f"|---|---|---|---|---|---|---|\n{rows}\n"

@@ -3,7 +3,8 @@
 Successive halving over strategies and learning rates (``SEARCH_SPACE``), judged on the validation split
 only (the test split is left to the gate). Every candidate trains briefly on a subset of the training
 rows; the best third of each round trains again on more rows; the best of the last round is the chosen
-configuration, which the train stage then trains like a fixed strategy (``train.epochs`` on every row).
+configuration, which the train stage then trains like a fixed strategy (``train.epochs`` on every row),
+unless its last trial already did exactly that: then that trial's model is kept (``Trained``).
 After the model's code and weights are loaded once (so that no trial pays the process's cold start), a
 calibration trial (the costliest candidate for two steps) times this machine. Each round then gets an
 equal share of what is left of ``train.time_budget_s``, and its trials as many rows as that share affords,
@@ -22,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,17 @@ class Cost:
 
     def of(self, rows: int) -> float:
         return self.fixed_s + self.per_row_s * rows
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a trial of the whole configuration (every training row, ``train.epochs`` epochs) trained:
+    the train stage's next step for the chosen candidate, already done."""
+
+    trial: int  # its number among the search's trials (1-based, as logged)
+    model: Any
+    processor: Any
+    result: Any  # train.TrainResult
 
 
 @dataclass(frozen=True)
@@ -266,12 +278,13 @@ def run_search(
     cfg: TrainConfig,
     record: Path | None = None,
     task: tuple[TaskKind, Path] | None = None,
-) -> tuple[SearchResult, FrozenActivations | None]:
+) -> tuple[SearchResult, FrozenActivations | None, Trained | None]:
     """The search, or the one `record` holds from an earlier attempt of the same run (written there).
     `task`: the project's task and the snapshot folder its splits' files are in (default: text).
 
     Returns:
-        (the result, the activation cache when the chosen candidate trains from one, else None).
+        (the result, the activation cache when the chosen candidate trains from one, else None, and the
+        chosen candidate's model when its last trial trained the whole configuration, else None).
     """
     from tasks.kinds import load_task
     from tasks.train import FrozenActivations
@@ -279,10 +292,11 @@ def run_search(
     if record is not None and record.is_file():
         found = SearchResult.from_dict(json.loads(record.read_text()))
         log.info("strategy search: reusing %s (%s)", record, found.chosen.label())
-        return found, FrozenActivations() if found.best().cached_layers else None
+        return found, FrozenActivations() if found.best().cached_layers else None, None
     activations = FrozenActivations()
     task = task or (load_task("text-classification", None), Path())
-    found = _halve(_Search(base, train, validation, labels, cfg, activations, task))
+    state = _Search(base, train, validation, labels, cfg, activations, task)
+    found = _halve(state)
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(found.to_dict(), indent=2) + "\n")
@@ -292,7 +306,14 @@ def run_search(
         found.chosen.label(), len(found.trials), found.seconds, cfg.time_budget_s, found.stopped,
         activations.computed, activations.reused,
     )  # fmt: skip
-    return found, activations if found.best().cached_layers else None
+    kept = state.kept if state.kept and state.trials[state.kept.trial - 1] is found.best() else None
+    if kept is not None:
+        log.info(
+            "strategy search: trial %d trained %s on every training row for train.epochs: its model is "
+            "the run's (no second training)", kept.trial, found.chosen.label(),
+        )  # fmt: skip
+        return found, None, kept
+    return found, activations if found.best().cached_layers else None, None
 
 
 def chosen_config(cfg: TrainConfig, found: SearchResult) -> TrainConfig:
@@ -314,6 +335,7 @@ class _Search:
     started: float = field(default_factory=time.perf_counter)
     trials: list[Trial] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    kept: Trained | None = None  # the best trial of the whole configuration so far, with its model
 
     def spent(self) -> float:
         return time.perf_counter() - self.started
@@ -328,14 +350,23 @@ class _Search:
             if cost is not None and cost.of(rows) > self.left():
                 self.skipped.append(f"round {number}: {candidate.label()}")
                 continue
-            trial = _trial(self, candidate, number, rows)
+            trial, trained = _trial(self, candidate, number, rows)
             self.trials.append(trial)
+            if trained is not None:
+                self.keep(replace(trained, trial=len(self.trials)))
             log.info(
                 "trial %d, round %d: %s on %d rows: validation accuracy %.4f, loss %.4f, in %.0f s "
                 "(%.0f of %g s spent)", len(self.trials), number, candidate.label(),
                 trial.rows * trial.epochs, trial.val_accuracy, trial.val_loss, trial.seconds, self.spent(),
                 self.cfg.time_budget_s,
             )  # fmt: skip
+
+    def keep(self, trained: Trained) -> None:
+        """Hold the model of a whole-configuration trial while it ranks first in its round (the ranking
+        that chooses; a round's trials share their rows): one model in memory, not one per trial."""
+        trial = self.trials[trained.trial - 1]
+        if survivors([t for t in self.trials if t.round == trial.round], 1)[0] == trial.candidate:
+            self.kept = trained
 
 
 def _halve(state: _Search) -> SearchResult:
@@ -394,9 +425,10 @@ def _warm_up(search: _Search) -> None:
     log.info("strategy search: model code and weights loaded in %.1f s", time.perf_counter() - started)
 
 
-def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Trial:
+def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> tuple[Trial, Trained | None]:
     """One candidate trained on `rows` training examples (a stratified subset, the same rows for every
-    candidate of a round and nested across rounds), scored on the whole validation split."""
+    candidate of a round and nested across rounds), scored on the whole validation split; with what it
+    trained when that was the whole configuration (its trial number is set by the caller)."""
     from tasks.kinds.splitting import subsample_examples
     from tasks.train import fine_tune
 
@@ -408,11 +440,12 @@ def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Tri
     trial_cfg = cfg.model_copy(update={**settings, "checkpoint_every_steps": 0, "early_stopping_patience": 0})
     started = time.perf_counter()
     cache_before = (search.activations.seconds, search.activations.computed)
-    _, _, result = fine_tune(
+    model, processor, result = fine_tune(
         search.base, subset, search.validation, search.labels, trial_cfg, progress=False,
         activations=search.activations, kind=kind, snapshot=snapshot,
     )  # fmt: skip
-    return Trial(
+    whole = len(subset) == len(search.train) and epochs == cfg.epochs
+    trial = Trial(
         round=number,
         strategy=candidate.strategy,
         settings=dict(candidate.settings),
@@ -426,3 +459,4 @@ def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> Tri
         cache_examples=search.activations.computed - cache_before[1],
         val_loss=result.history[result.best_epoch - 1].val_loss if result.best_epoch else math.nan,
     )
+    return trial, Trained(0, model, processor, result) if whole else None

@@ -871,21 +871,26 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
     train, validation = read_split(paths, "train"), read_split(paths, "validation")
     identity = run_identity(paths, cfg, base)
     checkpoint_dir = paths.checkpoints_dir / identity[:16]
-    train_cfg, activations, found = cfg.train, None, None
+    train_cfg, activations, found, kept = cfg.train, None, None, None
     if cfg.train.strategy == AUTO:  # choose the strategy first (kept beside the checkpoints: resumable)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("train.strategy: auto searches in one process; name a strategy under torchrun")
         record = checkpoint_dir / search.RECORD_FILE
-        found, activations = search.run_search(
+        found, activations, kept = search.run_search(
             base.path, train, validation, cfg.data.labels, cfg.train, record, (kind, paths.prepared_dir)
         )
         train_cfg = search.chosen_config(cfg.train, found)
-    model, processor, result = fine_tune(
-        base.path, train, validation, cfg.data.labels, train_cfg,
-        checkpoint_dir=checkpoint_dir, activations=activations, kind=kind, snapshot=paths.prepared_dir,
-    )  # fmt: skip
-    if found is not None:
-        result = replace(result, search=found.to_dict())
+    if kept is not None:  # the search's last trial already trained the chosen configuration in full
+        model, processor, result = kept.model, kept.processor, kept.result
+    else:
+        model, processor, result = fine_tune(
+            base.path, train, validation, cfg.data.labels, train_cfg,
+            checkpoint_dir=checkpoint_dir, activations=activations, kind=kind, snapshot=paths.prepared_dir,
+        )  # fmt: skip
+    if found is not None:  # the chosen model's trial when the search trained it, else None
+        record = found.to_dict()
+        record["chosen"]["kept_trial"] = kept.trial if kept else None
+        result = replace(result, search=record)
     metadata = {
         "task": {"type": cfg.task.type, "options": _task_options(cfg)},
         "labels": cfg.data.labels,

@@ -34,6 +34,11 @@ def test_auto_chooses_within_its_budget_and_the_lineage_shows_every_trial(
     keys = {"strategy", "settings", "val_accuracy", "val_loss", "seconds", "rows", "round"}
     assert all(keys <= set(t) and t["val_loss"] > 0 for t in trials)
     assert (chosen["strategy"], chosen["settings"]) in [(c.strategy, c.settings) for c in candidates()]
+    kept = chosen["kept_trial"]  # the trial that trained the model in full, or None: trained after
+    assert kept is None or (trials[kept - 1]["strategy"], trials[kept - 1]["round"]) == (
+        chosen["strategy"],
+        chosen["round"],
+    )
     assert lineage["params"]["train.strategy"] == "auto"
     assert lineage["metrics"]["search_trials"] == len(trials)
 

@@ -55,7 +55,7 @@ def test_the_search_stays_within_its_budget_and_resumes_from_its_record(reviews,
     )
     record = tmp_path / "checkpoints" / RECORD_FILE
     started = time.perf_counter()
-    found, kept = run_search(BASE, train, val, LABELS, cfg, record)
+    found, kept, trained = run_search(BASE, train, val, LABELS, cfg, record)
     assert time.perf_counter() - started <= 1.2 * budget
     assert len(found.trials) >= 3
     assert sum(t.seconds for t in found.trials) <= found.seconds <= 1.2 * budget
@@ -63,12 +63,30 @@ def test_the_search_stays_within_its_budget_and_resumes_from_its_record(reviews,
     best = found.best()
     assert best.round == max(t.round for t in found.trials)
     assert all(best.val_accuracy >= t.val_accuracy for t in found.trials if t.round == best.round)
-    assert (kept is not None) == (best.cached_layers > 0)
+    whole = best.rows == len(train) and best.epochs == cfg.epochs
+    assert (trained is not None) == whole  # the chosen one's model is kept only if it trained in full
+    assert (kept is not None) == (best.cached_layers > 0 and not whole)
 
     started = time.perf_counter()
-    again, _ = run_search(BASE, train, val, LABELS, cfg, record)  # a restarted run: no trial again
+    again, _, retrain = run_search(BASE, train, val, LABELS, cfg, record)  # a restarted run: no trial again
     assert time.perf_counter() - started < 2
-    assert again.to_dict() == found.to_dict()
+    assert again.to_dict() == found.to_dict() and retrain is None  # the model was not kept on disk
+
+
+def test_a_search_whose_last_round_trained_in_full_keeps_that_model(reviews):
+    """32 training rows and one epoch: round 0 already trains every candidate on all of them, so the
+    chosen one needs no second training; its trial's model is returned, the others are not kept."""
+    train, val = reviews[0].head(32), reviews[1].head(16)
+    cfg = train_cfg(strategy="auto", epochs=1, batch_size=8, max_length=16, time_budget_s=BUDGET_S)
+    found, activations, trained = run_search(BASE, train, val, LABELS, cfg)
+    assert found.stopped == "round 0 already trained on every row for train.epochs", found.stopped
+    best = found.best()
+    assert trained is not None and found.trials[trained.trial - 1] is best and activations is None
+    assert (best.rows, best.epochs) == (32, 1) and best.round == 0
+    assert trained.result.best_val_accuracy == best.val_accuracy
+    assert trained.result.strategy == found.chosen.strategy
+    logits = trained.model(**trained.processor(list(val.text.head(2)), return_tensors="pt", padding=True))
+    assert logits.logits.shape == (2, len(LABELS))
 
 
 def test_auto_searches_an_image_model_with_the_image_candidates(tmp_path):
@@ -97,7 +115,7 @@ def test_auto_searches_an_image_model_with_the_image_candidates(tmp_path):
         lora_target_modules=["conv_pw", "conv_pwl", "conv_head"],  # as the image example sets them
     )  # fmt: skip
     started = time.perf_counter()
-    found, _ = run_search(base, train, val, ["face", "other"], cfg, task=(kind, folder))
+    found, _, _ = run_search(base, train, val, ["face", "other"], cfg, task=(kind, folder))
     assert time.perf_counter() - started <= 1.3 * budget
     image_candidates = candidates(IMAGE_SEARCH_SPACE)
     assert found.chosen in image_candidates and len(found.trials) >= 3

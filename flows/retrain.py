@@ -9,6 +9,8 @@ a server when PREFECT_API_URL is set, or as the `retrain/transferline` deploymen
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -38,6 +40,8 @@ from tasks.registry import Registry
 from tasks.train import train_task
 from tasks.validate import validate_task
 from tasks.versioning import PIPELINE_STAGES, commit_task, git_commit, push_task
+
+log = logging.getLogger("transferline.retrain")
 
 # The flow's typed parameters (the Prefect UI's run form) and the params.yaml key each one sets.
 FORM_KEYS = {
@@ -124,18 +128,24 @@ def _steps(paths: ProjectPaths, cfg: Config) -> RunSummary:
     )
 
     prepared = prepare(paths, cfg)
-    commit(paths, cfg, ("prepare",))  # the snapshot is versioned even if validation rejects it
-    base = download_task(paths, cfg.model)
-    champion = champion_task(registry, cfg, paths)  # also writes models/champion.json
-    code = code_sha256()  # every stage's code
-    if champion is not None and champion.trained_on(run_inputs(cfg, data_sha256(paths), base, code)):
-        return _reproduced(cfg.registry.model_name, champion)  # same data, params, model and code
-    reference = champion.reference() if champion else None  # new data must resemble the champion's
-    validation = validate(paths, cfg, reference)
-    drift(paths, cfg, reference, base.path)  # raises DriftBlocked when a `block` check drifted
-    trained = train(paths, cfg, base)
-    evaluation = evaluate(paths, cfg, champion)
-    decision = gate(paths, cfg, evaluation)
+    # The snapshot is versioned whatever happens next: with every other stage's outputs when the run gets
+    # that far (one DVC process), on its own when the run stops before (validation rejecting it, say).
+    try:
+        base = download_task(paths, cfg.model)
+        champion = champion_task(registry, cfg, paths)  # also writes models/champion.json
+        code = code_sha256()  # every stage's code
+        if champion is not None and champion.trained_on(run_inputs(cfg, data_sha256(paths), base, code)):
+            commit(paths, cfg, ("prepare",))
+            return _reproduced(cfg.registry.model_name, champion)  # same data, params, model and code
+        reference = champion.reference() if champion else None  # new data must resemble the champion's
+        validation = validate(paths, cfg, reference)
+        drift(paths, cfg, reference, base.path)  # raises DriftBlocked when a `block` check drifted
+        trained = train(paths, cfg, base)
+        evaluation = evaluate(paths, cfg, champion)
+        decision = gate(paths, cfg, evaluation)
+    except BaseException:
+        _version_prepared(commit, paths, cfg)
+        raise
     hashes = commit(paths, cfg, PIPELINE_STAGES)
     push_task(paths)  # data and weights reach the remote before any version points at them
     flow_run_id = str(runtime.flow_run.id or "")
@@ -162,6 +172,15 @@ def _steps(paths: ProjectPaths, cfg: Config) -> RunSummary:
         test_metric=f"test {evaluation.challenger.headline_name}",
         test_score=evaluation.challenger.headline,
     )
+
+
+def _version_prepared(commit: Callable[..., dict[str, str]], paths: ProjectPaths, cfg: Config) -> None:
+    """Commit the prepared snapshot of a run that stopped early; a failure to do so is logged, never
+    raised over the reason the run stopped."""
+    try:
+        commit(paths, cfg, ("prepare",))
+    except Exception as err:
+        log.warning("the prepared data of this stopped run could not be versioned: %s", err)
 
 
 def _reproduced(name: str, champion: Champion) -> RunSummary:

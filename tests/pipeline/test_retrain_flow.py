@@ -143,3 +143,8 @@ def test_bad_data_stops_the_run_at_validation(project: Path, prefect_server, cor
     assert registry(project).list_versions(model_name(project)) == []
     assert (project / "reports" / "validation" / "result.json").is_file()
     assert (project / "reports" / "validation" / "data_docs" / "index.html").is_file()
+    # the rejected snapshot is versioned all the same: dvc.lock records the prepared data as it is
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert list(lock["stages"]) == ["prepare"]
+    status = run([sys.executable, "-m", "dvc", "status", "--json", "prepare"], project)
+    assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout + status.stderr

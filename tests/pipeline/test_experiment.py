@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -182,24 +183,28 @@ def test_the_evidence_of_a_token_project(tmp_path, capsys, prefect_server):
     assert "| head |" in (results_dir / "strategies.md").read_text()
 
 
-def test_a_stopped_experiment_resumes_from_the_arms_it_finished(project, prefect_server):
-    """The process dies (no clean-up) right after recording its first arm; the same command again takes
-    that arm from the record instead of training it, trains the rest, and deletes the record."""
+def test_a_stopped_experiment_resumes_from_the_arms_it_finished(
+    project, prefect_server, caplog: pytest.LogCaptureFixture
+):
+    """The process dies (no clean-up) right after recording its first arm; the same command again (here
+    in the test's process) takes that arm from the record instead of training it, trains the rest, and
+    deletes the record."""
     command = [
-        sys.executable, "-m", "flows.cli", "experiment", "learning-curve", "--project", str(project),
-        "--sizes", "20", "--min-steps", "2", "--set", "train.epochs=1", "--set", "data.max_rows=200",
-        "--scratch-rates", "1e-3", "--scratch-lengths", "1",
+        "experiment", "learning-curve", "--project", str(project), "--sizes", "20", "--min-steps", "2",
+        "--set", "train.epochs=1", "--set", "data.max_rows=200", "--scratch-rates", "1e-3",
+        "--scratch-lengths", "1",
     ]  # fmt: skip
     results_dir = ProjectPaths.at(project).results_dir
-    crashed = run(command, project, {**os.environ, "TRANSFERLINE_FAULT": "experiment.arm_recorded"})
+    faulty = {**os.environ, "TRANSFERLINE_FAULT": "experiment.arm_recorded"}
+    crashed = run([sys.executable, "-m", "flows.cli", *command], project, faulty)
     assert crashed.returncode == 137, crashed.stderr[-3000:]
     record = json.loads((results_dir / ".progress.json").read_text())
     assert [a["name"] for a in record["arms"]] == ["pretrained@20"]
     assert not (results_dir / "results.json").exists()  # the tables come at the end only
 
-    resumed = run(command, project)
-    log = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, log[-3000:]
+    with caplog.at_level(logging.INFO, logger="transferline"):
+        assert cli(*command) == 0
+    log = caplog.text
     assert "resuming: 1 arm(s) finished by an earlier run" in log
     assert "arm pretrained@20: 20 training rows" not in log and "arm scratch@20: 20 training rows" in log
     arms = {a["name"]: a for a in json.loads((results_dir / "results.json").read_text())["arms"]}

@@ -337,9 +337,6 @@ def test_ui_custom_run_from_a_real_browser(ops: Ops, capsys: pytest.CaptureFixtu
 def test_down_stops_the_server_and_the_worker(ops: Ops):
     from flows.ops_commands import healthy
 
-    # Events this process still holds for the server go out before it stops: undeliverable, they would
-    # hold the module's teardown for the drain's whole timeout.
-    _restart_event_worker()
     assert cli("down", "--project", str(ops.project)) == 0
     assert not healthy(ops.url)
     assert not list((ops.project / ".prefect").glob("*.pid"))

@@ -1,7 +1,8 @@
-"""dvc.yaml and tasks/paths.py name the same files, each stage runs the module of its name, and no function
-of the pipeline's code is too long to read."""
+"""dvc.yaml and tasks/paths.py name the same files, each stage runs the module of its name, no function
+of the pipeline's code is too long to read, and the README stays short."""
 
 import ast
+import re
 from pathlib import Path
 
 import yaml
@@ -70,3 +71,11 @@ def test_no_function_in_tasks_or_flows_is_longer_than_80_lines():
     assert len(modules) > 20  # the walk sees the real packages
     found = [f for path in modules for f in long_functions(path.read_text(), str(path.relative_to(ROOT)))]
     assert found == [], f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): {found}"
+
+
+def test_the_readme_stays_a_front_door():
+    """Details belong in docs/: the README keeps to 250 lines and every page it links exists."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for target in re.findall(r"\]\((docs/[^)#]+)", readme):
+        assert (ROOT / target).exists(), target

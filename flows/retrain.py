@@ -134,18 +134,23 @@ def _steps(paths: ProjectPaths, cfg: Config) -> RunSummary:
         base = download_task(paths, cfg.model)
         champion = champion_task(registry, cfg, paths)  # also writes models/champion.json
         code = code_sha256()  # every stage's code
-        if champion is not None and champion.trained_on(run_inputs(cfg, data_sha256(paths), base, code)):
-            commit(paths, cfg, ("prepare",))
-            return _reproduced(cfg.registry.model_name, champion)  # same data, params, model and code
-        reference = champion.reference() if champion else None  # new data must resemble the champion's
-        validation = validate(paths, cfg, reference)
-        drift(paths, cfg, reference, base.path)  # raises DriftBlocked when a `block` check drifted
-        trained = train(paths, cfg, base)
-        evaluation = evaluate(paths, cfg, champion)
-        decision = gate(paths, cfg, evaluation)
+        # same data, params, model and code as the champion's: nothing to train
+        reproduced = champion is not None and champion.trained_on(
+            run_inputs(cfg, data_sha256(paths), base, code)
+        )
+        if not reproduced:
+            reference = champion.reference() if champion else None  # new data must resemble the champion's
+            validation = validate(paths, cfg, reference)
+            drift(paths, cfg, reference, base.path)  # raises DriftBlocked when a `block` check drifted
+            trained = train(paths, cfg, base)
+            evaluation = evaluate(paths, cfg, champion)
+            decision = gate(paths, cfg, evaluation)
     except BaseException:
         _version_prepared(commit, paths, cfg)
         raise
+    if reproduced:  # committed here, outside the block above: a failing commit is not tried twice
+        commit(paths, cfg, ("prepare",))
+        return _reproduced(cfg.registry.model_name, champion)
     hashes = commit(paths, cfg, PIPELINE_STAGES)
     push_task(paths)  # data and weights reach the remote before any version points at them
     flow_run_id = str(runtime.flow_run.id or "")

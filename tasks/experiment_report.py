@@ -328,6 +328,27 @@ def part_contexts(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {part: data.get("contexts", {}).get(part, shared) for part in ("learning-curve", "strategies")}
 
 
+SAME_RUN_KEYS = ("data", "test_rows", "base_model", "metric", "overrides")
+
+
+def _replace_part(
+    kept: list[ArmResult], new: list[ArmResult], old_context: dict[str, Any], context: dict[str, Any]
+) -> tuple[list[ArmResult], dict[str, Any]]:
+    """(previous arms still valid beside `new`, the part's context for all of them)."""
+    part = new[0].part
+    comparable = part == "learning-curve" and all(old_context.get(k) == context.get(k) for k in SAME_RUN_KEYS)
+    sizes = {r.train_rows for r in new}
+    still = [r for r in kept if r.part != part or (comparable and r.train_rows not in sizes)]
+    if not any(r.part == part for r in still):
+        return still, context
+    merged = {k: _both(old_context.get(k), context[k]) for k in ("machine", "date")}
+    return still, {**context, **merged}
+
+
+def _both(old: Any, new: Any) -> Any:
+    return new if old in (None, new) else f"{old} and {new}"
+
+
 def write_results(
     paths: ProjectPaths, results: list[ArmResult], context: dict[str, Any], out: Path | None = None
 ) -> list[Path]:
@@ -335,14 +356,18 @@ def write_results(
     written.
 
     Running one part keeps the other part's latest arms, so the tables of both stay consistent; each
-    part's page names the data, machine and date of the run that trained its arms.
+    part's page names the data, machine and date of the runs that trained its arms. A learning-curve run
+    on the same data, model and settings replaces only the sizes it ran, so a long size can be added
+    to a curve without running the others again.
     """
     out = out or paths.results_dir
     out.mkdir(parents=True, exist_ok=True)
-    parts = {r.part for r in results}
     previous = _read(paths, out)
-    contexts = {**part_contexts(previous), **{part: context for part in parts}}
-    kept = [ArmResult.from_dict(a) for a in previous.get("arms", []) if a["part"] not in parts]
+    contexts = part_contexts(previous)
+    kept = [ArmResult.from_dict(a) for a in previous.get("arms", [])]
+    for part in {r.part for r in results}:
+        new = [r for r in results if r.part == part]
+        kept, contexts[part] = _replace_part(kept, new, contexts[part], context)
     results = kept + results
     record = {"context": context, "contexts": contexts, "arms": [r.to_dict() for r in results]}
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")

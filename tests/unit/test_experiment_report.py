@@ -154,3 +154,30 @@ def test_a_part_run_alone_keeps_the_other_parts_arms_with_their_own_date_and_mac
         "learning-curve": {"date": "one"},
         "strategies": {"date": "one"},
     }
+
+
+def test_a_curve_run_of_one_size_replaces_that_size_only_and_a_changed_run_replaces_them_all(tmp_path):
+    from tasks.experiment_report import write_results
+    from tasks.paths import ProjectPaths
+
+    def context(day: str, data: str = "d") -> dict:
+        base = {"data": data, "base_model": "m", "metric": "accuracy", "overrides": {}}
+        return {**CONTEXT, **base, "machine": "CPU", "date": day}
+
+    def sized(rows: int, accuracy: float) -> list[ArmResult]:
+        return [arm(f"{init}@{rows}", accuracy, rows=rows) for init in ("pretrained", "scratch", "classical")]
+
+    paths, out = ProjectPaths.at(tmp_path), tmp_path / "results"
+    write_results(paths, sized(100, 0.6) + sized(1000, 0.7), context("2026-12-04"), out)
+    write_results(paths, sized(1000, 0.75) + sized(4500, 0.9), context("2026-12-05"), out)
+
+    data = json.loads((out / "results.json").read_text())
+    accuracy = {a["name"]: a["test_accuracy"] for a in data["arms"]}
+    assert accuracy["pretrained@100"] == 0.6 and accuracy["pretrained@1000"] == 0.75
+    assert accuracy["scratch@4500"] == 0.9 and len(accuracy) == 9
+    assert "CPU; 2026-12-04 and 2026-12-05." in (out / "learning_curve.md").read_text()
+
+    write_results(paths, sized(4500, 0.8), context("2026-12-06", data="other"), out)
+    data = json.loads((out / "results.json").read_text())
+    assert {a["train_rows"] for a in data["arms"]} == {4500}
+    assert data["contexts"]["learning-curve"]["date"] == "2026-12-06"

@@ -67,6 +67,19 @@ def pytest_configure(config: pytest.Config) -> None:
         log_path().unlink(missing_ok=True)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the long modules first and spread over the workers (tests/scheduling.py)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or config.getoption("dist", None) != "worksteal":
+        return
+    from tests.scheduling import arrange, load
+
+    by_id = {item.nodeid: item for item in items}
+    together = {item.nodeid.split("::")[0] for item in items if "champion_project" in item.fixturenames}
+    order = arrange(list(by_id), load(), int(workerinput["workercount"]), together)
+    items[:] = [by_id[nodeid] for nodeid in order]
+
+
 _FAILED_TMP = pytest.StashKey[set[Path]]()
 
 

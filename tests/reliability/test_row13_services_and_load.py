@@ -8,7 +8,7 @@
   tests/serving/test_serve.py::test_bad_requests_get_4xx_and_the_service_stays_up and are not repeated.
 - Row 13: `champion` moved to a version whose weights fail their recorded sha256 is refused; v1 keeps
   answering every request meanwhile, and /health and /version say what was refused.
-- Load: 8 client processes, TRANSFERLINE_LOAD_REQUESTS requests in total (default 2000), zero errors.
+- Load: 8 client processes, TRANSFERLINE_LOAD_REQUESTS requests in total (default 1000), zero errors.
 - MLflow with basic auth and Prefect with an auth string, started as infra/docker-compose.yml starts them.
   The static side (infra requires auth, has no default password, sets allowed hosts and the Prefect auth
   string) is tests/unit/test_infra.py::test_auth_is_on_and_each_service_has_its_own_database and
@@ -551,7 +551,7 @@ def percentile(values: list[float], q: float) -> float:
 def test_load_8_client_processes_get_zero_errors(
     serve: dict, champion_project: Path, tmp_path: Path, ledger: Ledger
 ):
-    total = int(os.environ.get("TRANSFERLINE_LOAD_REQUESTS") or 2000)
+    total = int(os.environ.get("TRANSFERLINE_LOAD_REQUESTS") or 1000)
     clients = 8
     texts = pd.read_parquet(champion_project / "data" / "prepared" / "test.parquet")["text"].tolist()
     texts_file = tmp_path / "texts.json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -33,6 +34,22 @@ def stage(project: Path, name: str) -> subprocess.CompletedProcess:
     return done
 
 
+def batches(project: Path) -> int:
+    """Batches in one epoch of the prepared training split."""
+    import pandas as pd
+
+    from tasks.config import load_config
+
+    rows = len(pd.read_parquet(ProjectPaths.at(project).prepared_dir / "train.parquet"))
+    return math.ceil(rows / load_config(project / "params.yaml").train.batch_size)
+
+
+def checkpoint_steps(per_epoch: int, epochs: int = 3) -> list[int]:
+    """The steps training saves at: every EVERY steps inside an epoch, and each epoch's end."""
+    inside = {s for s in range(EVERY, per_epoch * epochs, EVERY) if s % per_epoch}
+    return sorted(inside | {per_epoch * e for e in range(1, epochs + 1)})
+
+
 def intact_steps(paths: ProjectPaths) -> list[Path]:
     return sorted(paths.checkpoints_dir.glob("*/step-*/COMPLETE.json"))
 
@@ -45,9 +62,9 @@ def sha256(path: Path) -> str:
 def prepared(tmp_path_factory) -> Path:
     """A tiny project with its data prepared and the base model in place (the stages before train)."""
     project = make_project(tmp_path_factory.mktemp("resume"))
-    # The tiny configuration's rows and epochs (the step counts below), in shorter sequences: each test
-    # trains two or three times, and what is checked is the loop, not the model.
-    set_params(project, {"train.checkpoint_every_steps": EVERY, "train.max_length": 32})
+    # The tiny configuration's epochs on half its rows, in shorter sequences: each test trains two or three
+    # times, and what is checked is the loop, not the model.
+    set_params(project, {"train.checkpoint_every_steps": EVERY, "train.max_length": 32, "data.max_rows": 200})
     stage(project, "prepare")
     stage(project, "download")
     return project
@@ -66,13 +83,15 @@ def test_killed_while_saving_a_checkpoint_resumes_from_the_last_complete_one(pre
         partial = sorted(paths.checkpoints_dir.glob("*/.tmp-*"))
         assert len(partial) == 1 and not (partial[0] / "COMPLETE.json").exists()
         crash_step = int(partial[0].name.split("step-")[1].split("-")[0])
-        assert [int(m.parent.name.removeprefix("step-")) for m in intact_steps(paths)] == [EVERY, 2 * EVERY]
+        first, second, third = checkpoint_steps(batches(prepared))[:3]
+        assert [int(m.parent.name.removeprefix("step-")) for m in intact_steps(paths)] == [first, second]
+        assert crash_step == third
 
         resumed = stage(prepared, "train")
         meta = json.loads((paths.challenger_dir / "transferline.json").read_text())
         resumed_from = meta["training"]["resumed_from_step"]
-        assert resumed_from == 2 * EVERY, resumed.stderr[-2000:]
-        assert meta["training"]["steps"] == 51
+        assert resumed_from == second, resumed.stderr[-2000:]
+        assert meta["training"]["steps"] == 3 * batches(prepared)
         lost = crash_step - resumed_from
         assert 0 <= lost <= EVERY
         assert not any(paths.checkpoints_dir.iterdir()), "the half-written folder is cleaned up"
@@ -120,7 +139,7 @@ def resume_after_kill_and_corruption(project: Path, tmp_path: Path) -> None:
     meta = json.loads((paths.challenger_dir / "transferline.json").read_text())
     older_step = int(older.name.removeprefix("step-"))
     assert meta["training"]["resumed_from_step"] == older_step
-    assert meta["training"]["steps"] == 51  # 3 epochs of 17 batches: none skipped, none repeated
+    assert meta["training"]["steps"] == 3 * batches(project)  # 3 epochs: none skipped, none repeated
     assert not any(paths.checkpoints_dir.iterdir()), "checkpoints of a finished run are removed"
     resumed_weights = sha256(paths.challenger_dir / "model.safetensors")
 
@@ -146,5 +165,5 @@ def test_torchrun_data_parallel_runs_the_same_loop_on_cpu(prepared):  # not a fa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "data parallel over 2 processes" in done.stdout + done.stderr
     meta = json.loads((paths.challenger_dir / "transferline.json").read_text())
-    assert meta["training"]["steps"] == 3 * (17 // 2)  # each process: every other batch of 17, 3 epochs
+    assert meta["training"]["steps"] == 3 * (batches(prepared) // 2)  # each process: every other batch
     assert not any(paths.checkpoints_dir.iterdir())

@@ -346,7 +346,10 @@ def _replace_part(
 
 
 def _both(old: Any, new: Any) -> Any:
-    return new if old in (None, new) else f"{old} and {new}"
+    """`old` and `new` as one label ("2026-12-04 and 2026-12-05"), each named once."""
+    if old is None:
+        return new
+    return old if str(new) in str(old).split(" and ") else f"{old} and {new}"
 
 
 def write_results(

@@ -72,10 +72,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:  # not an xdist worker (a worker's own `dist` option always reads "no")
         return
-    from tests.scheduling import arrange, load
+    from tests.scheduling import arrange, load, module_of
 
     by_id = {item.nodeid: item for item in items}
-    together = {item.nodeid.split("::")[0] for item in items if "champion_project" in item.fixturenames}
+    together = {module_of(item.nodeid) for item in items if "champion_project" in item.fixturenames}
     order = arrange(list(by_id), load(), int(workerinput["workercount"]), together)
     items[:] = [by_id[nodeid] for nodeid in order]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 
 DURATIONS = Path(__file__).with_name("durations.json")
@@ -45,7 +46,7 @@ def block_sizes(count: int, workers: int) -> list[int]:
 
 
 def arrange(
-    nodeids: list[str], seconds: dict[str, float], workers: int, together: set[str] = frozenset()
+    nodeids: list[str], seconds: dict[str, float], workers: int, together: Collection[str] = ()
 ) -> list[str]:
     """`nodeids` reordered into `workers` blocks of xdist's sizes, each its long modules first.
 
@@ -58,10 +59,9 @@ def arrange(
     def weight(unit: list[str]) -> float:
         return sum(seconds.get(m, UNKNOWN_TEST_S * len(modules[m])) for m in unit)
 
-    units = [[m] for m in modules if m not in together] + (
-        [[m for m in modules if m in together]] * bool(together)
-    )
-    long = sorted((u for u in units if u and (weight(u) >= LONG_S or len(u) > 1)), key=weight, reverse=True)
+    group = [m for m in modules if m in together]
+    long = [[m] for m in modules if m not in together and weight([m]) >= LONG_S] + ([group] if group else [])
+    long.sort(key=weight, reverse=True)
     sizes = block_sizes(len(nodeids), workers)
     blocks: list[list[str]] = [[] for _ in sizes]
     load = [0.0] * workers

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import conftest
-from tests.conftest import run
+from tests.conftest import cli, run
 from tests.pipeline.test_retrain_flow import model_name, registry
 
 pytestmark = pytest.mark.pipeline
@@ -40,10 +39,10 @@ def test_interrupted_push_then_rerun_then_a_fresh_clone_pulls_identical_files(
 
     project = quick_project
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    cli = [sys.executable, "-m", "flows.cli", "run", "--project", str(project)]
+    command = [sys.executable, "-m", "flows.cli", "run", "--project", str(project)]
     remote = project.parent / "dvc-remote"
     with ledger.fault(3, "dvc push cut off after part of the run's objects reached the remote"):
-        crashed = run(cli, project, env={**env, "TRANSFERLINE_FAULT": "dvc.push-partial"})
+        crashed = run(command, project, env={**env, "TRANSFERLINE_FAULT": "dvc.push-partial"})
         assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-2000:]
         partial = {p for p in remote.rglob("*") if p.is_file()}
         assert partial, "nothing reached the remote before the cut"
@@ -51,7 +50,7 @@ def test_interrupted_push_then_rerun_then_a_fresh_clone_pulls_identical_files(
         assert "new:" in missing.stdout and "models/challenger" in missing.stdout, missing.stdout
         assert registry(project).list_versions(model_name(project)) == [], "a half-pushed run was registered"
 
-        assert conftest.cli("run", "--project", str(project)) == 0  # the re-run, in this process
+        assert cli("run", "--project", str(project)) == 0  # the re-run, in this process
         assert partial < {p for p in remote.rglob("*") if p.is_file()}
         assert registry(project).get_alias(model_name(project), "champion").version == "1"
 

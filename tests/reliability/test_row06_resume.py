@@ -83,7 +83,8 @@ def test_killed_while_saving_a_checkpoint_resumes_from_the_last_complete_one(pre
         partial = sorted(paths.checkpoints_dir.glob("*/.tmp-*"))
         assert len(partial) == 1 and not (partial[0] / "COMPLETE.json").exists()
         crash_step = int(partial[0].name.split("step-")[1].split("-")[0])
-        first, second, third = checkpoint_steps(batches(prepared))[:3]
+        per_epoch = batches(prepared)
+        first, second, third = checkpoint_steps(per_epoch)[:3]
         assert [int(m.parent.name.removeprefix("step-")) for m in intact_steps(paths)] == [first, second]
         assert crash_step == third
 
@@ -91,7 +92,7 @@ def test_killed_while_saving_a_checkpoint_resumes_from_the_last_complete_one(pre
         meta = json.loads((paths.challenger_dir / "transferline.json").read_text())
         resumed_from = meta["training"]["resumed_from_step"]
         assert resumed_from == second, resumed.stderr[-2000:]
-        assert meta["training"]["steps"] == 3 * batches(prepared)
+        assert meta["training"]["steps"] == 3 * per_epoch
         lost = crash_step - resumed_from
         assert 0 <= lost <= EVERY
         assert not any(paths.checkpoints_dir.iterdir()), "the half-written folder is cleaned up"

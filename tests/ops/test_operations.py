@@ -339,6 +339,9 @@ def test_ui_custom_run_from_a_real_browser(ops: Ops, capsys: pytest.CaptureFixtu
 def test_down_stops_the_server_and_the_worker(ops: Ops):
     from flows.ops_commands import healthy
 
+    # This process's event stream to the server is a client like any other: closed first, as a user's
+    # clients would be, or the server waits for it until `down` kills it (30 s later).
+    _restart_event_worker(timeout=5)
     assert cli("down", "--project", str(ops.project)) == 0
     assert not healthy(ops.url)
     assert not list((ops.project / ".prefect").glob("*.pid"))

@@ -68,6 +68,11 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_HOME"] = str(base / "prefect-home")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("PREFECT_API_URL", None)
+    # Bytecode caches on, whatever the environment says (container images often set
+    # PYTHONDONTWRITEBYTECODE): otherwise every worker rewrites the tests' asserts at collection and every
+    # process a test starts compiles tasks/ again. They land in __pycache__ folders, which git ignores.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
     configure_environment()
     if "PYTEST_XDIST_WORKER" in os.environ:
         # Parallel workers share the cores: one torch thread each, or their busy-waiting OpenMP pools

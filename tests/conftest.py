@@ -159,7 +159,9 @@ def prefect_server():
     shared = os.environ.get(SHARED_PREFECT_ENV)
     if shared:
         port, log = shared.split(" ", 1)
-        services.wait_for(int(port), "/api/health", "the session's Prefect server", Path(log))
+        if not services.wait_for(int(port), "/api/health"):
+            tail = services.log_tail(Path(log))
+            raise services.ServiceUnavailable(f"the session's Prefect server did not become healthy:\n{tail}")
         harness = temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{port}/api"})
     else:
         harness = prefect_test_harness(server_startup_timeout=120)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,16 +47,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
+        return log_tail(self.log, chars)
 
     def ready(self) -> Server:
         """Wait until the health path answers 200; ServiceUnavailable (with the log) if it never does."""
-        deadline = time.monotonic() + STARTUP_S
-        while not answers(self.port, self.health):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ServiceUnavailable(f"{self.what} did not become healthy:\n{self.tail()}")
-            time.sleep(0.25)
+        if not wait_for(self.port, self.health, alive=lambda: self.proc.poll() is None):
+            self.stop()
+            raise ServiceUnavailable(f"{self.what} did not become healthy:\n{self.tail()}")
         return self
 
     def stop(self) -> None:
@@ -80,15 +77,20 @@ def answers(port: int, path: str) -> bool:
     return False
 
 
-def wait_for(port: int, path: str, what: str, log: Path) -> None:
-    """Wait until a server started by another process answers 200 at `path`; ServiceUnavailable with the
-    tail of its log if it does not within STARTUP_S."""
+def wait_for(port: int, path: str, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll a server on loopback `port` until it answers 200 at `path` (True), or until `alive()` says its
+    process is gone or STARTUP_S have passed (False)."""
     deadline = time.monotonic() + STARTUP_S
     while not answers(port, path):
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
-            raise ServiceUnavailable(f"{what} on port {port} did not become healthy:\n{tail}")
+        if not alive() or time.monotonic() > deadline:
+            return False
         time.sleep(0.25)
+    return True
+
+
+def log_tail(log: Path, chars: int = 3000) -> str:
+    """The end of a server's log, for the message of a test that gives up on it."""
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
 
 
 # transferline runs no MLflow server jobs (they serve MLflow's GenAI features); left on, every `mlflow server`
@@ -185,6 +187,14 @@ class RunProcess:
 
     def first(self, fragment: str) -> float | None:
         return next((at for at, line in self.lines if fragment in line), None)
+
+    def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = 300) -> None:
+        """Poll `predicate` while the run lives; fail with the run's output if it ends first or times out."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.ended is None, f"{what}: the run ended first:\n{self.text()}"
+            assert time.monotonic() < deadline, f"timed out waiting until {what}:\n{self.text()}"
+            time.sleep(0.1)
 
     def kill(self) -> None:
         """SIGKILL the run's process group: the run and the temporary Prefect server it started."""

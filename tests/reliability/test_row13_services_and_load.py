@@ -40,7 +40,7 @@ import pandas as pd
 import pytest
 
 from tests.reliability.ledger import Ledger
-from tests.services import MLFLOW_SERVER_SETTINGS, server_env
+from tests.services import MLFLOW_SERVER_SETTINGS, log_tail, server_env
 from tests.serving.conftest import model_name, register_dir, registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,10 +90,6 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
-
-
 def start(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
     """Start a server in its own process group, so that stop() also ends the workers it forks."""
     with log.open("w") as out:
@@ -117,8 +113,8 @@ def stop(proc: subprocess.Popen) -> None:
 def wait_healthy(proc: subprocess.Popen, port: int, path: str, log: Path, what: str) -> None:
     deadline = time.monotonic() + STARTUP_S
     while True:
-        assert proc.poll() is None, f"{what} exited with {proc.returncode}:\n{tail(log)}"
-        assert time.monotonic() < deadline, f"{what} not healthy after {STARTUP_S} s:\n{tail(log)}"
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}:\n{log_tail(log)}"
+        assert time.monotonic() < deadline, f"{what} not healthy after {STARTUP_S} s:\n{log_tail(log)}"
         with contextlib.suppress(OSError):
             if request(port, "GET", path, timeout=5)[0] == 200:
                 return
@@ -131,7 +127,7 @@ def wait_for(predicate: Callable[[], object], what: str, log: Path, timeout: flo
         if value := predicate():
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}:\n{tail(log)}")
+    raise AssertionError(f"timed out waiting for {what}:\n{log_tail(log)}")
 
 
 def assert_refused(status: int, body: bytes, expected: set[int] | None = None, secret: bytes = b"") -> None:
@@ -176,7 +172,7 @@ def test_mlflow_server_requires_auth_and_refuses_traversal(tmp_path: Path, ledge
         admin = basic("admin", password)
         search = "/api/2.0/mlflow/experiments/search?max_results=5"
         status, _, body = request(port, "GET", search, headers=admin)
-        assert status == 200 and b'"Default"' in body, (status, body[:300], tail(log))
+        assert status == 200 and b'"Default"' in body, (status, body[:300], log_tail(log))
 
         for name, headers in [
             ("MLflow: no credentials", {}),
@@ -226,7 +222,7 @@ def test_mlflow_server_requires_auth_and_refuses_traversal(tmp_path: Path, ledge
             with ledger.bad_input(0, f"MLflow traversal with valid credentials: {name} -> 4xx, no content"):
                 status, _, body = request(port, "GET", path, headers=admin)
                 assert_refused(status, body, secret=sentinel)
-        assert request(port, "GET", "/health")[0] == 200, tail(log)  # still up after all of it
+        assert request(port, "GET", "/health")[0] == 200, log_tail(log)  # still up after all of it
     finally:
         stop(proc)
 
@@ -257,7 +253,7 @@ def test_prefect_server_requires_its_auth_string(tmp_path: Path, ledger: Ledger)
         flows = ("POST", "/api/flows/filter", b"{}")
         json_type = {"Content-Type": "application/json"}
         status, _, body = request(port, *flows, {**json_type, **basic(user, password)})
-        assert (status, body) == (200, b"[]"), (status, body[:300], tail(log))
+        assert (status, body) == (200, b"[]"), (status, body[:300], log_tail(log))
 
         for name, (method, path, payload), headers in [
             ("no credentials", flows, {}),
@@ -309,9 +305,9 @@ def serve(champion_project: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def still_serving(server: dict) -> None:
     port = server["port"]
     status, _, body = request(port, "GET", "/health")
-    assert status == 200, (status, body[:300], tail(server["log"]))
+    assert status == 200, (status, body[:300], log_tail(server["log"]))
     status, _, body = request(port, "POST", "/predict", json.dumps({"texts": ["a fine film"]}).encode())
-    assert status == 200 and json.loads(body)["version"] == "1", (status, body[:300], tail(server["log"]))
+    assert status == 200 and json.loads(body)["version"] == "1", (status, body[:300], log_tail(server["log"]))
 
 
 @pytest.mark.pipeline

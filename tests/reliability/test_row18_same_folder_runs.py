@@ -17,7 +17,6 @@ same with a run that trains.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -38,14 +37,6 @@ def holder_pid(project: Path) -> int | None:
     return holder["pid"] if holder else None
 
 
-def wait_until(predicate, what: str, run: RunProcess, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert run.ended is None, f"{what}: the run ended first:\n{run.text()}"
-        assert time.monotonic() < deadline, f"timed out waiting until {what}:\n{run.text()}"
-        time.sleep(0.1)
-
-
 def test_same_folder_runs_take_turns_and_a_killed_holder_frees_the_folder(
     champion_project: Path, ledger: Ledger, prefect_server
 ):
@@ -63,7 +54,7 @@ def test_same_folder_runs_take_turns_and_a_killed_holder_frees_the_folder(
 
     a = start()
     try:
-        wait_until(lambda: holder_pid(project) == a.proc.pid, "run A holds the folder", a)
+        a.wait_until(lambda: holder_pid(project) == a.proc.pid, "run A holds the folder")
         with ledger.bad_input(18, "a run in a folder another run holds -> refused, exit 2, holder named"):
             b = start()
             assert b.wait(timeout=120) == 2, b.text()
@@ -73,9 +64,9 @@ def test_same_folder_runs_take_turns_and_a_killed_holder_frees_the_folder(
             a.kill()
             a.wait(timeout=60)
             c = start("--set", "ops.run_lock_wait_s=900")
-            wait_until(lambda: holder_pid(project) == c.proc.pid, "run C holds the folder", c, timeout=120)
+            c.wait_until(lambda: holder_pid(project) == c.proc.pid, "run C holds the folder", timeout=120)
             d = start("--set", "ops.run_lock_wait_s=900")
-            wait_until(lambda: d.first("waiting up to 900 s") is not None, "run D waits", d, timeout=120)
+            d.wait_until(lambda: d.first("waiting up to 900 s") is not None, "run D waits", timeout=120)
             assert c.wait() == 0, c.text()
             assert "ended without releasing it" in c.text() and f"pid {a.proc.pid} on " in c.text(), c.text()
             assert DONE in c.text(), c.text()
